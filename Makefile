@@ -1,0 +1,31 @@
+# Two commands for a fresh machine: `make demo` and `make test` (each sets up .venv when needed).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch is pinned: an open range pulls a multi-GB CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: demo test test-all bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[cpu,export,viz,test]" "$(TORCH)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_DISABLE_TELEMETRY=1 $(VENV)/bin/clipblip demo --out demo-output
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-all: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py --out bench-output
+
+clean:
+	rm -rf $(VENV) demo-output bench-output .pytest_cache

@@ -1,0 +1,200 @@
+"""`clipblip` command line: export, embed, similarity, classify, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ClipblipError, UsageError
+
+RANDOM_BANNER = "NOTE: this model has RANDOM weights; its outputs show speed and plumbing, not meaning."
+
+
+def progress(message: str, _start=[time.perf_counter()]) -> None:
+    print(f"[{time.perf_counter() - _start[0]:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def print_json(document: Any) -> None:
+    json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def open_clip_engine(args: argparse.Namespace):
+    from .engine import ClipEngine
+
+    engine = ClipEngine.from_dir(args.model_dir, provider=args.provider, threads=args.threads,
+                                 max_batch=args.max_batch)
+    if engine.manifest.random_weights:
+        print(RANDOM_BANNER, file=sys.stderr)
+    return engine
+
+
+def save_figure(fig, path: str, force: bool) -> None:
+    from .files import atomic_output
+
+    with atomic_output(path, force) as tmp:
+        fig.savefig(tmp, dpi=120)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def format_table(row_labels: Sequence[str], col_labels: Sequence[str], matrix) -> str:
+    width = max(len(r) for r in row_labels)
+    cols = [c if len(c) <= 24 else c[:21] + "..." for c in col_labels]
+    lines = [" " * width + "  " + "  ".join(f"{c:>{max(len(c), 6)}}" for c in cols)]
+    for label, row in zip(row_labels, matrix):
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{v:>{max(len(c), 6)}.3f}" for c, v in zip(cols, row)))
+    return "\n".join(lines)
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    manifest = export_model(args.model, args.out, task=args.task, opset=args.opset, force=args.force,
+                            progress=progress)
+    if manifest.random_weights:
+        print(RANDOM_BANNER, file=sys.stderr)
+    for name, graph in manifest.graphs.items():
+        print(f"{name}: {graph.file}  max |ONNX - PyTorch| = {graph.parity['max_abs_diff']:.2e}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .files import atomic_output
+
+    if bool(args.images) == bool(args.texts):
+        raise UsageError("embed: give either --images or --texts")
+    engine = open_clip_engine(args)
+    embeddings = engine.embed_images(args.images) if args.images else engine.embed_texts(args.texts)
+    with atomic_output(args.out, args.force) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, embeddings)
+    print(f"wrote {args.out}: {embeddings.shape[0]} x {embeddings.shape[1]} float32, rows L2-normalised",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    engine = open_clip_engine(args)
+    matrix = engine.similarity(args.images, args.texts)
+    if args.plot:
+        from .viz import RANDOM_WEIGHTS_NOTE, similarity_heatmap
+
+        note = RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
+        names = [Path(p).name for p in args.images]
+        save_figure(similarity_heatmap(matrix, names, args.texts, title="CLIP cosine similarity", note=note),
+                    args.plot, args.force)
+    if args.json:
+        print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
+                    "images": args.images, "texts": args.texts, "similarity": matrix.tolist()})
+    else:
+        print(format_table([Path(p).name for p in args.images], args.texts, matrix))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    engine = open_clip_engine(args)
+    results = engine.classify(args.images, args.labels, template=args.template)
+    if args.json:
+        print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
+                    "template": args.template,
+                    "results": [{"image": image, "labels": [{"label": l, "probability": p} for l, p in ranked]}
+                                for image, ranked in zip(args.images, results)]})
+    else:
+        for image, ranked in zip(args.images, results):
+            print(image)
+            for label, prob in ranked[: args.top_k]:
+                print(f"  {prob:7.2%}  {label}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), progress=progress, provider=args.provider, threads=args.threads)
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipblip", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def engine_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model_dir", metavar="DIR", help="a model folder written by `clipblip export`")
+        p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's choice)")
+        p.add_argument("--max-batch", type=int, default=32, help="largest batch one graph run takes")
+        p.add_argument("--force", action="store_true", help="replace existing output files")
+
+    p = sub.add_parser("export", help="export a model to an ONNX model folder")
+    p.add_argument("model", metavar="MODEL", help="Hub id, save_pretrained directory, or random:clip-base|clip-tiny")
+    p.add_argument("--out", required=True, help="model folder to create")
+    p.add_argument("--task", default=None, help="for BLIP: caption, vqa or itm (default: from the checkpoint)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("embed", help="L2-normalised CLIP embeddings to a .npy file")
+    engine_options(p)
+    p.add_argument("--images", nargs="+", metavar="PATH")
+    p.add_argument("--texts", nargs="+", metavar="TEXT")
+    p.add_argument("--out", required=True, metavar="FILE.npy")
+    p.set_defaults(run=cmd_embed)
+
+    p = sub.add_parser("similarity", help="image × text cosine similarity")
+    engine_options(p)
+    p.add_argument("--images", nargs="+", required=True, metavar="PATH")
+    p.add_argument("--texts", nargs="+", required=True, metavar="TEXT")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw a heatmap")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(run=cmd_similarity)
+
+    p = sub.add_parser("classify", help="zero-shot classification with CLIP")
+    engine_options(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--labels", nargs="+", required=True, metavar="LABEL")
+    p.add_argument("--template", default="a photo of a {}.")
+    p.add_argument("--top-k", type=int, default=5, help="labels shown per image in the table")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(run=cmd_classify)
+
+    p = sub.add_parser("demo", help="export CLIP and run it on real photos; results into --out")
+    p.add_argument("--out", default="demo-output")
+    p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ClipblipError as e:
+        if args.debug:
+            raise
+        print(f"clipblip: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("clipblip: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # anything unexpected: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"clipblip: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""CLIP with ONNX Runtime: image and text embeddings, similarity, zero-shot classification."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ModelLoadError, UsageError
+from ..manifest import Manifest
+from .images import ImageInput, ImagePreprocessor
+from .session import open_graph
+from .text import TextTokenizer
+
+__all__ = ["ClipEngine", "l2_normalize", "softmax"]
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def batches(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class ClipEngine:
+    """Runs an exported CLIP model folder. Build it with :meth:`from_dir`."""
+
+    def __init__(self, folder: Path, manifest: Manifest, sessions: dict, max_batch: int):
+        if max_batch < 1:
+            raise UsageError(f"max_batch={max_batch}: must be at least 1")
+        self.folder = folder
+        self.manifest = manifest
+        self.sessions = sessions
+        self.max_batch = max_batch
+        self.preprocess = ImagePreprocessor.from_manifest(manifest.image)
+        self.tokenizer = TextTokenizer.from_manifest(folder, manifest.tokenizer)
+        self.logit_scale = float(manifest.model["logit_scale"])
+        self.embed_dim = int(manifest.model["embed_dim"])
+
+    @classmethod
+    def from_dir(cls, folder: str | os.PathLike, provider: str = "auto", threads: int | None = None,
+                 max_batch: int = 32, verify: bool = True) -> ClipEngine:
+        """Load a folder written by `clipblip export` for a CLIP model.
+
+        ``provider`` is "auto" (CUDA when available, else CPU), "cpu" or "cuda" (an error if CUDA
+        is not usable). ``max_batch`` bounds how many items one graph run takes.
+        """
+        folder = Path(folder)
+        manifest = Manifest.load(folder)
+        if manifest.family != "clip":
+            raise ModelLoadError(f"{folder}: holds a {manifest.family} model, not CLIP")
+        sessions = {
+            name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
+            for name in ("image_tower", "text_tower")
+        }
+        return cls(folder, manifest, sessions, max_batch)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.sessions["image_tower"].get_providers()
+
+    def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images → float32 (N, D), rows L2-normalised, in input order."""
+        images = list(images)
+        out = np.empty((len(images), self.embed_dim), dtype=np.float32)
+        for part in batches(len(images), self.max_batch):
+            pixel_values = self.preprocess(images[part])  # (batch, 3, H, W)
+            out[part] = self.sessions["image_tower"].run(None, {"pixel_values": pixel_values})[0]
+        return l2_normalize(out)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts → float32 (M, D), rows L2-normalised; long texts are truncated keeping end-of-text."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        rows = self.tokenizer.ids(texts)
+        out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
+        for part in batches(len(texts), self.max_batch):
+            input_ids, attention_mask = self.tokenizer.pad(rows[part])  # (batch, sequence)
+            feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+            out[part] = self.sessions["text_tower"].run(None, feeds)[0]
+        return l2_normalize(out)
+
+    def similarity(self, images: Sequence[ImageInput], texts: Sequence[str]) -> np.ndarray:
+        """Cosine similarities, float32 (N images, M texts)."""
+        return self.embed_images(images) @ self.embed_texts(texts).T
+
+    def classify(self, images: Sequence[ImageInput], labels: Sequence[str],
+                 template: str = "a photo of a {}.") -> list[list[tuple[str, float]]]:
+        """Zero-shot: per image, (label, probability) pairs best first; softmax of logit_scale · cosine."""
+        labels = list(labels)
+        if not labels:
+            raise UsageError("labels: give at least one label")
+        if "{}" not in template:
+            raise UsageError(f"template {template!r}: must contain '{{}}' where the label goes")
+        probs = softmax(self.logit_scale * self.similarity(images, [template.format(l) for l in labels]))
+        return [sorted(zip(labels, map(float, row)), key=lambda pair: -pair[1]) for row in probs]

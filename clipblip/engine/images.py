@@ -1,0 +1,150 @@
+"""Image loading and preprocessing from the manifest, with PIL and numpy only.
+
+Reproduces transformers' PIL image processors (CLIP, BLIP): convert to RGB over white, resize,
+centre crop, rescale, normalise, channels first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ImageError
+
+__all__ = ["ImageInput", "load_image", "ImagePreprocessor"]
+
+ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
+
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def describe(image: Any) -> str:
+    """How an image input is named in messages: its path, or its type and shape."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    if isinstance(image, np.ndarray):
+        return f"array{image.shape}"
+    if isinstance(image, Image.Image):
+        return f"PIL image {image.mode} {image.size[0]}x{image.size[1]}"
+    return type(image).__name__
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """A PIL image from a path, a PIL image, or a uint8 array (H, W), (H, W, 3) or (H, W, 4)."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+            raise ImageError(f"{describe(image)} {image.dtype}: arrays must be uint8 (H, W), (H, W, 3) or (H, W, 4)")
+        return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        try:
+            with Image.open(path) as opened:
+                opened.load()  # the first frame of an animated image
+                return opened.copy()
+        except FileNotFoundError:
+            raise ImageError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise ImageError(f"{path}: is a directory, not an image") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{path}: not a readable image") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ImageError(f"{path}: cannot decode image ({e})") from None
+    raise ImageError(f"{describe(image)}: an image must be a path, a PIL image or a uint8 array")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited over white."""
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_shape(height: int, width: int, resize: dict[str, int]) -> tuple[int, int]:
+    """Output (height, width): a fixed size, or the shortest edge scaled to ``shortest_edge``."""
+    if "shortest_edge" in resize:
+        target = resize["shortest_edge"]
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(target * long / short)
+        return (new_long, target) if width <= height else (target, new_long)
+    return resize["height"], resize["width"]
+
+
+def center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Crop (C, H, W) to (C, height, width) around the centre, zero-padding an image that is smaller."""
+    _, h, w = pixels.shape
+    top, left = (h - height) // 2, (w - width) // 2
+    if top >= 0 and left >= 0:
+        return pixels[:, top : top + height, left : left + width]
+    new_h, new_w = max(height, h), max(width, w)
+    padded = np.zeros((pixels.shape[0], new_h, new_w), dtype=pixels.dtype)
+    pad_top, pad_left = math.ceil((new_h - h) / 2), math.ceil((new_w - w) / 2)
+    padded[:, pad_top : pad_top + h, pad_left : pad_left + w] = pixels
+    top, left = top + pad_top, left + pad_left
+    return padded[:, max(0, top) : min(new_h, top + height), max(0, left) : min(new_w, left + width)]
+
+
+@dataclass
+class ImagePreprocessor:
+    """The image steps recorded in a manifest's ``image`` section."""
+
+    resize: dict[str, int] | None
+    resample: str
+    center_crop: dict[str, int] | None
+    rescale_factor: float | None
+    mean: list[float] | None
+    std: list[float] | None
+    do_convert_rgb: bool = True
+
+    @classmethod
+    def from_manifest(cls, image: dict[str, Any]) -> ImagePreprocessor:
+        return cls(
+            resize=image.get("resize"),
+            resample=image.get("resample", "bicubic"),
+            center_crop=image.get("center_crop"),
+            rescale_factor=image.get("rescale_factor"),
+            mean=image.get("mean"),
+            std=image.get("std"),
+            do_convert_rgb=image.get("do_convert_rgb", True),
+        )
+
+    def pixels(self, image: ImageInput) -> np.ndarray:
+        """One image → float32 (3, H, W)."""
+        pil = load_image(image)
+        pil = to_rgb(pil) if self.do_convert_rgb else pil
+        if self.resize:
+            height, width = resize_shape(pil.height, pil.width, self.resize)
+            pil = pil.resize((width, height), resample=RESAMPLE[self.resample])
+        pixels = np.asarray(pil)
+        pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)  # (C, H, W)
+        if self.center_crop:
+            pixels = center_crop(pixels, self.center_crop["height"], self.center_crop["width"])
+        if self.rescale_factor is not None:
+            pixels = (pixels.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        pixels = pixels.astype(np.float32)
+        if self.mean is not None and self.std is not None:
+            mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+            std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+            pixels = (pixels - mean) / std
+        return pixels
+
+    def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images → float32 (batch, 3, H, W)."""
+        return np.stack([self.pixels(image) for image in images])

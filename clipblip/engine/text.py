@@ -1,0 +1,56 @@
+"""Tokenisation from the model folder's tokenizer.json with the `tokenizers` library alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from ..errors import ModelLoadError, TextInputError
+
+__all__ = ["TextTokenizer"]
+
+
+class TextTokenizer:
+    """Encodes texts to padded id and mask arrays; truncation keeps the closing special token."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_id = pad_id
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length)
+
+    @classmethod
+    def from_manifest(cls, folder: Path, facts: dict[str, Any]) -> TextTokenizer:
+        path = folder / facts["file"]
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises plain Exception subclasses
+            raise ModelLoadError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0] if str(e) else e})") from None
+        return cls(tokenizer, int(facts["max_length"]), int(facts["pad_id"]))
+
+    def ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, special tokens included, at most ``max_length`` long."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TextInputError(f"text {i}: expected a string, got {type(text).__name__}")
+        return [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
+
+    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Right-pad rows to the longest: (input_ids, attention_mask), both int64 (batch, sequence)."""
+        length = max(len(r) for r in rows)
+        input_ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), length), dtype=np.int64)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = row
+            attention_mask[i, : len(row)] = 1
+        return input_ids, attention_mask
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.pad(self.ids(texts))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)

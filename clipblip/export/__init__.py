@@ -1,0 +1,100 @@
+"""Export CLIP/BLIP models to a checked, self-describing ONNX model folder (needs torch)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..errors import OutputExistsError, UsageError
+from ..manifest import Manifest
+from .convert import check_parity, export_graph, graph_info
+from .sources import load_source
+
+__all__ = ["export_model", "DEFAULT_OPSET"]
+
+DEFAULT_OPSET = 17
+
+
+@contextmanager
+def staged_folder(out: Path, force: bool) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``out``; move it into place only if the block succeeds."""
+    out = out.absolute()
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out}: already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def export_model(
+    model: str,
+    out: str | os.PathLike,
+    *,
+    task: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Manifest:
+    """Export ``model`` (Hub id, save_pretrained directory or ``random:<preset>``) into ``out``.
+
+    Every graph passes the parity gate before the folder appears; on any failure nothing is left.
+    """
+    from . import clip
+
+    say = progress or (lambda message: None)
+    out = Path(out)
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out}: already exists; pass --force to replace it")
+    if not 14 <= opset <= 21:
+        raise UsageError(f"--opset {opset}: supported opsets are 14 to 21")
+
+    say(f"loading {model}")
+    source = load_source(model, task)
+    family = {"clip": clip}[source.family]
+    sections = family.manifest_sections(source)
+
+    with staged_folder(out, force) as staging:
+        graphs = {}
+        for spec in family.graph_specs(source):
+            path = staging / spec.filename
+            say(f"exporting {spec.name}")
+            export_graph(spec, path, opset)
+            say(f"checking {spec.name} against PyTorch")
+            parity = check_parity(spec, path)
+            say(f"{spec.name}: max |ONNX - PyTorch| = {parity['max_abs_diff']:.2e} (tolerance {spec.atol:g})")
+            graphs[spec.name] = graph_info(spec, path, parity)
+        source.tokenizer.backend_tokenizer.save(str(staging / sections["tokenizer"]["file"]))
+        manifest = Manifest(
+            family=source.family,
+            source={**source.source, "task": source.task, "opset": opset, "libraries": _library_versions()},
+            graphs=graphs,
+            **sections,
+        )
+        manifest.write(staging)
+    say(f"wrote {out}")
+    return manifest

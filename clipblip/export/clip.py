@@ -1,0 +1,221 @@
+"""CLIP: the two towers (each with its projection) as graph specs, and the facts the engine needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelSourceError
+from .specs import GraphSpec, TensorSpec
+from .sources import SourceModel
+from .vocab import clip_tokenizer
+
+__all__ = ["ClipImageTower", "ClipTextTower", "graph_specs", "model_facts", "load_pretrained", "RANDOM_PRESETS"]
+
+TASKS = ["embed", "similarity", "classify"]
+
+
+class ClipImageTower(nn.Module):
+    """pixel_values → projected image embedding (not normalised)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.vision_model = model.vision_model
+        self.visual_projection = model.visual_projection
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output  # (batch, vision_width)
+        return self.visual_projection(pooled)  # (batch, embed_dim)
+
+
+class ClipTextTower(nn.Module):
+    """input_ids, attention_mask → projected text embedding, pooled at the end-of-text token."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.text_model = model.text_model
+        self.text_projection = model.text_projection
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output  # (batch, width)
+        return self.text_projection(pooled)  # (batch, embed_dim)
+
+
+def token_batch(
+    sizes: dict[str, int], generator: torch.Generator, *, vocab_size: int, bos_id: int, eos_id: int, pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Random token rows of varied lengths: [bos] ... [eos] then padding (mask 0)."""
+    batch, seq = sizes["batch"], sizes["sequence"]
+    low = min(bos_id, eos_id)
+    input_ids = torch.randint(0, low, (batch, seq), generator=generator, dtype=torch.int64)
+    attention_mask = torch.zeros(batch, seq, dtype=torch.int64)
+    for row in range(batch):
+        length = max(2, seq - 3 * row)
+        input_ids[row, 0] = bos_id
+        input_ids[row, length - 1] = eos_id
+        input_ids[row, length:] = pad_id
+        attention_mask[row, :length] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def graph_specs(source: SourceModel) -> list[GraphSpec]:
+    model = source.model
+    vision, text = model.config.vision_config, model.config.text_config
+    size = vision.image_size
+    tok = tokenizer_facts(source)
+    embed_axes = ("batch", model.config.projection_dim)
+
+    def image_sample(sizes, generator):
+        return {"pixel_values": torch.randn(sizes["batch"], 3, size, size, generator=generator)}
+
+    def text_sample(sizes, generator):
+        return token_batch(
+            sizes, generator, vocab_size=text.vocab_size, bos_id=tok["bos_id"], eos_id=tok["eos_id"],
+            pad_id=tok["pad_id"],
+        )
+
+    max_len = tok["max_length"]
+    return [
+        GraphSpec(
+            name="image_tower",
+            module=ClipImageTower(model).eval(),
+            inputs=(TensorSpec("pixel_values", "float32", ("batch", 3, size, size)),),
+            outputs=(TensorSpec("image_embeds", "float32", embed_axes),),
+            sample=image_sample,
+            trace_sizes={"batch": 2},
+            check_sizes=({"batch": 1}, {"batch": 3}),
+        ),
+        GraphSpec(
+            name="text_tower",
+            module=ClipTextTower(model).eval(),
+            inputs=(
+                TensorSpec("input_ids", "int64", ("batch", "sequence")),
+                TensorSpec("attention_mask", "int64", ("batch", "sequence")),
+            ),
+            outputs=(TensorSpec("text_embeds", "float32", embed_axes),),
+            sample=text_sample,
+            trace_sizes={"batch": 2, "sequence": min(9, max_len)},
+            check_sizes=(
+                {"batch": 1, "sequence": min(5, max_len)},
+                {"batch": 3, "sequence": max_len},
+                {"batch": 4, "sequence": min(12, max_len)},
+            ),
+        ),
+    ]
+
+
+RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def image_facts(processor: Any, input_size: int) -> dict[str, Any]:
+    """Preprocessing from a transformers image processor, as plain data for the manifest."""
+
+    def size_dict(size) -> dict[str, int] | None:
+        if size is None:
+            return None
+        get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+        return {k: int(get(k)) for k in ("shortest_edge", "height", "width") if get(k) is not None}
+
+    resample = int(getattr(processor, "resample", 3))
+    facts = {
+        "do_convert_rgb": bool(getattr(processor, "do_convert_rgb", True)),
+        "resize": size_dict(processor.size) if processor.do_resize else None,
+        "resample": RESAMPLE_NAMES.get(resample, "bicubic"),
+        "center_crop": size_dict(processor.crop_size) if getattr(processor, "do_center_crop", False) else None,
+        "rescale_factor": float(processor.rescale_factor) if processor.do_rescale else None,
+        "mean": [float(m) for m in processor.image_mean] if processor.do_normalize else None,
+        "std": [float(s) for s in processor.image_std] if processor.do_normalize else None,
+        "input_size": [input_size, input_size],
+    }
+    final = facts["center_crop"] or facts["resize"] or {}
+    if final.get("height", input_size) != input_size or final.get("width", input_size) != input_size:
+        raise ModelSourceError(
+            f"image processor gives {final} but the model takes {input_size}x{input_size} images"
+        )
+    return facts
+
+
+def tokenizer_facts(source: SourceModel) -> dict[str, Any]:
+    tok, text = source.tokenizer, source.model.config.text_config
+    max_length = min(int(tok.model_max_length or 10**9), int(text.max_position_embeddings))
+    return {
+        "file": "tokenizer.json",
+        "max_length": max_length,
+        "bos_id": int(tok.bos_token_id),
+        "eos_id": int(tok.eos_token_id),
+        "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id),
+    }
+
+
+def model_facts(source: SourceModel) -> dict[str, Any]:
+    model = source.model
+    return {
+        "logit_scale": float(model.logit_scale.detach().exp()),
+        "embed_dim": int(model.config.projection_dim),
+        "image_size": int(model.config.vision_config.image_size),
+    }
+
+
+def manifest_sections(source: SourceModel) -> dict[str, Any]:
+    return {
+        "tasks": list(TASKS),
+        "image": image_facts(source.image_processor, source.model.config.vision_config.image_size),
+        "tokenizer": tokenizer_facts(source),
+        "model": model_facts(source),
+    }
+
+
+def load_pretrained(ref: str, local_only: bool) -> SourceModel:
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    try:
+        model = CLIPModel.from_pretrained(
+            ref, use_safetensors=True, local_files_only=local_only, attn_implementation="eager"
+        ).eval()
+    except OSError as e:
+        raise ModelSourceError(
+            f"{ref}: cannot load CLIP weights ({str(e).splitlines()[0]}); clipblip loads safetensors only"
+        ) from None
+    try:
+        processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
+    except (OSError, ValueError) as e:
+        raise ModelSourceError(f"{ref}: cannot load the processor or tokenizer ({str(e).splitlines()[0]})") from None
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise ModelSourceError(f"{ref}: the tokenizer has no tokenizer.json form (a fast tokenizer is required)")
+    return SourceModel("clip", None, model, processor, tokenizer, {"model": ref, "kind": "pretrained",
+                                                                    "random_weights": False})
+
+
+def _random(name: str, config_kwargs: dict[str, Any]):
+    def build(task: str | None) -> SourceModel:
+        from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+        torch.manual_seed(0)
+        config = CLIPConfig(**config_kwargs)
+        model = CLIPModel._from_config(config, attn_implementation="eager").eval()
+        size = config.vision_config.image_size
+        processor = CLIPImageProcessorPil(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        )
+        tokenizer = clip_tokenizer(config.text_config.max_position_embeddings)
+        return SourceModel("clip", None, model, processor, tokenizer, {
+            "model": f"random:{name}", "kind": "random", "random_weights": True, "seed": 0,
+        })
+
+    return build
+
+
+RANDOM_PRESETS = {
+    # ViT-B/32 with the 12-layer 512-wide text tower: openai/clip-vit-base-patch32's architecture.
+    "clip-base": _random("clip-base", {}),
+    "clip-tiny": _random("clip-tiny", {
+        "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                        "num_attention_heads": 2},
+        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                          "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        "projection_dim": 16,
+    }),
+}

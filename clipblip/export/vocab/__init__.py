@@ -1,0 +1,49 @@
+"""Real tokenizer vocabularies shipped with clipblip, for the random-weight presets and tests.
+
+``clip_bpe_simple_vocab_16e6.txt.gz`` is OpenAI CLIP's byte-level BPE merge list, as shipped by
+open_clip (MIT licence, see LICENSE.open_clip).
+"""
+
+from __future__ import annotations
+
+import gzip
+from functools import lru_cache
+from importlib import resources
+
+__all__ = ["clip_tokenizer"]
+
+CLIP_BPE_FILE = "clip_bpe_simple_vocab_16e6.txt.gz"
+CLIP_MERGES = 49152 - 256 - 2
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP's reversible byte → printable-character table, in vocabulary order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+@lru_cache(maxsize=1)
+def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    raw = resources.files(__name__).joinpath(CLIP_BPE_FILE).read_bytes()
+    lines = gzip.decompress(raw).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : CLIP_MERGES + 1]]
+    byte_chars = _bytes_to_unicode()
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def clip_tokenizer(model_max_length: int = 77):
+    """The OpenAI CLIP tokenizer (49408 tokens) as a transformers tokenizer, built offline."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_vocab_and_merges()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)

@@ -1,0 +1,134 @@
+"""The model folder contract between export and engine (stdlib only).
+
+A model folder holds ``manifest.json``, one ``.onnx`` file per graph and ``tokenizer.json``.
+The manifest carries every fact the engine needs, so the engine never guesses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError
+
+__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "TensorInfo", "GraphInfo", "Manifest", "sha256_of"]
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class TensorInfo:
+    """A graph input or output: name, element type and shape (ints or symbolic axis names)."""
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+
+@dataclass
+class GraphInfo:
+    """One exported graph: where it is, what it takes and gives, and the parity it reached."""
+
+    file: str
+    sha256: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    precision: str = "fp32"
+    parity: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphInfo:
+        return cls(
+            file=d["file"],
+            sha256=d["sha256"],
+            inputs=[TensorInfo(**t) for t in d["inputs"]],
+            outputs=[TensorInfo(**t) for t in d["outputs"]],
+            precision=d.get("precision", "fp32"),
+            parity=d.get("parity", {}),
+        )
+
+
+@dataclass
+class Manifest:
+    """Everything in ``manifest.json``.
+
+    ``image`` holds preprocessing (resize, crop, resample, rescale, mean, std); ``tokenizer`` the
+    tokenizer file, max length and special-token ids; ``model`` family-specific facts (CLIP's
+    ``logit_scale``, BLIP's generation ids).
+    """
+
+    family: str
+    tasks: list[str]
+    source: dict[str, Any]
+    graphs: dict[str, GraphInfo]
+    image: dict[str, Any]
+    tokenizer: dict[str, Any]
+    model: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.source.get("random_weights"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        path = Path(folder) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        return cls(
+            family=d["family"],
+            tasks=list(d["tasks"]),
+            source=dict(d["source"]),
+            graphs={name: GraphInfo.from_dict(g) for name, g in d["graphs"].items()},
+            image=dict(d["image"]),
+            tokenizer=dict(d["tokenizer"]),
+            model=dict(d.get("model", {})),
+            format_version=d["format_version"],
+        )
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> Manifest:
+        """Read and check ``folder/manifest.json``; raise ModelLoadError naming what is wrong."""
+        path = Path(folder) / MANIFEST_NAME
+        if not Path(folder).is_dir():
+            raise ModelLoadError(f"{folder}: not a model folder (no such directory)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path}: missing; export the model with `clipblip export`") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{path}: unreadable manifest ({e})") from None
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version != FORMAT_VERSION:
+            raise ModelLoadError(
+                f"{path}: manifest format version {version!r} is not supported "
+                f"(this clipblip reads version {FORMAT_VERSION}); re-export the model"
+            )
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ModelLoadError(f"{path}: malformed manifest (bad or missing field {e})") from None
+
+    def graph(self, folder: str | os.PathLike, name: str) -> GraphInfo:
+        """The entry of graph ``name``; ModelLoadError if the folder's manifest lacks it."""
+        if name not in self.graphs:
+            raise ModelLoadError(f"{folder}: the model folder has no '{name}' graph (has: {', '.join(self.graphs)})")
+        return self.graphs[name]
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

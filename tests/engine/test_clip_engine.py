@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipblip.engine import ClipEngine
+from clipblip.errors import ImageError, UsageError
+from tests.conftest import TEXTS
+from tests.helpers import reference_image_embeddings, reference_text_embeddings
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_clip):
+    return ClipEngine.from_dir(tiny_clip.exported, provider="cpu", threads=2)
+
+
+def test_image_embeddings_match_transformers_on_photos(tiny_clip, engine, photos, odd_images):
+    images = photos + list(odd_images.values())
+    got = engine.embed_images(images)
+    ref = reference_image_embeddings(tiny_clip.model, tiny_clip.processor, images)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_text_embeddings_match_transformers(tiny_clip, engine):
+    got = engine.embed_texts(TEXTS)
+    ref = reference_text_embeddings(tiny_clip.model, tiny_clip.processor.tokenizer, TEXTS)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_each_text_alone_matches_the_batch(engine):
+    together = engine.embed_texts(TEXTS)
+    alone = np.stack([engine.embed_texts([t])[0] for t in TEXTS])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_image_inputs_may_be_paths_pil_or_arrays(engine, photos):
+    pil = Image.open(photos[0]).convert("RGB")
+    embeddings = engine.embed_images([photos[0], str(photos[0]), pil, np.asarray(pil)])
+    np.testing.assert_allclose(embeddings[1:], np.repeat(embeddings[:1], 3, axis=0), atol=1e-6)
+
+
+def test_split_batches_equal_one_by_one(tiny_clip, photos, odd_images):
+    images = photos + list(odd_images.values())[:5]
+    split = ClipEngine.from_dir(tiny_clip.exported, provider="cpu", max_batch=3)
+    alone = np.stack([split.embed_images([i])[0] for i in images])
+    np.testing.assert_allclose(split.embed_images(images), alone, atol=1e-6)
+    texts = TEXTS * 2
+    np.testing.assert_allclose(split.embed_texts(texts), np.stack([split.embed_texts([t])[0] for t in texts]),
+                               atol=1e-6)
+
+
+def test_similarity_and_classify_follow_clip(tiny_clip, engine, photos):
+    labels = ["cat", "woman", "box", "car"]
+    sim = engine.similarity(photos, labels)
+    assert sim.shape == (2, 4)
+    ref_img = reference_image_embeddings(tiny_clip.model, tiny_clip.processor, photos)
+    prompts = [f"a photo of a {l}." for l in labels]
+    ref_txt = reference_text_embeddings(tiny_clip.model, tiny_clip.processor.tokenizer, prompts)
+    logits = tiny_clip.model.logit_scale.exp().item() * ref_img @ ref_txt.T
+    ref_probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    for row, ranked in zip(ref_probs, engine.classify(photos, labels)):
+        assert [l for l, _ in ranked] == [labels[i] for i in np.argsort(-row)]
+        np.testing.assert_allclose([p for _, p in ranked], np.sort(row)[::-1], atol=1e-4)
+        assert abs(sum(p for _, p in ranked) - 1) < 1e-5
+
+
+def test_empty_inputs_give_empty_arrays(engine):
+    assert engine.embed_images([]).shape == (0, engine.embed_dim)
+    assert engine.embed_texts([]).shape == (0, engine.embed_dim)
+
+
+def test_bad_arguments_are_named(engine, photos, tmp_path):
+    with pytest.raises(UsageError, match="labels"):
+        engine.classify(photos, [])
+    with pytest.raises(UsageError, match="template"):
+        engine.classify(photos, ["cat"], template="no slot")
+    with pytest.raises(ImageError, match="missing.png"):
+        engine.embed_images([tmp_path / "missing.png"])

@@ -1,0 +1,26 @@
+"""Reference computations with transformers, for parity tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def reference_image_embeddings(model, processor, images) -> np.ndarray:
+    """transformers' normalised get_image_features on ``images`` (paths or PIL images)."""
+    pil = [Image.open(i) if not isinstance(i, Image.Image) else i for i in images]
+    pixel_values = processor.image_processor(images=pil, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=pixel_values)
+    feats = out if isinstance(out, torch.Tensor) else out.pooler_output
+    return torch.nn.functional.normalize(feats, dim=-1).numpy()
+
+
+def reference_text_embeddings(model, tokenizer, texts) -> np.ndarray:
+    """transformers' normalised get_text_features, tokenised as CLIPProcessor does (truncate at 77)."""
+    inputs = tokenizer(list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        out = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    feats = out if isinstance(out, torch.Tensor) else out.pooler_output
+    return torch.nn.functional.normalize(feats, dim=-1).numpy()
