@@ -25,7 +25,7 @@ test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py --out bench-output
+	$(PY) benchmarks/clip_latency.py
 
 clean:
 	rm -rf $(VENV) demo-output bench-output .pytest_cache

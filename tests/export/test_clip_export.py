@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+
+from clipblip.errors import ModelSourceError, OutputExistsError, ParityError
+from clipblip.export import clip as clip_export
+from clipblip.export import export_model
+from clipblip.manifest import Manifest, sha256_of
+
+
+def test_folder_holds_manifest_graphs_and_tokenizer(tiny_clip):
+    manifest = Manifest.load(tiny_clip.exported)
+    names = sorted(p.name for p in tiny_clip.exported.iterdir())
+    assert names == ["image_tower.onnx", "manifest.json", "text_tower.onnx", "tokenizer.json"]
+    assert manifest.family == "clip" and not manifest.random_weights
+    assert manifest.source["model"] == str(tiny_clip.checkpoint)
+    for name, graph in manifest.graphs.items():
+        assert graph.sha256 == sha256_of(tiny_clip.exported / graph.file)
+        assert 0 <= graph.parity["max_abs_diff"] <= 1e-4
+        assert {"batch": 1} in [{k: v for k, v in s.items() if k == "batch"} for s in graph.parity["checked_sizes"]]
+    image, text = manifest.graphs["image_tower"], manifest.graphs["text_tower"]
+    assert image.inputs[0].shape[0] == "batch" and image.outputs[0].name == "image_embeds"
+    assert [t.name for t in text.inputs] == ["input_ids", "attention_mask"]
+    assert text.inputs[0].shape == ["batch", "sequence"]
+    assert manifest.model["embed_dim"] == tiny_clip.model.config.projection_dim
+    assert manifest.model["logit_scale"] == pytest.approx(tiny_clip.model.logit_scale.exp().item())
+    assert manifest.tokenizer["max_length"] == 77
+    json.loads((tiny_clip.exported / "tokenizer.json").read_text())
+
+
+def test_refuses_to_overwrite_without_force(tiny_clip, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--force"):
+        export_model(str(tiny_clip.checkpoint), out)
+    assert (out / "keep.txt").read_text() == "mine"
+    export_model(str(tiny_clip.checkpoint), out, force=True)
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folders left behind
+
+
+class BatchTwoOnly(torch.nn.Module):
+    """A tracing trap: Python control flow on the batch size is frozen at the traced value."""
+
+    def __init__(self, tower):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, pixel_values):
+        out = self.tower(pixel_values)
+        return out if pixel_values.shape[0] == 2 else out + 0.01
+
+
+def test_parity_gate_rejects_a_wrong_graph_and_writes_nothing(monkeypatch, tmp_path):
+    real_specs = clip_export.graph_specs
+
+    def trapped_specs(source):
+        specs = real_specs(source)
+        from dataclasses import replace
+        return [replace(specs[0], module=BatchTwoOnly(specs[0].module))] + specs[1:]
+
+    monkeypatch.setattr(clip_export, "graph_specs", trapped_specs)
+    with pytest.raises(ParityError, match=r"graph 'image_tower': output 'image_embeds' differs .* by 0\.01"):
+        export_model("random:clip-tiny", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uncached_hub_id_offline_says_what_to_pass(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError, match="save_pretrained.*random:clip-base"):
+        export_model("nobody-here/no-such-clip", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pickle_only_checkpoint_is_refused(tiny_clip, tmp_path):
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for f in tiny_clip.checkpoint.iterdir():
+        if f.suffix != ".safetensors":
+            (folder / f.name).write_bytes(f.read_bytes())
+    torch.save(load_file(tiny_clip.checkpoint / "model.safetensors"), folder / "pytorch_model.bin")
+    with pytest.raises(ModelSourceError, match="safetensors"):
+        export_model(str(folder), tmp_path / "out")
+
+
+def test_unknown_preset_lists_the_presets(tmp_path):
+    with pytest.raises(ModelSourceError, match="random:clip-tiny"):
+        export_model("random:clip-huge", tmp_path / "out")

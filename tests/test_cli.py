@@ -1,0 +1,82 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipblip.cli import main
+from tests.helpers import reference_image_embeddings, reference_text_embeddings
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_embed_images_and_texts_match_transformers(tiny_clip, photos, tmp_path, capsys):
+    code, _, _ = run(capsys, "embed", tiny_clip.exported, "--images", *photos, "--out", tmp_path / "img.npy")
+    assert code == 0
+    ref = reference_image_embeddings(tiny_clip.model, tiny_clip.processor, photos)
+    assert np.abs(np.load(tmp_path / "img.npy") - ref).max() < 1e-4
+
+    texts = ["a cat", "", "猫 🐱"]
+    code, _, _ = run(capsys, "embed", tiny_clip.exported, "--texts", *texts, "--out", tmp_path / "txt.npy")
+    assert code == 0
+    ref = reference_text_embeddings(tiny_clip.model, tiny_clip.processor.tokenizer, texts)
+    assert np.abs(np.load(tmp_path / "txt.npy") - ref).max() < 1e-4
+
+
+def test_embed_refuses_to_overwrite(tiny_clip, photos, tmp_path, capsys):
+    target = tmp_path / "e.npy"
+    target.write_bytes(b"precious")
+    code, _, err = run(capsys, "embed", tiny_clip.exported, "--texts", "x", "--out", target)
+    assert code == 6 and "--force" in err and target.read_bytes() == b"precious"
+    assert run(capsys, "embed", tiny_clip.exported, "--texts", "x", "--out", target, "--force")[0] == 0
+    assert np.load(target).shape[0] == 1
+
+
+def test_similarity_json_and_plot(tiny_clip, photos, tmp_path, capsys):
+    code, out, _ = run(capsys, "similarity", tiny_clip.exported, "--images", *photos, "--texts", "a", "b c",
+                       "--json", "--plot", tmp_path / "s.png")
+    assert code == 0
+    doc = json.loads(out)
+    assert np.asarray(doc["similarity"]).shape == (2, 2) and doc["texts"] == ["a", "b c"]
+    assert doc["random_weights"] is False
+    with Image.open(tmp_path / "s.png") as png:
+        assert png.size[0] > 200
+    code, out, _ = run(capsys, "similarity", tiny_clip.exported, "--images", *photos, "--texts", "a", "b c")
+    assert code == 0 and photos[0].name in out
+
+
+def test_classify_json_and_table(tiny_clip, photos, capsys):
+    code, out, _ = run(capsys, "classify", tiny_clip.exported, *photos, "--labels", "cat", "dog", "--json")
+    assert code == 0
+    results = json.loads(out)["results"]
+    assert [r["image"] for r in results] == [str(p) for p in photos]
+    probs = [l["probability"] for l in results[0]["labels"]]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
+    code, out, _ = run(capsys, "classify", tiny_clip.exported, photos[0], "--labels", "cat", "dog")
+    assert code == 0 and "%" in out
+
+
+def test_errors_are_one_line_and_debug_shows_traceback(tiny_clip, tmp_path, capsys):
+    code, out, err = run(capsys, "classify", tiny_clip.exported, tmp_path / "nope.jpg", "--labels", "cat")
+    assert code == 9 and out == ""
+    assert err.strip().count("\n") == 0 and "nope.jpg" in err
+    code, _, err = run(capsys, "classify", tmp_path / "no-model", tmp_path / "x.jpg", "--labels", "cat")
+    assert code == 7 and "no-model" in err
+    with pytest.raises(Exception, match="nope.jpg"):
+        main(["--debug", "classify", str(tiny_clip.exported), str(tmp_path / "nope.jpg"), "--labels", "cat"])
+
+
+def test_export_cli_reports_random_weights(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "clipblip", "export", "random:clip-tiny", "--out",
+                             str(tmp_path / "m")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM weights" in result.stderr and "image_tower" in result.stdout
+    again = subprocess.run([sys.executable, "-m", "clipblip", "export", "random:clip-tiny", "--out",
+                            str(tmp_path / "m")], capture_output=True, text=True)
+    assert again.returncode == 6 and again.stderr.strip().count("\n") == 0
