@@ -78,3 +78,14 @@ def test_bad_arguments_are_named(engine, photos, tmp_path):
         engine.classify(photos, ["cat"], template="no slot")
     with pytest.raises(ImageError, match="missing.png"):
         engine.embed_images([tmp_path / "missing.png"])
+
+
+def test_cuda_without_cuda_is_a_provider_error(tiny_clip):
+    import onnxruntime as ort
+
+    from clipblip.errors import ProviderError
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine's ONNX Runtime offers CUDA; the no-CUDA error cannot be provoked here")
+    with pytest.raises(ProviderError, match="cuda"):
+        ClipEngine.from_dir(tiny_clip.exported, provider="cuda")
