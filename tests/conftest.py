@@ -125,3 +125,132 @@ TEXTS = [
     "  leading and trailing spaces  ",
     " ".join(["lengthy"] * 120),  # far over 77 tokens
 ]
+
+
+# --- BLIP --------------------------------------------------------------------------------------------
+
+BLIP_TASK_CLASSES = {"caption": "BlipForConditionalGeneration", "vqa": "BlipForQuestionAnswering",
+                     "itm": "BlipForImageTextRetrieval"}
+# Caption: vision wider than text (cross-attention from 48-wide patches into a 32-wide decoder).
+# VQA needs equal widths (its decoder cross-attends to the question encoding with the image's width).
+BLIP_SIZES = {
+    "caption": dict(text=dict(hidden_size=32, encoder_hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4),
+                    vision=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=48, patch_size=12), image_text_hidden_size=16),
+    "vqa": dict(text=dict(hidden_size=32, encoder_hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                          num_attention_heads=2),
+                vision=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=32, patch_size=8), image_text_hidden_size=16),
+    "itm": dict(text=dict(hidden_size=32, encoder_hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                          num_attention_heads=4),
+                vision=dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3,
+                            image_size=40, patch_size=10), image_text_hidden_size=12),
+}
+GENERATION_CAP = 8  # max_new_tokens in the parity tests
+
+
+@dataclass
+class TinyBlip:
+    task: str
+    checkpoint: Path
+    exported: Path
+    model: object
+    processor: object
+
+
+@pytest.fixture(scope="session")
+def blip_tokenizer():
+    from clipblip.export.vocab import blip_tokenizer
+
+    return blip_tokenizer()
+
+
+def varied_images(photos: list[Path]) -> list[Image.Image]:
+    """Four images that a random BLIP tells apart: two photos, a flat colour, noise."""
+    rng = np.random.default_rng(0)
+    return [Image.open(photos[0]), Image.open(photos[1]), Image.new("RGB", (40, 30), (200, 10, 10)),
+            Image.fromarray(rng.integers(0, 256, (50, 50, 3), dtype=np.uint8))]
+
+
+def end_lengths(generated, eos_id: int) -> list[int | None]:
+    rows = generated.tolist()
+    return [row.index(eos_id) if eos_id in row else None for row in rows]
+
+
+def bias_end_token(model, task, pixel_values, questions, tokenizer) -> float:
+    """Raise the [SEP] logit bias until, in one batch, some rows end early and others reach the cap."""
+    import torch
+
+    eos = model.config.text_config.sep_token_id
+    bias = model.text_decoder.cls.predictions.bias
+    kwargs = {}
+    if task == "vqa":
+        enc = tokenizer(questions, padding=True, return_tensors="pt")
+        kwargs = dict(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+    for shift in np.arange(0.0, 12.0, 0.1):
+        with torch.no_grad():
+            bias[eos] += 0.1 if shift else 0.0
+            out = model.generate(pixel_values=pixel_values, max_new_tokens=GENERATION_CAP, num_beams=1,
+                                 do_sample=False, **kwargs)
+        lengths = end_lengths(out, eos)
+        ended = [n for n in lengths if n is not None]
+        if None in lengths and ended and len(set(lengths)) >= 3:
+            return float(shift)
+    raise AssertionError("no [SEP] bias makes rows end at different steps; the test model is unusable")
+
+
+BLIP_QUESTIONS = ["what is in the picture?", "how many pencils are there in the blue box?", "is it red?",
+                  "what colour?"]
+
+
+def make_tiny_blip(task: str, tmp_path_factory, blip_tokenizer, photos) -> TinyBlip:
+    """A random BLIP of ``task`` saved with save_pretrained, exported, and reloaded for reference."""
+    import torch
+    import transformers
+    from transformers import BlipConfig, BlipImageProcessorPil, BlipProcessor
+
+    from clipblip.export import export_model
+
+    sizes = BLIP_SIZES[task]
+    torch.manual_seed(7)
+    config = BlipConfig(text_config={**sizes["text"], "initializer_range": 0.1},
+                        vision_config={**sizes["vision"], "initializer_range": 0.1},
+                        image_text_hidden_size=sizes["image_text_hidden_size"])
+    cls = getattr(transformers, BLIP_TASK_CLASSES[task])
+    model = cls(config).eval()
+    size = sizes["vision"]["image_size"]
+    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": size, "width": size}),
+                              tokenizer=blip_tokenizer)
+    if task in ("caption", "vqa"):
+        pixel_values = processor.image_processor(images=varied_images(photos), return_tensors="pt")["pixel_values"]
+        bias_end_token(model, task, pixel_values, BLIP_QUESTIONS, blip_tokenizer)
+    root = tmp_path_factory.mktemp(f"blip-{task}")
+    checkpoint = root / "checkpoint"
+    model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    exported = root / "exported"
+    export_model(str(checkpoint), exported)  # the task comes from the checkpoint's architecture
+    reloaded = cls.from_pretrained(checkpoint).eval()
+    return TinyBlip(task, checkpoint, exported, reloaded, BlipProcessor.from_pretrained(checkpoint))
+
+
+@pytest.fixture(scope="session")
+def blip_caption(tmp_path_factory, blip_tokenizer, photos) -> TinyBlip:
+    return make_tiny_blip("caption", tmp_path_factory, blip_tokenizer, photos)
+
+
+@pytest.fixture(scope="session")
+def blip_vqa(tmp_path_factory, blip_tokenizer, photos) -> TinyBlip:
+    return make_tiny_blip("vqa", tmp_path_factory, blip_tokenizer, photos)
+
+
+@pytest.fixture(scope="session")
+def blip_itm(tmp_path_factory, blip_tokenizer, photos) -> TinyBlip:
+    return make_tiny_blip("itm", tmp_path_factory, blip_tokenizer, photos)
+
+
+@pytest.fixture(scope="session", params=["caption", "vqa", "itm"])
+def tiny_blip(request) -> TinyBlip:
+    """Each BLIP task's tiny export in turn, for checks that hold for all three."""
+    return request.getfixturevalue(f"blip_{request.param}")

@@ -64,7 +64,7 @@ def export_model(
 
     Every graph passes the parity gate before the folder appears; on any failure nothing is left.
     """
-    from . import clip
+    from . import blip, clip
 
     say = progress or (lambda message: None)
     out = Path(out)
@@ -75,7 +75,7 @@ def export_model(
 
     say(f"loading {model}")
     source = load_source(model, task)
-    family = {"clip": clip}[source.family]
+    family = {"clip": clip, "blip": blip}[source.family]
     sections = family.manifest_sections(source)
 
     with staged_folder(out, force) as staging:

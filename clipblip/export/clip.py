@@ -44,12 +44,11 @@ class ClipTextTower(nn.Module):
 
 
 def token_batch(
-    sizes: dict[str, int], generator: torch.Generator, *, vocab_size: int, bos_id: int, eos_id: int, pad_id: int
+    sizes: dict[str, int], generator: torch.Generator, *, high: int, bos_id: int, eos_id: int, pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """Random token rows of varied lengths: [bos] ... [eos] then padding (mask 0)."""
+    """Random token rows (ids below ``high``) of varied lengths: [bos] ... [eos], then padding (mask 0)."""
     batch, seq = sizes["batch"], sizes["sequence"]
-    low = min(bos_id, eos_id)
-    input_ids = torch.randint(0, low, (batch, seq), generator=generator, dtype=torch.int64)
+    input_ids = torch.randint(0, high, (batch, seq), generator=generator, dtype=torch.int64)
     attention_mask = torch.zeros(batch, seq, dtype=torch.int64)
     for row in range(batch):
         length = max(2, seq - 3 * row)
@@ -72,7 +71,8 @@ def graph_specs(source: SourceModel) -> list[GraphSpec]:
 
     def text_sample(sizes, generator):
         return token_batch(
-            sizes, generator, vocab_size=text.vocab_size, bos_id=tok["bos_id"], eos_id=tok["eos_id"],
+            # ids below bos/eos: checkpoints with the legacy eos_token_id=2 pool at the highest id
+            sizes, generator, high=min(tok["bos_id"], tok["eos_id"]), bos_id=tok["bos_id"], eos_id=tok["eos_id"],
             pad_id=tok["pad_id"],
         )
 

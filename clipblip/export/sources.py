@@ -30,12 +30,12 @@ class SourceModel:
 
 
 def _random_presets() -> dict[str, Callable[[str | None], SourceModel]]:
-    from . import clip
+    from . import blip, clip
 
-    return {**clip.RANDOM_PRESETS}
+    return {**clip.RANDOM_PRESETS, **blip.RANDOM_PRESETS}
 
 
-RANDOM_PRESETS = ("clip-base", "clip-tiny")
+RANDOM_PRESETS = ("clip-base", "clip-tiny", "blip-base", "blip-tiny")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -52,20 +52,23 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _model_type(ref: str, local_only: bool) -> str:
+def _read_config(ref: str, local_only: bool) -> tuple[str, list[str]]:
+    """(model_type, architectures) of a local directory or a Hub id."""
     path = Path(ref)
     if path.is_dir():
         config = path / "config.json"
         if not config.is_file():
             raise ModelSourceError(f"{ref}: no config.json; pass a directory written by save_pretrained")
         try:
-            return json.loads(config.read_text(encoding="utf-8")).get("model_type", "")
-        except (OSError, json.JSONDecodeError) as e:
+            data = json.loads(config.read_text(encoding="utf-8"))
+            return data.get("model_type", ""), list(data.get("architectures") or [])
+        except (OSError, json.JSONDecodeError, AttributeError) as e:
             raise ModelSourceError(f"{config}: unreadable ({e})") from None
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(ref, local_files_only=local_only).model_type
+        config = AutoConfig.from_pretrained(ref, local_files_only=local_only)
+        return config.model_type, list(config.architectures or [])
     except Exception:
         where = "the local Hugging Face cache" if local_only else "the Hub or the local cache"
         raise ModelSourceError(
@@ -86,9 +89,13 @@ def load_source(ref: str, task: str | None = None) -> SourceModel:
         return presets[name](task)
 
     local_only = Path(ref).is_dir() or not hub_reachable()
-    model_type = _model_type(ref, local_only)
+    model_type, architectures = _read_config(ref, local_only)
     if model_type == "clip":
         from . import clip
 
         return clip.load_pretrained(ref, local_only=local_only)
-    raise ModelSourceError(f"{ref}: model type '{model_type}' is not supported (clipblip exports: clip)")
+    if model_type == "blip":
+        from . import blip
+
+        return blip.load_pretrained(ref, local_only, task, architectures)
+    raise ModelSourceError(f"{ref}: model type '{model_type}' is not supported (clipblip exports: clip, blip)")

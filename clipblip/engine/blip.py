@@ -1,0 +1,191 @@
+"""BLIP with ONNX Runtime: captions, visual question answering, image–text matching."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import GenerationConfigError, ModelLoadError, TextInputError, UsageError
+from ..manifest import Manifest
+from .clip import batches, softmax
+from .generate import Generation, greedy_decode, trim
+from .images import ImageInput, ImagePreprocessor
+from .session import open_graph
+from .text import TextTokenizer
+
+__all__ = ["BlipEngine", "MatchScores"]
+
+TASK_GRAPHS = {
+    "caption": ("image_tower", "cross_kv", "decoder_step"),
+    "vqa": ("image_tower", "question_encoder", "cross_kv", "decoder_step"),
+    "match": ("image_tower", "itm_head", "itc_image", "itc_text"),
+}
+EXPORT_TASK = {"caption": "caption", "vqa": "vqa", "match": "itm"}
+
+
+@dataclass
+class MatchScores:
+    """Retrieval scores, both (N images, M texts): ITM match probability and ITC cosine similarity."""
+
+    itm: np.ndarray
+    itc: np.ndarray
+
+
+class BlipEngine:
+    """Runs an exported BLIP model folder (caption, vqa or itm). Build it with :meth:`from_dir`."""
+
+    def __init__(self, folder: Path, manifest: Manifest, sessions: dict, max_batch: int):
+        if max_batch < 1:
+            raise UsageError(f"max_batch={max_batch}: must be at least 1")
+        self.folder = folder
+        self.manifest = manifest
+        self.sessions = sessions
+        self.max_batch = max_batch
+        self.preprocess = ImagePreprocessor.from_manifest(manifest.image)
+        self.tokenizer = TextTokenizer.from_manifest(folder, manifest.tokenizer)
+        self.generation = manifest.model.get("generation", {})
+        self.decoder = manifest.model.get("decoder", {})
+
+    @classmethod
+    def from_dir(cls, folder: str | os.PathLike, provider: str = "auto", threads: int | None = None,
+                 max_batch: int = 16, verify: bool = True) -> BlipEngine:
+        """Load a folder written by `clipblip export` for a BLIP model, with the graphs of its task."""
+        folder = Path(folder)
+        manifest = Manifest.load(folder)
+        if manifest.family != "blip":
+            raise ModelLoadError(f"{folder}: holds a {manifest.family} model, not BLIP")
+        names = {name for task in manifest.tasks for name in TASK_GRAPHS.get(task, ())}
+        sessions = {name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
+                    for name in sorted(names)}
+        return cls(folder, manifest, sessions, max_batch)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.manifest.tasks)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.sessions["image_tower"].get_providers()
+
+    def _require(self, task: str) -> None:
+        if task not in self.manifest.tasks:
+            raise UsageError(f"{self.folder}: this BLIP export does '{', '.join(self.manifest.tasks)}', not '{task}'; "
+                             f"export a {EXPORT_TASK[task]} checkpoint (clipblip export ... --task {EXPORT_TASK[task]})")
+
+    def _run(self, graph: str, **feeds: np.ndarray) -> list[np.ndarray]:
+        return self.sessions[graph].run(None, feeds)
+
+    def image_embeds(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images → patch tokens, float32 (N, image_tokens, width)."""
+        return self._run("image_tower", pixel_values=self.preprocess(images))[0]
+
+    # --- generation ----------------------------------------------------------------------------------
+
+    def _check_max_new_tokens(self, max_new_tokens: int, prompt_len: int) -> None:
+        limit = int(self.generation["max_positions"])
+        if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise GenerationConfigError(f"max_new_tokens={max_new_tokens!r}: must be a positive integer")
+        if prompt_len + max_new_tokens > limit:
+            raise GenerationConfigError(
+                f"max_new_tokens={max_new_tokens}: with a {prompt_len}-token prompt this passes the model's "
+                f"{limit} positions (at most {limit - prompt_len})"
+            )
+
+    def _decode_step(self, input_ids, past, cross):
+        layers = self.decoder["layers"]
+        feeds = {"input_ids": input_ids}
+        for i in range(layers):
+            feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = past[2 * i], past[2 * i + 1]
+            feeds[f"cross_key_{i}"], feeds[f"cross_value_{i}"] = cross[2 * i], cross[2 * i + 1]
+        logits, *present = self.sessions["decoder_step"].run(None, feeds)
+        return logits, present
+
+    def _generate(self, prompt: np.ndarray, encoder_states: np.ndarray, max_new_tokens: int) -> list[list[int]]:
+        cross = self._run("cross_kv", encoder_hidden_states=encoder_states)  # 2 x layers of (b, heads, enc, hd)
+        out = greedy_decode(
+            self._decode_step, prompt, cross, layers=self.decoder["layers"], heads=self.decoder["heads"],
+            head_dim=self.decoder["head_dim"], max_new_tokens=max_new_tokens,
+            eos_id=self.generation["eos_id"], pad_id=self.generation["pad_id"],
+        )
+        return [trim(row, self.generation["eos_id"]) for row in out]
+
+    def caption_prompt(self, prompt: str | None) -> list[int]:
+        """Decoder prompt ids: [DEC] alone, or the prompt's ids with [CLS] → [DEC] and the final [SEP] dropped."""
+        if prompt is None:
+            return [self.generation["bos_id"]]
+        if not isinstance(prompt, str):
+            raise TextInputError(f"prompt: expected a string, got {type(prompt).__name__}")
+        ids = self.tokenizer.ids([prompt])[0]
+        return [self.generation["bos_id"]] + ids[1:-1]
+
+    def generate_captions(self, images: Sequence[ImageInput], prompt: str | None = None,
+                          max_new_tokens: int = 30) -> list[Generation]:
+        """Greedy captions with their token ids; with a prompt the text starts with the prompt."""
+        self._require("caption")
+        images = list(images)
+        prompt_ids = self.caption_prompt(prompt)
+        self._check_max_new_tokens(max_new_tokens, len(prompt_ids))
+        results: list[Generation] = []
+        for part in batches(len(images), self.max_batch):
+            image_embeds = self.image_embeds(images[part])  # (batch, image_tokens, width)
+            prompt_batch = np.tile(np.asarray(prompt_ids, dtype=np.int64), (len(image_embeds), 1))
+            for ids in self._generate(prompt_batch, image_embeds, max_new_tokens):
+                results.append(Generation(self.tokenizer.decode(prompt_ids + ids), ids, prompt_ids))
+        return results
+
+    def caption(self, images: Sequence[ImageInput], prompt: str | None = None, max_new_tokens: int = 30) -> list[str]:
+        """One caption per image."""
+        return [g.text for g in self.generate_captions(images, prompt, max_new_tokens)]
+
+    def generate_answers(self, images: Sequence[ImageInput], questions: str | Sequence[str],
+                         max_new_tokens: int = 10) -> list[Generation]:
+        """Greedy answers with their token ids; one question for all images, or one per image."""
+        self._require("vqa")
+        images = list(images)
+        questions = [questions] * len(images) if isinstance(questions, str) else list(questions)
+        if len(questions) != len(images):
+            raise TextInputError(f"questions: {len(questions)} given for {len(images)} images")
+        self._check_max_new_tokens(max_new_tokens, 1)
+        bos = np.int64(self.generation["bos_id"])
+        results: list[Generation] = []
+        for part in batches(len(images), self.max_batch):
+            image_embeds = self.image_embeds(images[part])
+            input_ids, attention_mask = self.tokenizer(questions[part])  # (batch, question_len)
+            question_embeds = self._run("question_encoder", input_ids=input_ids, attention_mask=attention_mask,
+                                        image_embeds=image_embeds)[0]  # (batch, question_len, width)
+            prompt = np.full((len(image_embeds), 1), bos, dtype=np.int64)
+            for ids in self._generate(prompt, question_embeds, max_new_tokens):
+                results.append(Generation(self.tokenizer.decode(ids), ids, [int(bos)]))
+        return results
+
+    def answer(self, images: Sequence[ImageInput], questions: str | Sequence[str], max_new_tokens: int = 10) -> list[str]:
+        """One answer per image."""
+        return [g.text for g in self.generate_answers(images, questions, max_new_tokens)]
+
+    # --- retrieval -----------------------------------------------------------------------------------
+
+    def match(self, images: Sequence[ImageInput], texts: Sequence[str]) -> MatchScores:
+        """ITM match probabilities and ITC cosine similarities, each (N images, M texts)."""
+        self._require("match")
+        images, texts = list(images), [texts] if isinstance(texts, str) else list(texts)
+        rows = self.tokenizer.ids(texts)
+        image_embeds = np.concatenate([self.image_embeds(images[p]) for p in batches(len(images), self.max_batch)]) \
+            if images else np.zeros((0, 1, 1), np.float32)
+        itm = np.zeros((len(images), len(texts)), dtype=np.float32)
+        image_feat = [self._run("itc_image", image_embeds=image_embeds[p])[0] for p in batches(len(images), self.max_batch)]
+        text_feat = []
+        for part in batches(len(texts), self.max_batch):
+            input_ids, attention_mask = self.tokenizer.pad(rows[part])  # (batch, sequence)
+            text_feat.append(self._run("itc_text", input_ids=input_ids, attention_mask=attention_mask)[0])
+            for i in range(len(images)):
+                repeated = np.repeat(image_embeds[i : i + 1], len(input_ids), axis=0)  # (batch, tokens, width)
+                logits = self._run("itm_head", input_ids=input_ids, attention_mask=attention_mask,
+                                   image_embeds=repeated)[0]  # (batch, 2)
+                itm[i, part] = softmax(logits)[:, 1]
+        if not images or not texts:
+            return MatchScores(itm, np.zeros((len(images), len(texts)), dtype=np.float32))
+        return MatchScores(itm, np.concatenate(image_feat) @ np.concatenate(text_feat).T)

@@ -1,0 +1,55 @@
+"""Greedy decoding with a KV cache, in numpy: one loop for captions and answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["Generation", "greedy_decode", "DecoderStep"]
+
+# step(input_ids (rows, new), past K/V, cross K/V) -> (logits (rows, vocab), present K/V)
+DecoderStep = Callable[[np.ndarray, list[np.ndarray], list[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]]
+
+
+@dataclass
+class Generation:
+    """One generated text with its ids: ``prompt_ids`` fed to the decoder, ``token_ids`` it produced."""
+
+    text: str
+    token_ids: list[int]
+    prompt_ids: list[int]
+
+
+def greedy_decode(step: DecoderStep, prompt: np.ndarray, cross: list[np.ndarray], *, layers: int, heads: int,
+                  head_dim: int, max_new_tokens: int, eos_id: int, pad_id: int) -> np.ndarray:
+    """Generate up to ``max_new_tokens`` per row; returns int64 (batch, max_new_tokens), pad after each end.
+
+    ``prompt`` (batch, prompt_len) starts every row ([DEC] and any prompt tokens). A row stops at
+    its own ``eos_id``; finished rows leave the batch so that they cost nothing afterwards.
+    """
+    batch = prompt.shape[0]
+    out = np.full((batch, max_new_tokens), pad_id, dtype=np.int64)
+    rows = np.arange(batch)  # which output rows are still generating
+    past = [np.zeros((batch, heads, 0, head_dim), dtype=np.float32)] * (2 * layers)  # (rows, heads, 0, head_dim)
+    tokens = prompt.astype(np.int64)  # the first step reads the whole prompt
+    for t in range(max_new_tokens):
+        logits, past = step(tokens, past, cross)  # logits (rows, vocab); past (rows, heads, seen, head_dim)
+        next_ids = logits.argmax(axis=-1)  # greedy: first maximum, as torch.argmax
+        out[rows, t] = next_ids
+        ended = next_ids == eos_id
+        if ended.all():
+            break
+        if ended.any():  # drop finished rows from the batch, their cache and their cross K/V
+            keep = ~ended
+            rows, next_ids = rows[keep], next_ids[keep]
+            past, cross = [p[keep] for p in past], [c[keep] for c in cross]
+        tokens = next_ids[:, None]  # (rows, 1)
+    return out
+
+
+def trim(row: np.ndarray, eos_id: int) -> list[int]:
+    """Generated ids up to and including the end token."""
+    ids = row.tolist()
+    return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids

@@ -1,0 +1,404 @@
+"""BLIP: image tower, KV-cached decoder step, cross-attention K/V, question encoder, ITM/ITC heads.
+
+The decoder step is written here against the checkpoint's own modules (same weights, same
+operation order as transformers' eager attention) so that its cache is explicit tensors:
+
+    decoder_step(input_ids, past_key_0, past_value_0, ..., cross_key_0, cross_value_0, ...)
+        -> logits (batch, vocab) of the last position, present_key_0, present_value_0, ...
+
+Cross-attention keys/values depend only on the image (or question) and are computed once by the
+``cross_kv`` graph; recomputing them per step would cost ~8 GMAC a token on BLIP base.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelSourceError, UsageError
+from .clip import image_facts, token_batch
+from .sources import SourceModel
+from .specs import GraphSpec, TensorSpec
+from .vocab import blip_tokenizer
+
+__all__ = ["graph_specs", "manifest_sections", "load_pretrained", "RANDOM_PRESETS", "TASK_CLASSES"]
+
+TASK_CLASSES = {
+    "caption": "BlipForConditionalGeneration",
+    "vqa": "BlipForQuestionAnswering",
+    "itm": "BlipForImageTextRetrieval",
+}
+ENGINE_TASKS = {"caption": ["caption"], "vqa": ["vqa"], "itm": ["match"]}
+DEFAULT_MAX_NEW_TOKENS = {"caption": 30, "vqa": 10}
+
+
+def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(batch, seq, heads * head_dim) → (batch, heads, seq, head_dim)"""
+    return x.view(x.shape[0], x.shape[1], -1, head_dim).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, seq, head_dim) → (batch, seq, heads * head_dim)"""
+    x = x.permute(0, 2, 1, 3).contiguous()
+    return x.view(x.shape[0], x.shape[1], -1)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Eager scaled dot-product attention in transformers' BLIP operation order."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (batch, heads, new, keys)
+    if mask is not None:
+        scores = scores + mask
+    return torch.matmul(nn.functional.softmax(scores, dim=-1), v)  # (batch, heads, new, head_dim)
+
+
+class BlipImageTower(nn.Module):
+    """pixel_values → image_embeds, the vision tower's patch tokens (class token first)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.vision_model = model.vision_model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision_model(pixel_values=pixel_values).last_hidden_state  # (batch, tokens, width)
+
+
+class CrossKV(nn.Module):
+    """Encoder states (image or question) → every decoder layer's cross-attention keys and values."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.layers = decoder.bert.encoder.layer
+        self.head_dim = self.layers[0].crossattention.self.attention_head_size
+
+    def forward(self, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = []
+        for layer in self.layers:
+            attention = layer.crossattention.self
+            out.append(split_heads(attention.key(encoder_hidden_states), self.head_dim))  # (batch, heads, enc, hd)
+            out.append(split_heads(attention.value(encoder_hidden_states), self.head_dim))
+        return tuple(out)
+
+
+class DecoderStep(nn.Module):
+    """New tokens + past self-attention K/V + cross K/V → last-position logits + present K/V."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.embeddings = decoder.bert.embeddings
+        self.layers = decoder.bert.encoder.layer
+        self.head = decoder.cls
+        self.head_dim = self.layers[0].attention.self.attention_head_size
+
+    def forward(self, input_ids: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = len(self.layers)
+        past, cross = cache[: 2 * n], cache[2 * n :]
+        past_len, new_len = past[0].shape[2], input_ids.shape[1]
+
+        positions = torch.arange(new_len, device=input_ids.device) + past_len
+        hidden = self.embeddings.word_embeddings(input_ids) + self.embeddings.position_embeddings(positions)[None]
+        hidden = self.embeddings.LayerNorm(hidden)  # (batch, new, width)
+
+        # causal mask over [past, new]: a new token at position p sees keys at positions <= p
+        keys_pos = torch.arange(past_len + new_len, device=input_ids.device)
+        blocked = keys_pos[None, :] > positions[:, None]  # (new, past + new)
+        mask = torch.where(blocked, torch.finfo(hidden.dtype).min, 0.0).to(hidden.dtype)[None, None]
+
+        presents = []
+        for i, layer in enumerate(self.layers):
+            self_attn = layer.attention.self
+            q = split_heads(self_attn.query(hidden), self.head_dim)
+            k = torch.cat([past[2 * i], split_heads(self_attn.key(hidden), self.head_dim)], dim=2)
+            v = torch.cat([past[2 * i + 1], split_heads(self_attn.value(hidden), self.head_dim)], dim=2)
+            presents += [k, v]  # (batch, heads, past + new, head_dim)
+            attn_out = layer.attention.output(merge_heads(attend(q, k, v, mask)), hidden)
+
+            cross_attn = layer.crossattention.self
+            q = split_heads(cross_attn.query(attn_out), self.head_dim)
+            cross_out = layer.crossattention.output(merge_heads(attend(q, cross[2 * i], cross[2 * i + 1], None)),
+                                                    attn_out)
+            hidden = layer.output(layer.intermediate(cross_out), cross_out)
+
+        logits = self.head(hidden[:, -1])  # (batch, vocab)
+        return (logits, *presents)
+
+
+class QuestionEncoder(nn.Module):
+    """VQA: question tokens cross-attending to the image → question_embeds (batch, seq, width)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.text_encoder = model.text_encoder
+
+    def forward(self, input_ids, attention_mask, image_embeds):
+        image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.int64, device=image_embeds.device)
+        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                 encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask,
+                                 return_dict=True).last_hidden_state
+
+
+class ItmHead(nn.Module):
+    """Retrieval ITM: text cross-attending to the image → match/no-match logits (batch, 2)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.encoder = QuestionEncoder(model)
+        self.itm_head = model.itm_head
+
+    def forward(self, input_ids, attention_mask, image_embeds):
+        return self.itm_head(self.encoder(input_ids, attention_mask, image_embeds)[:, 0])
+
+
+class ItcImage(nn.Module):
+    """Retrieval ITC: image_embeds → normalised projection of the class token (batch, dim)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.vision_proj = model.vision_proj
+
+    def forward(self, image_embeds):
+        return nn.functional.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+
+
+class ItcText(nn.Module):
+    """Retrieval ITC: text alone (no cross-attention) → normalised projection of [CLS] (batch, dim)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.text_encoder = model.text_encoder
+        self.text_proj = model.text_proj
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                   return_dict=True).last_hidden_state
+        return nn.functional.normalize(self.text_proj(hidden[:, 0]), dim=-1)
+
+
+# --- specs ------------------------------------------------------------------------------------------
+
+def decoder_dims(model: nn.Module) -> dict[str, int]:
+    text = model.config.text_config
+    return {"layers": text.num_hidden_layers, "heads": text.num_attention_heads,
+            "head_dim": text.hidden_size // text.num_attention_heads}
+
+
+def graph_specs(source: SourceModel) -> list[GraphSpec]:
+    model, task = source.model, source.task
+    vision, text = model.config.vision_config, model.config.text_config
+    size, width = vision.image_size, vision.hidden_size
+    image_tokens = (size // vision.patch_size) ** 2 + 1
+    tok = tokenizer_facts(source)
+    dims = decoder_dims(model)
+    layers, heads, head_dim = dims["layers"], dims["heads"], dims["head_dim"]
+
+    def randn(*shape, generator):
+        return torch.randn(*shape, generator=generator)
+
+    def tokens(sizes, generator):
+        return token_batch(sizes, generator, high=text.vocab_size - 2, bos_id=tok["cls_id"],
+                           eos_id=tok["sep_id"], pad_id=tok["pad_id"])
+
+    specs = [GraphSpec(
+        name="image_tower",
+        module=BlipImageTower(model).eval(),
+        inputs=(TensorSpec("pixel_values", "float32", ("batch", 3, size, size)),),
+        outputs=(TensorSpec("image_embeds", "float32", ("batch", image_tokens, width)),),
+        sample=lambda s, g: {"pixel_values": randn(s["batch"], 3, size, size, generator=g)},
+        trace_sizes={"batch": 2},
+        check_sizes=({"batch": 1}, {"batch": 3}),
+    )]
+    text_inputs = (TensorSpec("input_ids", "int64", ("batch", "sequence")),
+                   TensorSpec("attention_mask", "int64", ("batch", "sequence")))
+    image_input = TensorSpec("image_embeds", "float32", ("batch", image_tokens, width))
+    text_sizes = dict(trace_sizes={"batch": 2, "sequence": 9},
+                      check_sizes=({"batch": 1, "sequence": 4}, {"batch": 3, "sequence": 16}))
+
+    def tokens_and_image(sizes, generator):
+        feeds = tokens(sizes, generator)
+        feeds["image_embeds"] = randn(sizes["batch"], image_tokens, width, generator=generator)
+        return feeds
+
+    if task in ("caption", "vqa"):
+        decoder = model.text_decoder
+        enc_width = text.encoder_hidden_size
+        kv_axes = lambda seq: ("batch", heads, seq, head_dim)  # noqa: E731
+        past_names = [f"{kind}_{i}" for i in range(layers) for kind in ("past_key", "past_value")]
+        cross_names = [f"{kind}_{i}" for i in range(layers) for kind in ("cross_key", "cross_value")]
+        present_names = [f"{kind}_{i}" for i in range(layers) for kind in ("present_key", "present_value")]
+
+        def decoder_sample(s, g):
+            feeds = {"input_ids": torch.randint(0, text.vocab_size, (s["batch"], s["sequence"]), generator=g)}
+            feeds.update({n: randn(s["batch"], heads, s["past_sequence"], head_dim, generator=g) for n in past_names})
+            feeds.update({n: randn(s["batch"], heads, s["encoder_sequence"], head_dim, generator=g)
+                          for n in cross_names})
+            return feeds
+
+        if task == "vqa":
+            specs.append(GraphSpec(
+                name="question_encoder",
+                module=QuestionEncoder(model).eval(),
+                inputs=(*text_inputs, image_input),
+                outputs=(TensorSpec("question_embeds", "float32", ("batch", "sequence", text.hidden_size)),),
+                sample=tokens_and_image, **text_sizes,
+            ))
+        specs.append(GraphSpec(
+            name="cross_kv",
+            module=CrossKV(decoder).eval(),
+            inputs=(TensorSpec("encoder_hidden_states", "float32", ("batch", "encoder_sequence", enc_width)),),
+            outputs=tuple(TensorSpec(n, "float32", kv_axes("encoder_sequence")) for n in cross_names),
+            sample=lambda s, g: {"encoder_hidden_states": randn(s["batch"], s["encoder_sequence"], enc_width,
+                                                                generator=g)},
+            trace_sizes={"batch": 2, "encoder_sequence": 7},
+            check_sizes=({"batch": 1, "encoder_sequence": image_tokens}, {"batch": 3, "encoder_sequence": 5}),
+        ))
+        specs.append(GraphSpec(
+            name="decoder_step",
+            module=DecoderStep(decoder).eval(),
+            inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),
+                    *(TensorSpec(n, "float32", kv_axes("past_sequence")) for n in past_names),
+                    *(TensorSpec(n, "float32", kv_axes("encoder_sequence")) for n in cross_names)),
+            outputs=(TensorSpec("logits", "float32", ("batch", text.vocab_size)),
+                     *(TensorSpec(n, "float32", kv_axes("total_sequence")) for n in present_names)),
+            sample=decoder_sample,
+            trace_sizes={"batch": 2, "sequence": 2, "past_sequence": 3, "encoder_sequence": 5},
+            check_sizes=(
+                {"batch": 1, "sequence": 1, "past_sequence": 0, "encoder_sequence": image_tokens},
+                {"batch": 3, "sequence": 4, "past_sequence": 0, "encoder_sequence": 6},
+                {"batch": 2, "sequence": 1, "past_sequence": 9, "encoder_sequence": image_tokens},
+            ),
+        ))
+    elif task == "itm":
+        specs.append(GraphSpec(
+            name="itm_head", module=ItmHead(model).eval(),
+            inputs=(*text_inputs, image_input),
+            outputs=(TensorSpec("itm_logits", "float32", ("batch", 2)),),
+            sample=tokens_and_image, **text_sizes,
+        ))
+        dim = model.config.image_text_hidden_size
+        specs.append(GraphSpec(
+            name="itc_image", module=ItcImage(model).eval(),
+            inputs=(image_input,),
+            outputs=(TensorSpec("image_feat", "float32", ("batch", dim)),),
+            sample=lambda s, g: {"image_embeds": randn(s["batch"], image_tokens, width, generator=g)},
+            trace_sizes={"batch": 2}, check_sizes=({"batch": 1}, {"batch": 3}),
+        ))
+        specs.append(GraphSpec(
+            name="itc_text", module=ItcText(model).eval(),
+            inputs=text_inputs,
+            outputs=(TensorSpec("text_feat", "float32", ("batch", dim)),),
+            sample=tokens, **text_sizes,
+        ))
+    return specs
+
+
+def tokenizer_facts(source: SourceModel) -> dict[str, Any]:
+    tok, text = source.tokenizer, source.model.config.text_config
+    return {
+        "file": "tokenizer.json",
+        "max_length": min(int(tok.model_max_length or 10**9), int(text.max_position_embeddings)),
+        "cls_id": int(tok.cls_token_id),
+        "sep_id": int(tok.sep_token_id),
+        "pad_id": int(tok.pad_token_id),
+    }
+
+
+def manifest_sections(source: SourceModel) -> dict[str, Any]:
+    model, task = source.model, source.task
+    text, vision = model.config.text_config, model.config.vision_config
+    facts: dict[str, Any] = {
+        "task": task,
+        "image_tokens": (vision.image_size // vision.patch_size) ** 2 + 1,
+        "image_size": int(vision.image_size),
+    }
+    if task in ("caption", "vqa"):
+        facts["decoder"] = decoder_dims(model)
+        facts["generation"] = {
+            "bos_id": int(text.bos_token_id),  # [DEC], the first decoder token
+            "eos_id": int(text.sep_token_id),  # [SEP] ends a row
+            "pad_id": int(text.pad_token_id),  # fills finished rows
+            "max_positions": int(text.max_position_embeddings),
+            "default_max_new_tokens": DEFAULT_MAX_NEW_TOKENS[task],
+            "prompt_layout": "[DEC] + prompt tokens ([CLS] replaced by [DEC], trailing [SEP] dropped)"
+            if task == "caption" else "[DEC]; the decoder cross-attends to the question encoding",
+        }
+    return {
+        "tasks": ENGINE_TASKS[task],
+        "image": image_facts(source.image_processor, vision.image_size),
+        "tokenizer": tokenizer_facts(source),
+        "model": facts,
+    }
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+def task_of(architectures: list[str] | None, task: str | None, ref: str) -> str:
+    if task is not None:
+        if task not in TASK_CLASSES:
+            raise UsageError(f"--task {task}: choose caption, vqa or itm")
+        return task
+    for arch in architectures or []:
+        for name, cls in TASK_CLASSES.items():
+            if arch == cls:
+                return name
+    raise ModelSourceError(f"{ref}: cannot tell the BLIP task from its architectures {architectures}; "
+                           f"pass --task caption|vqa|itm")
+
+
+def load_pretrained(ref: str, local_only: bool, task: str | None, architectures: list[str] | None) -> SourceModel:
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    task = task_of(architectures, task, ref)
+    cls = getattr(transformers, TASK_CLASSES[task])
+    try:
+        model = cls.from_pretrained(ref, use_safetensors=True, local_files_only=local_only,
+                                    attn_implementation="eager").eval()
+    except OSError as e:
+        raise ModelSourceError(
+            f"{ref}: cannot load BLIP weights ({str(e).splitlines()[0]}); clipblip loads safetensors only"
+        ) from None
+    try:
+        processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
+    except (OSError, ValueError) as e:
+        raise ModelSourceError(f"{ref}: cannot load the processor or tokenizer ({str(e).splitlines()[0]})") from None
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise ModelSourceError(f"{ref}: the tokenizer has no tokenizer.json form (a fast tokenizer is required)")
+    return SourceModel("blip", task, model, processor, tokenizer,
+                       {"model": ref, "kind": "pretrained", "random_weights": False})
+
+
+def _random(name: str, config_kwargs: dict[str, Any], default_task: str = "caption"):
+    def build(task: str | None) -> SourceModel:
+        import transformers
+        from transformers import BlipConfig, BlipImageProcessorPil
+
+        task = task_of(None, task or default_task, f"random:{name}")
+        torch.manual_seed(0)
+        config = BlipConfig(**config_kwargs)
+        # BLIP's vision default initialiser (std 1e-10) makes a random tower blind to the image.
+        config.vision_config.initializer_range = 0.02
+        model = getattr(transformers, TASK_CLASSES[task])._from_config(config, attn_implementation="eager").eval()
+        size = config.vision_config.image_size
+        processor = BlipImageProcessorPil(size={"height": size, "width": size})
+        tokenizer = blip_tokenizer(config.text_config.max_position_embeddings)
+        return SourceModel("blip", task, model, processor, tokenizer, {
+            "model": f"random:{name}", "kind": "random", "random_weights": True, "seed": 0,
+        })
+
+    return build
+
+
+RANDOM_PRESETS = {
+    # Salesforce/blip-*-base: ViT-B/16 at 384 (577 image tokens), 12-layer BERT-base text side.
+    "blip-base": _random("blip-base", {"text_config": {"num_attention_heads": 12}}),
+    "blip-tiny": _random("blip-tiny", {
+        "text_config": {"hidden_size": 32, "encoder_hidden_size": 32, "intermediate_size": 64,
+                        "num_hidden_layers": 2, "num_attention_heads": 4},
+        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+        "image_text_hidden_size": 16,
+    }),
+}
