@@ -1,4 +1,4 @@
-"""`clipblip` command line: export, embed, similarity, classify, demo."""
+"""`clipblip` command line: export, embed, similarity, classify, caption, vqa, match, demo."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ def print_json(document: Any) -> None:
     sys.stdout.write("\n")
 
 
-def open_clip_engine(args: argparse.Namespace):
-    from .engine import ClipEngine
+def open_engine(args: argparse.Namespace, family: str):
+    from .engine import BlipEngine, ClipEngine
 
-    engine = ClipEngine.from_dir(args.model_dir, provider=args.provider, threads=args.threads,
-                                 max_batch=args.max_batch)
+    cls = {"clip": ClipEngine, "blip": BlipEngine}[family]
+    engine = cls.from_dir(args.model_dir, provider=args.provider, threads=args.threads, max_batch=args.max_batch)
     if engine.manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     return engine
@@ -71,7 +71,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if bool(args.images) == bool(args.texts):
         raise UsageError("embed: give either --images or --texts")
-    engine = open_clip_engine(args)
+    engine = open_engine(args, "clip")
     embeddings = engine.embed_images(args.images) if args.images else engine.embed_texts(args.texts)
     with atomic_output(args.out, args.force) as tmp:
         with open(tmp, "wb") as f:
@@ -82,7 +82,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
-    engine = open_clip_engine(args)
+    engine = open_engine(args, "clip")
     matrix = engine.similarity(args.images, args.texts)
     if args.plot:
         from .viz import RANDOM_WEIGHTS_NOTE, similarity_heatmap
@@ -100,7 +100,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    engine = open_clip_engine(args)
+    engine = open_engine(args, "clip")
     results = engine.classify(args.images, args.labels, template=args.template)
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
@@ -112,6 +112,51 @@ def cmd_classify(args: argparse.Namespace) -> int:
             print(image)
             for label, prob in ranked[: args.top_k]:
                 print(f"  {prob:7.2%}  {label}")
+    return 0
+
+
+def print_generations(args: argparse.Namespace, engine, generations, extra: dict[str, Any]) -> None:
+    if args.json:
+        print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights, **extra,
+                    "results": [{"image": str(image), "text": g.text, "token_ids": g.token_ids,
+                                 "prompt_ids": g.prompt_ids} for image, g in zip(args.images, generations)]})
+    else:
+        for image, g in zip(args.images, generations):
+            print(f"{image}: {g.text}")
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    engine = open_engine(args, "blip")
+    generations = engine.generate_captions(args.images, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+    print_generations(args, engine, generations, {"prompt": args.prompt})
+    return 0
+
+
+def cmd_vqa(args: argparse.Namespace) -> int:
+    engine = open_engine(args, "blip")
+    generations = engine.generate_answers(args.images, args.question, max_new_tokens=args.max_new_tokens)
+    print_generations(args, engine, generations, {"question": args.question})
+    return 0
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    engine = open_engine(args, "blip")
+    scores = engine.match(args.images, args.texts)
+    names = [Path(p).name for p in args.images]
+    if args.plot:
+        from .viz import RANDOM_WEIGHTS_NOTE, match_heatmaps
+
+        note = RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
+        save_figure(match_heatmaps(scores.itm, scores.itc, names, args.texts, note=note), args.plot, args.force)
+    if args.json:
+        print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
+                    "images": args.images, "texts": args.texts, "itm": scores.itm.tolist(),
+                    "itc": scores.itc.tolist()})
+    else:
+        print("ITM match probability")
+        print(format_table(names, args.texts, scores.itm))
+        print("\nITC cosine similarity")
+        print(format_table(names, args.texts, scores.itc))
     return 0
 
 
@@ -137,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="replace existing output files")
 
     p = sub.add_parser("export", help="export a model to an ONNX model folder")
-    p.add_argument("model", metavar="MODEL", help="Hub id, save_pretrained directory, or random:clip-base|clip-tiny")
+    p.add_argument("model", metavar="MODEL",
+                   help="Hub id, save_pretrained directory, or random:clip-base|clip-tiny|blip-base|blip-tiny")
     p.add_argument("--out", required=True, help="model folder to create")
     p.add_argument("--task", default=None, help="for BLIP: caption, vqa or itm (default: from the checkpoint)")
     p.add_argument("--opset", type=int, default=17)
@@ -167,6 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="labels shown per image in the table")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=cmd_classify)
+
+    p = sub.add_parser("caption", help="BLIP image captions")
+    engine_options(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--prompt", default=None, help="text the caption starts with")
+    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--json", action="store_true", help="print one JSON document, with token ids")
+    p.set_defaults(run=cmd_caption)
+
+    p = sub.add_parser("vqa", help="BLIP visual question answering")
+    engine_options(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--question", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print one JSON document, with token ids")
+    p.set_defaults(run=cmd_vqa)
+
+    p = sub.add_parser("match", help="BLIP image–text matching (ITM) and contrastive similarity (ITC)")
+    engine_options(p)
+    p.add_argument("--images", nargs="+", required=True, metavar="PATH")
+    p.add_argument("--texts", nargs="+", required=True, metavar="TEXT")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw both heatmaps")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(run=cmd_match)
 
     p = sub.add_parser("demo", help="export CLIP and run it on real photos; results into --out")
     p.add_argument("--out", default="demo-output")

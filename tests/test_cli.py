@@ -80,3 +80,31 @@ def test_export_cli_reports_random_weights(tmp_path):
     again = subprocess.run([sys.executable, "-m", "clipblip", "export", "random:clip-tiny", "--out",
                             str(tmp_path / "m")], capture_output=True, text=True)
     assert again.returncode == 6 and again.stderr.strip().count("\n") == 0
+
+
+def test_caption_vqa_and_match_commands(blip_caption, blip_vqa, blip_itm, photos, tmp_path, capsys):
+    from clipblip.engine import BlipEngine
+
+    code, out, _ = run(capsys, "caption", blip_caption.exported, *photos, "--prompt", "a picture of",
+                       "--max-new-tokens", 6, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    expected = BlipEngine.from_dir(blip_caption.exported).generate_captions(photos, "a picture of", 6)
+    assert [r["image"] for r in doc["results"]] == [str(p) for p in photos]
+    assert [r["token_ids"] for r in doc["results"]] == [g.token_ids for g in expected]
+    assert [r["text"] for r in doc["results"]] == [g.text for g in expected]
+
+    code, out, _ = run(capsys, "vqa", blip_vqa.exported, *photos, "--question", "what is it?")
+    assert code == 0 and out.count("\n") == 2 and str(photos[1]) in out
+
+    code, out, _ = run(capsys, "match", blip_itm.exported, "--images", *photos, "--texts", "a", "b",
+                       "--json", "--plot", tmp_path / "m.png")
+    assert code == 0
+    doc = json.loads(out)
+    assert np.asarray(doc["itm"]).shape == np.asarray(doc["itc"]).shape == (2, 2)
+    assert (tmp_path / "m.png").stat().st_size > 0
+
+    code, _, err = run(capsys, "caption", blip_itm.exported, *photos)
+    assert code == 2 and "--task caption" in err
+    code, _, err = run(capsys, "caption", blip_caption.exported, photos[0], "--max-new-tokens", 0)
+    assert code == 11 and "max_new_tokens" in err

@@ -4,22 +4,36 @@ import pytest
 
 from clipblip import demo
 
+TINY_SOURCES = {
+    "clip": (("nobody/not-cached-clip", None), ("random:clip-tiny", None)),
+    "caption": (("random:blip-tiny", "caption"),),
+    "vqa": (("random:blip-tiny", "vqa"),),
+    "itm": (("random:blip-tiny", "itm"),),
+}
+
 
 def test_demo_writes_results_with_the_random_banner(monkeypatch, tmp_path):
-    monkeypatch.setattr(demo, "CLIP_FALLBACK", "random:clip-tiny")  # the real demo uses random:clip-base
+    monkeypatch.setattr(demo, "SOURCES", TINY_SOURCES)  # the real demo falls back to the *-base presets
     messages = []
     demo.run_demo(tmp_path, progress=messages.append)
-    results = json.loads((tmp_path / "clip_results.json").read_text())
-    assert results["random_weights"] is True and results["model"] == "random:clip-tiny"
-    assert [r["image"] for r in results["classify"]] == list(demo.PHOTOS)
-    assert "RANDOM WEIGHTS" in (tmp_path / "README.md").read_text()
-    assert (tmp_path / "clip_similarity.png").stat().st_size > 0
-    assert any("RANDOM" in m for m in messages)
-    demo.run_demo(tmp_path, progress=messages.append)  # a second run reuses the export
-    assert any("reusing" in m for m in messages)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["clip"]["random_weights"] is True and results["clip"]["model"] == "random:clip-tiny"
+    assert [r["image"] for r in results["clip"]["classify"]] == list(demo.PHOTOS)
+    blip = results["blip"]
+    assert all(s["random_weights"] for s in blip["sources"].values())
+    assert [c["image"] for c in blip["captions"]] == list(demo.PHOTOS) and blip["captions"][0]["token_ids"]
+    assert all(c["text"].startswith(demo.CAPTION_PROMPT) for c in blip["prompted_captions"]["results"])
+    assert len(blip["vqa"]["results"]) == 2 and len(blip["match"]["itm"]) == 2
+    readme = (tmp_path / "README.md").read_text()
+    assert "RANDOM WEIGHTS" in readme and "BLIP captions" in readme and "Timings" in readme
+    for png in ("clip_similarity.png", "blip_match.png"):
+        assert (tmp_path / png).stat().st_size > 0
+    assert any("nobody/not-cached-clip unavailable" in m for m in messages)
+    demo.run_demo(tmp_path, progress=messages.append)  # a second run reuses the exports
+    assert sum("reusing" in m for m in messages) == 4
 
 
 @pytest.mark.slow
-def test_full_demo_on_clip_base(tmp_path):
-    demo.run_demo(tmp_path, progress=print)
-    assert json.loads((tmp_path / "clip_results.json").read_text())["classify"]
+def test_full_demo_on_base_presets(tmp_path):
+    results = demo.run_demo(tmp_path, progress=print)
+    assert results["blip"]["captions"] and results["clip"]["classify"]

@@ -334,16 +334,17 @@ def manifest_sections(source: SourceModel) -> dict[str, Any]:
 # --- loading ----------------------------------------------------------------------------------------
 
 def task_of(architectures: list[str] | None, task: str | None, ref: str) -> str:
-    if task is not None:
-        if task not in TASK_CLASSES:
-            raise UsageError(f"--task {task}: choose caption, vqa or itm")
-        return task
-    for arch in architectures or []:
-        for name, cls in TASK_CLASSES.items():
-            if arch == cls:
-                return name
-    raise ModelSourceError(f"{ref}: cannot tell the BLIP task from its architectures {architectures}; "
-                           f"pass --task caption|vqa|itm")
+    """The export task: --task if given (it must agree with the checkpoint), else the architecture's."""
+    if task is not None and task not in TASK_CLASSES:
+        raise UsageError(f"--task {task}: choose caption, vqa or itm")
+    found = [name for arch in architectures or [] for name, cls in TASK_CLASSES.items() if arch == cls]
+    if task is not None and found and task not in found:
+        raise ModelSourceError(f"{ref}: is a {architectures[0]} ({found[0]}) checkpoint; --task {task} needs a "
+                               f"{TASK_CLASSES[task]} checkpoint")
+    if task is None and not found:
+        raise ModelSourceError(f"{ref}: cannot tell the BLIP task from its architectures {architectures}; "
+                               f"pass --task caption|vqa|itm")
+    return task or found[0]
 
 
 def load_pretrained(ref: str, local_only: bool, task: str | None, architectures: list[str] | None) -> SourceModel:
