@@ -26,6 +26,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/clip_latency.py
+	$(PY) benchmarks/blip_caption.py
 
 clean:
 	rm -rf $(VENV) demo-output bench-output .pytest_cache

@@ -130,3 +130,15 @@ def test_only_cross_kv_projects_the_image(blip_caption):
     layers = blip_caption.model.config.text_config.num_hidden_layers
     assert image_projections("decoder_step") == []
     assert len(image_projections("cross_kv")) == 2 * layers
+
+
+def test_vqa_single_image_token_for_token(blip_vqa, photos):
+    engine = open_engine(blip_vqa)
+    image, question = varied_images(photos)[1], BLIP_QUESTIONS[1]
+    enc = blip_vqa.processor.tokenizer([question], return_tensors="pt")
+    with torch.no_grad():
+        ref = blip_vqa.model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                                      pixel_values=pixel_values(blip_vqa, [image]), max_new_tokens=GENERATION_CAP,
+                                      num_beams=1, do_sample=False)
+    eos = blip_vqa.model.config.text_config.sep_token_id
+    assert engine.generate_answers([image], question, GENERATION_CAP)[0].token_ids == hf_rows(ref, eos, 1)[0]
