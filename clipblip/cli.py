@@ -1,4 +1,4 @@
-"""`clipblip` command line: export, embed, similarity, classify, caption, vqa, match, demo."""
+"""`clipblip` command line: export, embed, similarity, classify, caption, vqa, match, viz, demo."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
     manifest = export_model(args.model, args.out, task=args.task, opset=args.opset, force=args.force,
-                            progress=progress)
+                            attentions=args.attentions, progress=progress)
     if manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     for name, graph in manifest.graphs.items():
@@ -160,6 +160,70 @@ def cmd_match(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_viz_toy(args: argparse.Namespace) -> int:
+    from .viz import TOY_TOKENS, toy_attention_figure
+
+    tokens = args.tokens or list(TOY_TOKENS)
+    save_figure(toy_attention_figure(tokens, seed=args.seed, d_model=args.d_model, heads=args.heads), args.out,
+                args.force)
+    return 0
+
+
+def parse_head(value: str) -> int | str:
+    if value == "mean":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--head {value!r}: a head number or 'mean'") from None
+
+
+def open_any_engine(args: argparse.Namespace):
+    from .manifest import Manifest
+
+    return open_engine(args, Manifest.load(args.model_dir).family)
+
+
+def cmd_viz_attention(args: argparse.Namespace) -> int:
+    from . import viz
+
+    engine = open_any_engine(args)
+    note = viz.RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
+    weights = engine.image_attentions(args.image)  # (layers, heads, tokens, tokens)
+    image_fig = viz.image_attention_figure(engine.preprocess.view(args.image), weights,
+                                           engine.manifest.model["patch_grid"], layer=args.layer, head=args.head,
+                                           rollout=args.rollout, note=note)
+    save_figure(image_fig, args.out, args.force)
+    text_fig = None
+    if args.text is not None:
+        if engine.manifest.family != "clip":
+            raise UsageError("--text: token attention of a given text needs a CLIP folder (BLIP shows its caption's)")
+        tokens, weights = engine.text_attentions(args.text)
+        text_fig = viz.token_attention_figure(weights, tokens, layer=args.layer, head=args.head,
+                                              title="CLIP text self-attention", note=note)
+    elif engine.manifest.family == "blip" and "caption" in engine.tasks:
+        explained = engine.caption_attentions(args.image)
+        text_fig = viz.token_attention_figure(explained.self_attention, explained.tokens, layer=args.layer,
+                                              head=args.head, title="BLIP decoder self-attention", note=note)
+    if text_fig is not None:
+        out = Path(args.out)
+        save_figure(text_fig, out.with_name(f"{out.stem}-text{out.suffix}"), args.force)
+    return 0
+
+
+def cmd_viz_cross_attention(args: argparse.Namespace) -> int:
+    from . import viz
+
+    engine = open_engine(args, "blip")
+    explained = engine.caption_attentions(args.image, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+    note = viz.RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
+    fig = viz.cross_attention_figure(engine.preprocess.view(args.image), explained.words, explained.cross_attention,
+                                     engine.manifest.model["patch_grid"], caption=explained.generation.text, note=note)
+    save_figure(fig, args.out, args.force)
+    print(explained.generation.text)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -188,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, help="for BLIP: caption, vqa or itm (default: from the checkpoint)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.add_argument("--attentions", action="store_true",
+                   help="also output attention weights (for `clipblip viz`); graphs are leaner without")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("embed", help="L2-normalised CLIP embeddings to a .npy file")
@@ -237,6 +303,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="also draw both heatmaps")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=cmd_match)
+
+    p = sub.add_parser("viz", help="figures: toy attention, real attention maps, cross-attention per word")
+    viz_sub = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+    q = viz_sub.add_parser("toy-attention", help="self-attention step by step on a short sentence")
+    q.add_argument("--out", required=True, metavar="FILE.png")
+    q.add_argument("--tokens", nargs="+", help="tokens to attend over (default: [CLS] 我 喜欢 小猫 和 小狗)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--d-model", type=int, default=8)
+    q.add_argument("--heads", type=int, default=2)
+    q.add_argument("--force", action="store_true")
+    q.set_defaults(run=cmd_viz_toy)
+    q = viz_sub.add_parser("attention", help="class-token attention over the image [and text attention]; "
+                                             "needs a folder exported with --attentions")
+    engine_options(q)
+    q.add_argument("image", metavar="IMAGE")
+    q.add_argument("--text", help="CLIP: also the text's token attention (written to OUT-text.png)")
+    q.add_argument("--layer", type=int, default=None, help="one layer (default: every layer)")
+    q.add_argument("--head", type=parse_head, default="mean", help="a head number or 'mean' (default)")
+    q.add_argument("--rollout", action="store_true", help="attention rollout across all layers")
+    q.add_argument("--out", required=True, metavar="FILE.png")
+    q.set_defaults(run=cmd_viz_attention)
+    q = viz_sub.add_parser("cross-attention", help="BLIP caption: where the decoder looked for each word")
+    engine_options(q)
+    q.add_argument("image", metavar="IMAGE")
+    q.add_argument("--prompt", default=None)
+    q.add_argument("--max-new-tokens", type=int, default=30)
+    q.add_argument("--out", required=True, metavar="FILE.png")
+    q.set_defaults(run=cmd_viz_cross_attention)
 
     p = sub.add_parser("demo", help="export CLIP and run it on real photos; results into --out")
     p.add_argument("--out", default="demo-output")

@@ -1,4 +1,4 @@
-"""`clipblip demo`: export CLIP and BLIP, run them on real photos, write the results into one folder."""
+"""`clipblip demo`: export CLIP and BLIP, run them on real photos, write results and report.html."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .errors import ClipblipError, ModelSourceError
 from .manifest import Manifest
 
 # Per model: the real checkpoint (used when the Hub or the local cache has it), then the random preset.
+# CLIP and the caption model are exported with attention weights, for the report's attention figures.
 SOURCES: dict[str, tuple[tuple[str, str | None], ...]] = {
     "clip": (("openai/clip-vit-base-patch32", None), ("random:clip-base", None)),
     "caption": (("Salesforce/blip-image-captioning-base", "caption"), ("random:blip-base", "caption")),
@@ -23,6 +24,7 @@ LABELS = ("woman in a naval uniform", "man in a suit", "cat", "dog", "blue gift 
 TEXTS = ("a portrait of a woman in uniform", "a blue box of coloured pencils", "a photo of a cat")
 CAPTION_PROMPT = "a picture of"
 QUESTION = "what is in the picture?"
+WITH_ATTENTIONS = ("clip", "caption")
 
 
 def demo_photos(folder: Path) -> list[Path]:
@@ -42,15 +44,18 @@ def ensure_export(name: str, folder: Path, say: Callable[[str], None]) -> Manife
     """Reuse ``folder`` if it holds a valid export, else export the first source of ``name`` that loads."""
     from .export import export_model
 
+    attentions = name in WITH_ATTENTIONS
     try:
         manifest = Manifest.load(folder)
-        say(f"reusing {folder} ({manifest.source['model']}); delete it to export again")
-        return manifest
+        if manifest.source.get("attentions", False) >= attentions:
+            say(f"reusing {folder} ({manifest.source['model']}); delete it to export again")
+            return manifest
     except ClipblipError:
         pass
     for model, task in SOURCES[name]:
         try:
-            manifest = export_model(model, folder, task=task, force=folder.exists(), progress=say)
+            manifest = export_model(model, folder, task=task, force=folder.exists(), attentions=attentions,
+                                    progress=say)
         except ModelSourceError as e:
             say(f"{model} unavailable ({e}); trying the next source")
             continue
@@ -73,17 +78,32 @@ class Timer:
         return result
 
 
-def run_clip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None) -> dict:
+def run_clip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None,
+             sections: list) -> dict:
+    from . import viz
     from .engine import ClipEngine
-    from .viz import RANDOM_WEIGHTS_NOTE, similarity_heatmap
 
     manifest = timer("clip export", lambda: ensure_export("clip", out / "models" / "clip", say))
     engine = timer("clip load", lambda: ClipEngine.from_dir(out / "models" / "clip", provider=provider, threads=threads))
     ranked = timer("clip classify", lambda: engine.classify(photos, LABELS))
     similarity = timer("clip similarity", lambda: engine.similarity(photos, TEXTS))
-    note = RANDOM_WEIGHTS_NOTE if manifest.random_weights else None
-    similarity_heatmap(similarity, [p.name for p in photos], TEXTS, title="CLIP cosine similarity",
-                       note=note).savefig(out / "clip_similarity.png", dpi=120)
+    note = viz.RANDOM_WEIGHTS_NOTE if manifest.random_weights else None
+    views = [engine.preprocess.view(p) for p in photos]
+    names = [p.name for p in photos]
+    heatmap = viz.similarity_heatmap(similarity, names, TEXTS, title="CLIP cosine similarity", note=note, images=views)
+    heatmap.savefig(out / "clip_similarity.png", dpi=120)
+    grid = manifest.model["patch_grid"]
+    tokens, text_attention = engine.text_attentions(TEXTS[0])
+    sections.append(viz.report.Section(
+        f"CLIP ({manifest.source['model']})",
+        [f"{p.name}: " + ", ".join(f"{l} {pr:.1%}" for l, pr in r[:3]) for p, r in zip(photos, ranked)],
+        [("Zero-shot classification, template 'a photo of a {}.'", viz.topk_bars(views, ranked, note=note)),
+         ("Image × text cosine similarity", heatmap)]
+        + [(f"Class-token attention over patches, every layer and the rollout: {p.name}",
+            viz.image_attention_figure(v, engine.image_attentions(p), grid, note=note)) for p, v in zip(photos, views)]
+        + [(f"Text self-attention per layer and head: {TEXTS[0]!r}",
+            viz.token_attention_figure(text_attention, tokens, title="CLIP text self-attention", note=note))],
+    ))
     return {
         "model": manifest.source["model"],
         "random_weights": manifest.random_weights,
@@ -93,9 +113,10 @@ def run_clip(out: Path, photos: list[Path], timer: Timer, say, provider: str, th
     }
 
 
-def run_blip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None) -> dict:
+def run_blip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None,
+             sections: list) -> dict:
+    from . import viz
     from .engine import BlipEngine
-    from .viz import RANDOM_WEIGHTS_NOTE, match_heatmaps
 
     engines, sources = {}, {}
     for task in ("caption", "vqa", "itm"):
@@ -108,9 +129,34 @@ def run_blip(out: Path, photos: list[Path], timer: Timer, say, provider: str, th
                      lambda: engines["caption"].generate_captions(photos, prompt=CAPTION_PROMPT))
     answers = timer("blip vqa", lambda: engines["vqa"].generate_answers(photos, QUESTION))
     scores = timer("blip match", lambda: engines["itm"].match(photos, TEXTS))
-    note = RANDOM_WEIGHTS_NOTE if sources["itm"]["random_weights"] else None
-    match_heatmaps(scores.itm, scores.itc, [p.name for p in photos], TEXTS, note=note).savefig(
-        out / "blip_match.png", dpi=120)
+    notes = {task: viz.RANDOM_WEIGHTS_NOTE if s["random_weights"] else None for task, s in sources.items()}
+    views = [engines["caption"].preprocess.view(p) for p in photos]
+    heatmaps = viz.match_heatmaps(scores.itm, scores.itc, [p.name for p in photos], TEXTS, note=notes["itm"],
+                                  images=views)
+    heatmaps.savefig(out / "blip_match.png", dpi=120)
+    caption_engine, grid = engines["caption"], engines["caption"].manifest.model["patch_grid"]
+    explained = [caption_engine.caption_attentions(p) for p in photos]
+    sections.append(viz.report.Section(
+        f"BLIP captions ({sources['caption']['model']})",
+        [f"{p.name}: {c.text!r}; with the prompt {CAPTION_PROMPT!r}: {q.text!r}"
+         for p, c, q in zip(photos, captions, prompted)],
+        [("Captions", viz.caption_gallery(views, [c.text for c in captions], note=notes["caption"]))]
+        + [(f"Cross-attention per generated word: {p.name}",
+            viz.cross_attention_figure(v, e.words, e.cross_attention, grid, caption=e.generation.text,
+                                       note=notes["caption"])) for p, v, e in zip(photos, views, explained)]
+        + [(f"Decoder self-attention over the caption of {photos[0].name} (last layer, mean of heads)",
+            viz.token_attention_figure(explained[0].self_attention, explained[0].tokens,
+                                       layer=explained[0].self_attention.shape[0] - 1,
+                                       title="BLIP decoder self-attention", note=notes["caption"]))],
+    ))
+    sections.append(viz.report.Section(
+        f"BLIP visual question answering ({sources['vqa']['model']})",
+        [f"{p.name}: {QUESTION} → {a.text!r}" for p, a in zip(photos, answers)],
+        [("Question → answer", viz.vqa_gallery(views, [QUESTION] * len(photos), [a.text for a in answers],
+                                               note=notes["vqa"]))],
+    ))
+    sections.append(viz.report.Section(f"BLIP image–text matching ({sources['itm']['model']})", [],
+                                       [("ITM match probability and ITC cosine similarity", heatmaps)]))
     return {
         "sources": sources,
         "captions": [{"image": p.name, "text": c.text, "token_ids": c.token_ids} for p, c in zip(photos, captions)],
@@ -151,17 +197,30 @@ def summary(results: dict) -> list[str]:
 
 def run_demo(out: Path, progress: Callable[[str], None], provider: str = "auto", threads: int | None = None) -> dict:
     """Export (or reuse) every model, run them on the demo photos, write results into ``out``."""
+    from . import viz
+
     out.mkdir(parents=True, exist_ok=True)
     photos = demo_photos(out / "images")
     timer = Timer()
+    sections = [viz.report.Section("Self-attention, step by step (toy example)", [
+        "Rows are the tokens that look, columns the tokens looked at; each row of weights sums to 1."],
+        [("Scaled dot-product attention on a Chinese sentence, 'I like kittens and puppies' (random "
+          "embeddings and weights, seed 0)",
+          viz.toy_attention_figure())])]
     results = {
-        "clip": run_clip(out, photos, timer, progress, provider, threads),
-        "blip": run_blip(out, photos, timer, progress, provider, threads),
+        "clip": run_clip(out, photos, timer, progress, provider, threads, sections),
+        "blip": run_blip(out, photos, timer, progress, provider, threads, sections),
         "timings_s": timer.seconds,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     lines = summary(results)
     (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sources = {"CLIP": results["clip"]["model"], **{f"BLIP {t}": s["model"]
+                                                    for t, s in results["blip"]["sources"].items()}}
+    random_weights = results["clip"]["random_weights"] or any(
+        s["random_weights"] for s in results["blip"]["sources"].values())
+    viz.report.write_report(out / "report.html", title="clipblip demo", sources=sources,
+                            random_weights=random_weights, sections=sections, timings=timer.seconds)
     print("\n".join(line for line in lines if not line.startswith("![")))
-    progress(f"results in {out}/ (README.md, results.json, clip_similarity.png, blip_match.png)")
+    progress(f"results in {out}/: report.html (open it in a browser), README.md, results.json, *.png")
     return results

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,16 @@ class GraphInfo:
     outputs: list[TensorInfo]
     precision: str = "fp32"
     parity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def attention_outputs(self) -> list[str]:
+        """Outputs added by ``export --attentions`` (attention weights, for visualisation)."""
+        return [t.name for t in self.outputs if re.fullmatch(r"(self_|cross_)?attentions_\d+", t.name)]
+
+    @property
+    def result_outputs(self) -> list[str]:
+        """The outputs inference needs (everything but attention weights)."""
+        return [t.name for t in self.outputs if t.name not in self.attention_outputs]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GraphInfo:

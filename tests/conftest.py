@@ -254,3 +254,28 @@ def blip_itm(tmp_path_factory, blip_tokenizer, photos) -> TinyBlip:
 def tiny_blip(request) -> TinyBlip:
     """Each BLIP task's tiny export in turn, for checks that hold for all three."""
     return request.getfixturevalue(f"blip_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def clip_with_attentions(tmp_path_factory, clip_tokenizer):
+    """The square30 tiny CLIP exported with --attentions, and its reference model."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    from clipblip.export import export_model
+
+    root = tmp_path_factory.mktemp("clip-attn")
+    save_tiny_clip(root / "checkpoint", CLIP_VARIANTS["square30"], clip_tokenizer)
+    export_model(str(root / "checkpoint"), root / "exported", attentions=True)
+    model = CLIPModel.from_pretrained(root / "checkpoint", attn_implementation="eager").eval()
+    return TinyClip("square30", root / "checkpoint", root / "exported", model,
+                    CLIPProcessor.from_pretrained(root / "checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def blip_caption_with_attentions(blip_caption, tmp_path_factory):
+    """The tiny BLIP caption checkpoint exported again with --attentions."""
+    from clipblip.export import export_model
+
+    out = tmp_path_factory.mktemp("blip-attn") / "exported"
+    export_model(str(blip_caption.checkpoint), out, attentions=True)
+    return TinyBlip("caption", blip_caption.checkpoint, out, blip_caption.model, blip_caption.processor)

@@ -108,3 +108,22 @@ def test_caption_vqa_and_match_commands(blip_caption, blip_vqa, blip_itm, photos
     assert code == 2 and "--task caption" in err
     code, _, err = run(capsys, "caption", blip_caption.exported, photos[0], "--max-new-tokens", 0)
     assert code == 11 and "max_new_tokens" in err
+
+
+def test_viz_commands(clip_with_attentions, blip_caption_with_attentions, blip_caption, photos, tmp_path, capsys):
+    code, _, err = run(capsys, "viz", "toy-attention", "--out", tmp_path / "toy.png")
+    assert code == 0 and Image.open(tmp_path / "toy.png").size[0] > 800
+    code, _, _ = run(capsys, "viz", "attention", clip_with_attentions.exported, photos[0], "--text", "a cat",
+                     "--layer", 1, "--head", 0, "--out", tmp_path / "clip.png")
+    assert code == 0 and (tmp_path / "clip.png").exists() and (tmp_path / "clip-text.png").exists()
+    code, _, _ = run(capsys, "viz", "attention", blip_caption_with_attentions.exported, photos[0], "--rollout",
+                     "--out", tmp_path / "blip.png")
+    assert code == 0 and (tmp_path / "blip.png").exists() and (tmp_path / "blip-text.png").exists()
+    code, out, _ = run(capsys, "viz", "cross-attention", blip_caption_with_attentions.exported, photos[0],
+                       "--max-new-tokens", 4, "--out", tmp_path / "cross.png")
+    assert code == 0 and (tmp_path / "cross.png").exists() and out.strip()
+    code, _, err = run(capsys, "viz", "cross-attention", blip_caption.exported, photos[0], "--out", tmp_path / "x.png")
+    assert code == 2 and "--attentions" in err and not (tmp_path / "x.png").exists()
+    code, _, err = run(capsys, "viz", "attention", clip_with_attentions.exported, photos[0], "--head", "7",
+                       "--layer", 0, "--out", tmp_path / "y.png")
+    assert code == 2 and "head 7" in err

@@ -1,10 +1,10 @@
 """Run exported model folders with ONNX Runtime, numpy, pillow and tokenizers only (never torch)."""
 
-from .blip import BlipEngine, MatchScores
+from .blip import BlipEngine, CaptionAttention, MatchScores
 from .clip import ClipEngine
 from .generate import Generation
 from .images import ImagePreprocessor, load_image
 from .session import resolve_providers
 from .text import TextTokenizer
 
-__all__ = ["BlipEngine", "ClipEngine", "Generation", "MatchScores", "ImagePreprocessor", "TextTokenizer", "load_image", "resolve_providers"]
+__all__ = ["BlipEngine", "CaptionAttention", "ClipEngine", "Generation", "MatchScores", "ImagePreprocessor", "TextTokenizer", "load_image", "resolve_providers"]

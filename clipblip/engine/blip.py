@@ -11,13 +11,13 @@ import numpy as np
 
 from ..errors import GenerationConfigError, ModelLoadError, TextInputError, UsageError
 from ..manifest import Manifest
-from .clip import batches, softmax
+from .clip import attention_names, batches, softmax
 from .generate import Generation, greedy_decode, trim
 from .images import ImageInput, ImagePreprocessor
 from .session import open_graph
 from .text import TextTokenizer
 
-__all__ = ["BlipEngine", "MatchScores"]
+__all__ = ["BlipEngine", "CaptionAttention", "MatchScores"]
 
 TASK_GRAPHS = {
     "caption": ("image_tower", "cross_kv", "decoder_step"),
@@ -25,6 +25,23 @@ TASK_GRAPHS = {
     "match": ("image_tower", "itm_head", "itc_image", "itc_text"),
 }
 EXPORT_TASK = {"caption": "caption", "vqa": "vqa", "match": "itm"}
+
+
+@dataclass
+class CaptionAttention:
+    """Where a caption came from: the decoder's attention over its own tokens and over the image.
+
+    ``tokens`` label the decoder positions ([DEC], prompt, generated words but the last);
+    ``self_attention`` is (layers, heads, positions, positions). ``cross_attention`` is
+    (layers, heads, len(words), image_tokens): row i is the decoder looking at the image while
+    choosing ``words[i]``.
+    """
+
+    generation: Generation
+    tokens: list[str]
+    words: list[str]
+    self_attention: np.ndarray
+    cross_attention: np.ndarray
 
 
 @dataclass
@@ -77,11 +94,39 @@ class BlipEngine:
                              f"export a {EXPORT_TASK[task]} checkpoint (clipblip export ... --task {EXPORT_TASK[task]})")
 
     def _run(self, graph: str, **feeds: np.ndarray) -> list[np.ndarray]:
-        return self.sessions[graph].run(None, feeds)
+        return self.sessions[graph].run(self.manifest.graphs[graph].result_outputs, feeds)
 
     def image_embeds(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Images → patch tokens, float32 (N, image_tokens, width)."""
         return self._run("image_tower", pixel_values=self.preprocess(images))[0]
+
+    def image_attentions(self, image: ImageInput) -> np.ndarray:
+        """Attention weights of the image tower, float32 (layers, heads, tokens, tokens); class token first."""
+        names = attention_names(self.folder, self.manifest, "image_tower")
+        weights = self.sessions["image_tower"].run(names, {"pixel_values": self.preprocess([image])})
+        return np.stack([w[0] for w in weights])
+
+    def caption_attentions(self, image: ImageInput, prompt: str | None = None,
+                           max_new_tokens: int = 30) -> CaptionAttention:
+        """Caption one image, then replay the caption through the decoder to read its attention weights."""
+        self_names = attention_names(self.folder, self.manifest, "decoder_step", "self_attentions_")
+        cross_names = attention_names(self.folder, self.manifest, "decoder_step", "cross_attentions_")
+        generation = self.generate_captions([image], prompt, max_new_tokens)[0]
+        sequence = generation.prompt_ids + generation.token_ids
+        input_ids = np.asarray([sequence[:-1]], dtype=np.int64)  # position i predicts sequence[i + 1]
+        cross = self._run("cross_kv", encoder_hidden_states=self.image_embeds([image]))
+        feeds = {"input_ids": input_ids}
+        for i in range(self.decoder["layers"]):
+            empty = np.zeros((1, self.decoder["heads"], 0, self.decoder["head_dim"]), dtype=np.float32)
+            feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = empty, empty
+            feeds[f"cross_key_{i}"], feeds[f"cross_value_{i}"] = cross[2 * i], cross[2 * i + 1]
+        weights = self.sessions["decoder_step"].run(self_names + cross_names, feeds)
+        self_attention = np.stack([w[0] for w in weights[: len(self_names)]])  # (layers, heads, n, n)
+        cross_attention = np.stack([w[0] for w in weights[len(self_names):]])  # (layers, heads, n, image_tokens)
+        first = len(generation.prompt_ids) - 1  # the position that chose the first generated word
+        return CaptionAttention(generation, self.tokenizer.tokens(sequence[:-1]),
+                                self.tokenizer.tokens(generation.token_ids), self_attention,
+                                cross_attention[:, :, first:])
 
     # --- generation ----------------------------------------------------------------------------------
 

@@ -30,6 +30,15 @@ def batches(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def attention_names(folder: Path, manifest: Manifest, graph: str, prefix: str = "attentions_") -> list[str]:
+    """The graph's attention-weight outputs, in layer order; UsageError if it was exported without them."""
+    names = [n for n in manifest.graph(folder, graph).attention_outputs if n.startswith(prefix)]
+    if not names:
+        raise UsageError(f"{folder}: exported without attention weights; re-export with `clipblip export ... "
+                         f"--attentions` to visualise attention")
+    return names
+
+
 class ClipEngine:
     """Runs an exported CLIP model folder. Build it with :meth:`from_dir`."""
 
@@ -73,7 +82,7 @@ class ClipEngine:
         out = np.empty((len(images), self.embed_dim), dtype=np.float32)
         for part in batches(len(images), self.max_batch):
             pixel_values = self.preprocess(images[part])  # (batch, 3, H, W)
-            out[part] = self.sessions["image_tower"].run(None, {"pixel_values": pixel_values})[0]
+            out[part] = self.sessions["image_tower"].run(["image_embeds"], {"pixel_values": pixel_values})[0]
         return l2_normalize(out)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -84,8 +93,21 @@ class ClipEngine:
         for part in batches(len(texts), self.max_batch):
             input_ids, attention_mask = self.tokenizer.pad(rows[part])  # (batch, sequence)
             feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-            out[part] = self.sessions["text_tower"].run(None, feeds)[0]
+            out[part] = self.sessions["text_tower"].run(["text_embeds"], feeds)[0]
         return l2_normalize(out)
+
+    def image_attentions(self, image: ImageInput) -> np.ndarray:
+        """Attention weights of the image tower, float32 (layers, heads, tokens, tokens); class token first."""
+        names = attention_names(self.folder, self.manifest, "image_tower")
+        weights = self.sessions["image_tower"].run(names, {"pixel_values": self.preprocess([image])})
+        return np.stack([w[0] for w in weights])
+
+    def text_attentions(self, text: str) -> tuple[list[str], np.ndarray]:
+        """The text's tokens and the text tower's attention weights, (layers, heads, tokens, tokens)."""
+        names = attention_names(self.folder, self.manifest, "text_tower")
+        input_ids, attention_mask = self.tokenizer([text])
+        weights = self.sessions["text_tower"].run(names, {"input_ids": input_ids, "attention_mask": attention_mask})
+        return self.tokenizer.tokens(input_ids[0]), np.stack([w[0] for w in weights])
 
     def similarity(self, images: Sequence[ImageInput], texts: Sequence[str]) -> np.ndarray:
         """Cosine similarities, float32 (N images, M texts)."""

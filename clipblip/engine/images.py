@@ -125,8 +125,8 @@ class ImagePreprocessor:
             do_convert_rgb=image.get("do_convert_rgb", True),
         )
 
-    def pixels(self, image: ImageInput) -> np.ndarray:
-        """One image → float32 (3, H, W)."""
+    def geometry(self, image: ImageInput) -> np.ndarray:
+        """One image resized and cropped as the model sees it, before rescaling: uint8 (C, H, W)."""
         pil = load_image(image)
         pil = to_rgb(pil) if self.do_convert_rgb else pil
         if self.resize:
@@ -136,6 +136,15 @@ class ImagePreprocessor:
         pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)  # (C, H, W)
         if self.center_crop:
             pixels = center_crop(pixels, self.center_crop["height"], self.center_crop["width"])
+        return pixels
+
+    def view(self, image: ImageInput) -> np.ndarray:
+        """The model's view of an image as uint8 (H, W, 3), for overlays."""
+        return np.moveaxis(self.geometry(image), 0, -1)
+
+    def pixels(self, image: ImageInput) -> np.ndarray:
+        """One image → float32 (3, H, W)."""
+        pixels = self.geometry(image)
         if self.rescale_factor is not None:
             pixels = (pixels.astype(np.float64) * self.rescale_factor).astype(np.float32)
         pixels = pixels.astype(np.float32)

@@ -54,3 +54,7 @@ class TextTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        """Readable token strings for labels (CLIP's end-of-word marker dropped)."""
+        return [(self.tokenizer.id_to_token(int(i)) or "?").replace("</w>", "") for i in ids]

@@ -58,10 +58,13 @@ def export_model(
     task: str | None = None,
     opset: int = DEFAULT_OPSET,
     force: bool = False,
+    attentions: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Export ``model`` (Hub id, save_pretrained directory or ``random:<preset>``) into ``out``.
 
+    ``attentions`` adds every layer's attention weights as extra outputs of the image towers, the
+    CLIP text tower and the BLIP decoder step (for visualisation; lean graphs without it).
     Every graph passes the parity gate before the folder appears; on any failure nothing is left.
     """
     from . import blip, clip
@@ -80,7 +83,7 @@ def export_model(
 
     with staged_folder(out, force) as staging:
         graphs = {}
-        for spec in family.graph_specs(source):
+        for spec in family.graph_specs(source, attentions):
             path = staging / spec.filename
             say(f"exporting {spec.name}")
             export_graph(spec, path, opset)
@@ -91,7 +94,8 @@ def export_model(
         source.tokenizer.backend_tokenizer.save(str(staging / sections["tokenizer"]["file"]))
         manifest = Manifest(
             family=source.family,
-            source={**source.source, "task": source.task, "opset": opset, "libraries": _library_versions()},
+            source={**source.source, "task": source.task, "opset": opset, "attentions": attentions,
+                    "libraries": _library_versions()},
             graphs=graphs,
             **sections,
         )

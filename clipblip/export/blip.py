@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelSourceError, UsageError
-from .clip import image_facts, token_batch
+from .clip import attention_outputs, image_facts, token_batch
 from .sources import SourceModel
 from .specs import GraphSpec, TensorSpec
 from .vocab import blip_tokenizer
@@ -46,23 +46,27 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.view(x.shape[0], x.shape[1], -1)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Eager scaled dot-product attention in transformers' BLIP operation order."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+    """Eager scaled dot-product attention in transformers' BLIP operation order → (context, weights)."""
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (batch, heads, new, keys)
     if mask is not None:
         scores = scores + mask
-    return torch.matmul(nn.functional.softmax(scores, dim=-1), v)  # (batch, heads, new, head_dim)
+    weights = nn.functional.softmax(scores, dim=-1)
+    return torch.matmul(weights, v), weights  # (batch, heads, new, head_dim), (batch, heads, new, keys)
 
 
 class BlipImageTower(nn.Module):
-    """pixel_values → image_embeds, the vision tower's patch tokens (class token first)."""
+    """pixel_values → image_embeds, the vision tower's patch tokens (class token first) [, attentions]."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, attentions: bool = False):
         super().__init__()
         self.vision_model = model.vision_model
+        self.attentions = attentions
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.vision_model(pixel_values=pixel_values).last_hidden_state  # (batch, tokens, width)
+    def forward(self, pixel_values: torch.Tensor):
+        out = self.vision_model(pixel_values=pixel_values, output_attentions=self.attentions)
+        embeds = out.last_hidden_state  # (batch, tokens, width)
+        return (embeds, *out.attentions) if self.attentions else embeds
 
 
 class CrossKV(nn.Module):
@@ -83,14 +87,18 @@ class CrossKV(nn.Module):
 
 
 class DecoderStep(nn.Module):
-    """New tokens + past self-attention K/V + cross K/V → last-position logits + present K/V."""
+    """New tokens + past self-attention K/V + cross K/V → last-position logits + present K/V.
 
-    def __init__(self, decoder: nn.Module):
+    With ``attentions``, also every layer's self- and cross-attention weights of the new tokens.
+    """
+
+    def __init__(self, decoder: nn.Module, attentions: bool = False):
         super().__init__()
         self.embeddings = decoder.bert.embeddings
         self.layers = decoder.bert.encoder.layer
         self.head = decoder.cls
         self.head_dim = self.layers[0].attention.self.attention_head_size
+        self.attentions = attentions
 
     def forward(self, input_ids: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = len(self.layers)
@@ -106,22 +114,27 @@ class DecoderStep(nn.Module):
         blocked = keys_pos[None, :] > positions[:, None]  # (new, past + new)
         mask = torch.where(blocked, torch.finfo(hidden.dtype).min, 0.0).to(hidden.dtype)[None, None]
 
-        presents = []
+        presents, self_weights, cross_weights = [], [], []
         for i, layer in enumerate(self.layers):
             self_attn = layer.attention.self
             q = split_heads(self_attn.query(hidden), self.head_dim)
             k = torch.cat([past[2 * i], split_heads(self_attn.key(hidden), self.head_dim)], dim=2)
             v = torch.cat([past[2 * i + 1], split_heads(self_attn.value(hidden), self.head_dim)], dim=2)
             presents += [k, v]  # (batch, heads, past + new, head_dim)
-            attn_out = layer.attention.output(merge_heads(attend(q, k, v, mask)), hidden)
+            context, weights = attend(q, k, v, mask)
+            self_weights.append(weights)
+            attn_out = layer.attention.output(merge_heads(context), hidden)
 
             cross_attn = layer.crossattention.self
             q = split_heads(cross_attn.query(attn_out), self.head_dim)
-            cross_out = layer.crossattention.output(merge_heads(attend(q, cross[2 * i], cross[2 * i + 1], None)),
-                                                    attn_out)
+            context, weights = attend(q, cross[2 * i], cross[2 * i + 1], None)
+            cross_weights.append(weights)  # (batch, heads, new, encoder_sequence)
+            cross_out = layer.crossattention.output(merge_heads(context), attn_out)
             hidden = layer.output(layer.intermediate(cross_out), cross_out)
 
         logits = self.head(hidden[:, -1])  # (batch, vocab)
+        if self.attentions:
+            return (logits, *presents, *self_weights, *cross_weights)
         return (logits, *presents)
 
 
@@ -184,7 +197,7 @@ def decoder_dims(model: nn.Module) -> dict[str, int]:
             "head_dim": text.hidden_size // text.num_attention_heads}
 
 
-def graph_specs(source: SourceModel) -> list[GraphSpec]:
+def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec]:
     model, task = source.model, source.task
     vision, text = model.config.vision_config, model.config.text_config
     size, width = vision.image_size, vision.hidden_size
@@ -200,11 +213,13 @@ def graph_specs(source: SourceModel) -> list[GraphSpec]:
         return token_batch(sizes, generator, high=text.vocab_size - 2, bos_id=tok["cls_id"],
                            eos_id=tok["sep_id"], pad_id=tok["pad_id"])
 
+    image_attn = attention_outputs(vision.num_hidden_layers, vision.num_attention_heads, image_tokens,
+                                   image_tokens) if attentions else ()
     specs = [GraphSpec(
         name="image_tower",
-        module=BlipImageTower(model).eval(),
+        module=BlipImageTower(model, attentions).eval(),
         inputs=(TensorSpec("pixel_values", "float32", ("batch", 3, size, size)),),
-        outputs=(TensorSpec("image_embeds", "float32", ("batch", image_tokens, width)),),
+        outputs=(TensorSpec("image_embeds", "float32", ("batch", image_tokens, width)), *image_attn),
         sample=lambda s, g: {"pixel_values": randn(s["batch"], 3, size, size, generator=g)},
         trace_sizes={"batch": 2},
         check_sizes=({"batch": 1}, {"batch": 3}),
@@ -253,14 +268,17 @@ def graph_specs(source: SourceModel) -> list[GraphSpec]:
             trace_sizes={"batch": 2, "encoder_sequence": 7},
             check_sizes=({"batch": 1, "encoder_sequence": image_tokens}, {"batch": 3, "encoder_sequence": 5}),
         ))
+        step_attn = (attention_outputs(layers, heads, "sequence", "total_sequence", "self_attentions")
+                     + attention_outputs(layers, heads, "sequence", "encoder_sequence", "cross_attentions")
+                     ) if attentions else ()
         specs.append(GraphSpec(
             name="decoder_step",
-            module=DecoderStep(decoder).eval(),
+            module=DecoderStep(decoder, attentions).eval(),
             inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),
                     *(TensorSpec(n, "float32", kv_axes("past_sequence")) for n in past_names),
                     *(TensorSpec(n, "float32", kv_axes("encoder_sequence")) for n in cross_names)),
             outputs=(TensorSpec("logits", "float32", ("batch", text.vocab_size)),
-                     *(TensorSpec(n, "float32", kv_axes("total_sequence")) for n in present_names)),
+                     *(TensorSpec(n, "float32", kv_axes("total_sequence")) for n in present_names), *step_attn),
             sample=decoder_sample,
             trace_sizes={"batch": 2, "sequence": 2, "past_sequence": 3, "encoder_sequence": 5},
             check_sizes=(
@@ -311,6 +329,7 @@ def manifest_sections(source: SourceModel) -> dict[str, Any]:
         "task": task,
         "image_tokens": (vision.image_size // vision.patch_size) ** 2 + 1,
         "image_size": int(vision.image_size),
+        "patch_grid": [vision.image_size // vision.patch_size] * 2,  # image tokens = 1 (class) + grid
     }
     if task in ("caption", "vqa"):
         facts["decoder"] = decoder_dims(model)

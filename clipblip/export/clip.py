@@ -12,35 +12,45 @@ from .specs import GraphSpec, TensorSpec
 from .sources import SourceModel
 from .vocab import clip_tokenizer
 
-__all__ = ["ClipImageTower", "ClipTextTower", "graph_specs", "model_facts", "load_pretrained", "RANDOM_PRESETS"]
+__all__ = ["ClipImageTower", "ClipTextTower", "attention_outputs", "graph_specs", "model_facts", "load_pretrained", "RANDOM_PRESETS"]
 
 TASKS = ["embed", "similarity", "classify"]
 
 
 class ClipImageTower(nn.Module):
-    """pixel_values → projected image embedding (not normalised)."""
+    """pixel_values → projected image embedding (not normalised) [, each layer's attention weights]."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, attentions: bool = False):
         super().__init__()
         self.vision_model = model.vision_model
         self.visual_projection = model.visual_projection
+        self.attentions = attentions
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        pooled = self.vision_model(pixel_values=pixel_values).pooler_output  # (batch, vision_width)
-        return self.visual_projection(pooled)  # (batch, embed_dim)
+    def forward(self, pixel_values: torch.Tensor):
+        out = self.vision_model(pixel_values=pixel_values, output_attentions=self.attentions)
+        embeds = self.visual_projection(out.pooler_output)  # (batch, embed_dim)
+        return (embeds, *out.attentions) if self.attentions else embeds  # attentions: (batch, heads, T, T)
 
 
 class ClipTextTower(nn.Module):
-    """input_ids, attention_mask → projected text embedding, pooled at the end-of-text token."""
+    """input_ids, attention_mask → projected text embedding pooled at end-of-text [, attention weights]."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, attentions: bool = False):
         super().__init__()
         self.text_model = model.text_model
         self.text_projection = model.text_projection
+        self.attentions = attentions
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output  # (batch, width)
-        return self.text_projection(pooled)  # (batch, embed_dim)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=self.attentions)
+        embeds = self.text_projection(out.pooler_output)  # (batch, embed_dim)
+        return (embeds, *out.attentions) if self.attentions else embeds  # attentions: (batch, heads, seq, seq)
+
+
+def attention_outputs(layers: int, heads: int, query_axis, key_axis, prefix: str = "attentions") -> tuple:
+    """One (batch, heads, queries, keys) attention-weights output per layer."""
+    return tuple(TensorSpec(f"{prefix}_{i}", "float32", ("batch", heads, query_axis, key_axis))
+                 for i in range(layers))
 
 
 def token_batch(
@@ -59,10 +69,15 @@ def token_batch(
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def graph_specs(source: SourceModel) -> list[GraphSpec]:
+def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec]:
     model = source.model
     vision, text = model.config.vision_config, model.config.text_config
     size = vision.image_size
+    tokens = (size // vision.patch_size) ** 2 + 1
+    image_attn = attention_outputs(vision.num_hidden_layers, vision.num_attention_heads, tokens, tokens) \
+        if attentions else ()
+    text_attn = attention_outputs(text.num_hidden_layers, text.num_attention_heads, "sequence", "sequence") \
+        if attentions else ()
     tok = tokenizer_facts(source)
     embed_axes = ("batch", model.config.projection_dim)
 
@@ -80,21 +95,21 @@ def graph_specs(source: SourceModel) -> list[GraphSpec]:
     return [
         GraphSpec(
             name="image_tower",
-            module=ClipImageTower(model).eval(),
+            module=ClipImageTower(model, attentions).eval(),
             inputs=(TensorSpec("pixel_values", "float32", ("batch", 3, size, size)),),
-            outputs=(TensorSpec("image_embeds", "float32", embed_axes),),
+            outputs=(TensorSpec("image_embeds", "float32", embed_axes), *image_attn),
             sample=image_sample,
             trace_sizes={"batch": 2},
             check_sizes=({"batch": 1}, {"batch": 3}),
         ),
         GraphSpec(
             name="text_tower",
-            module=ClipTextTower(model).eval(),
+            module=ClipTextTower(model, attentions).eval(),
             inputs=(
                 TensorSpec("input_ids", "int64", ("batch", "sequence")),
                 TensorSpec("attention_mask", "int64", ("batch", "sequence")),
             ),
-            outputs=(TensorSpec("text_embeds", "float32", embed_axes),),
+            outputs=(TensorSpec("text_embeds", "float32", embed_axes), *text_attn),
             sample=text_sample,
             trace_sizes={"batch": 2, "sequence": min(9, max_len)},
             check_sizes=(
@@ -151,10 +166,12 @@ def tokenizer_facts(source: SourceModel) -> dict[str, Any]:
 
 def model_facts(source: SourceModel) -> dict[str, Any]:
     model = source.model
+    vision = model.config.vision_config
     return {
         "logit_scale": float(model.logit_scale.detach().exp()),
         "embed_dim": int(model.config.projection_dim),
-        "image_size": int(model.config.vision_config.image_size),
+        "image_size": int(vision.image_size),
+        "patch_grid": [vision.image_size // vision.patch_size] * 2,  # image tokens = 1 (class) + grid
     }
 
 

@@ -1,7 +1,33 @@
-"""Figures from engine outputs (matplotlib only; never torch)."""
+"""Figures from engine outputs (matplotlib only; never torch). Every function returns a Figure."""
 
+from .attention import (
+    attention_rollout,
+    class_token_map,
+    cross_attention_figure,
+    image_attention_figure,
+    token_attention_figure,
+)
+from . import report
+from .gallery import caption_gallery, topk_bars, vqa_gallery
 from .similarity import match_heatmaps, similarity_heatmap
+from .style import RANDOM_WEIGHTS_NOTE, cjk_font
+from .toy import TOY_TOKENS, toy_attention, toy_attention_figure
 
-__all__ = ["match_heatmaps", "similarity_heatmap", "RANDOM_WEIGHTS_NOTE"]
-
-RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: shows the pipeline, not what a trained model sees"
+__all__ = [
+    "RANDOM_WEIGHTS_NOTE",
+    "TOY_TOKENS",
+    "attention_rollout",
+    "caption_gallery",
+    "cjk_font",
+    "class_token_map",
+    "cross_attention_figure",
+    "image_attention_figure",
+    "match_heatmaps",
+    "report",
+    "similarity_heatmap",
+    "token_attention_figure",
+    "topk_bars",
+    "toy_attention",
+    "toy_attention_figure",
+    "vqa_gallery",
+]

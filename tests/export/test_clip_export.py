@@ -56,8 +56,8 @@ class BatchTwoOnly(torch.nn.Module):
 def test_parity_gate_rejects_a_wrong_graph_and_writes_nothing(monkeypatch, tmp_path):
     real_specs = clip_export.graph_specs
 
-    def trapped_specs(source):
-        specs = real_specs(source)
+    def trapped_specs(source, attentions=False):
+        specs = real_specs(source, attentions)
         from dataclasses import replace
         return [replace(specs[0], module=BatchTwoOnly(specs[0].module))] + specs[1:]
 

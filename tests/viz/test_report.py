@@ -1,0 +1,64 @@
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipblip import demo
+from tests.test_demo import TINY_SOURCES
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(demo, "SOURCES", TINY_SOURCES)
+    out = tmp_path_factory.mktemp("report")
+    try:
+        demo.run_demo(out, progress=lambda message: None)
+    finally:
+        monkeypatch.undo()
+    return out / "report.html"
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("headless Chromium is not installed and `make test` could not install it "
+                    "(Debian package 'chromium'; needs root and the Debian mirror)")
+    return path
+
+
+def test_report_is_self_contained_with_every_figure(report):
+    html = report.read_text(encoding="utf-8")
+    images = re.findall(r"<img [^>]*src='([^']*)'", html)
+    assert len(images) >= 12 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert "http://" not in html and "https://" not in html  # nothing to fetch
+    assert "RANDOM WEIGHTS" in html and "random:clip-tiny" in html
+    for heading in ("Self-attention, step by step", "CLIP", "BLIP captions", "visual question answering",
+                    "image–text matching", "Timings"):
+        assert heading in html
+
+
+def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
+    profile = tmp_path / "profile"
+    dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+                          "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    rendered = re.search(r'data-images-rendered="(\d+)/(\d+)"', dom.stdout)
+    assert rendered, "the page's load handler did not run"
+    assert rendered.group(1) == rendered.group(2) and int(rendered.group(2)) >= 12
+
+    shot = tmp_path / "shot.png"
+    result = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,2400",
+                             f"--screenshot={shot}", report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (2400, 1280)
+    colourful = (pixels.max(-1) - pixels.min(-1)) > 60  # figures, not just black text on white
+    assert colourful.mean() > 0.05
