@@ -56,11 +56,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
     manifest = export_model(args.model, args.out, task=args.task, opset=args.opset, force=args.force,
-                            attentions=args.attentions, progress=progress)
+                            attentions=args.attentions, precision=args.precision, optimize=args.optimize,
+                            progress=progress)
     if manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     for name, graph in manifest.graphs.items():
-        print(f"{name}: {graph.file}  max |ONNX - PyTorch| = {graph.parity['max_abs_diff']:.2e}")
+        line = f"{name}: {graph.file}  {graph.precision}  max |ONNX - PyTorch| (fp32) = {graph.parity['max_abs_diff']:.2e}"
+        if graph.optimization.get("applied"):
+            line += f"  fused {graph.optimization['fused']}"
+        if graph.accuracy:
+            line += f"  {graph.accuracy['precision_tried']} gate {'passed' if graph.accuracy['passed'] else 'FAILED'}"
+            line += f" {graph.accuracy.get('least') or graph.accuracy.get('reason')}"
+        print(line)
     return 0
 
 
@@ -252,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, help="for BLIP: caption, vqa or itm (default: from the checkpoint)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
+                   help="int8 for CPU, fp16 for CUDA; each graph must pass an accuracy gate or stays fp32")
+    p.add_argument("--no-optimize", dest="optimize", action="store_false",
+                   help="skip ONNX Runtime's transformer fusions (on by default, kept only if parity holds)")
     p.add_argument("--attentions", action="store_true",
                    help="also output attention weights (for `clipblip viz`); graphs are leaner without")
     p.set_defaults(run=cmd_export)

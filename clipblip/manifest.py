@@ -33,7 +33,11 @@ class TensorInfo:
 
 @dataclass
 class GraphInfo:
-    """One exported graph: where it is, what it takes and gives, and the parity it reached."""
+    """One exported graph: where it is, what it takes and gives, and the parity it reached.
+
+    ``parity`` compares the fp32 graph with PyTorch; ``optimization`` records the fused operators;
+    ``accuracy`` the lower-precision gate (cosine to fp32 per output) when ``precision`` is not fp32.
+    """
 
     file: str
     sha256: str
@@ -41,6 +45,8 @@ class GraphInfo:
     outputs: list[TensorInfo]
     precision: str = "fp32"
     parity: dict[str, Any] = field(default_factory=dict)
+    optimization: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def attention_outputs(self) -> list[str]:
@@ -61,6 +67,8 @@ class GraphInfo:
             outputs=[TensorInfo(**t) for t in d["outputs"]],
             precision=d.get("precision", "fp32"),
             parity=d.get("parity", {}),
+            optimization=d.get("optimization", {}),
+            accuracy=d.get("accuracy", {}),
         )
 
 

@@ -12,9 +12,10 @@ from typing import Callable, Iterator
 from ..errors import OutputExistsError, UsageError
 from ..manifest import Manifest
 from .convert import check_parity, export_graph, graph_info
+from .optimize import PRECISIONS, fuse_graph, lower_precision
 from .sources import load_source
 
-__all__ = ["export_model", "DEFAULT_OPSET"]
+__all__ = ["export_model", "DEFAULT_OPSET", "PRECISIONS"]
 
 DEFAULT_OPSET = 17
 
@@ -27,6 +28,9 @@ def staged_folder(out: Path, force: bool) -> Iterator[Path]:
         raise OutputExistsError(f"{out}: already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield staging
         if out.exists():
@@ -59,12 +63,17 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     force: bool = False,
     attentions: bool = False,
+    precision: str = "fp32",
+    optimize: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Export ``model`` (Hub id, save_pretrained directory or ``random:<preset>``) into ``out``.
 
     ``attentions`` adds every layer's attention weights as extra outputs of the image towers, the
     CLIP text tower and the BLIP decoder step (for visualisation; lean graphs without it).
+    ``optimize`` applies ONNX Runtime's transformer fusions where they keep parity. ``precision``
+    "int8" (CPU) or "fp16" (CUDA) converts each graph that has an accuracy gate and keeps it only if
+    it passes; a graph that fails stays fp32 and the manifest says why.
     Every graph passes the parity gate before the folder appears; on any failure nothing is left.
     """
     from . import blip, clip
@@ -75,6 +84,8 @@ def export_model(
         raise OutputExistsError(f"{out}: already exists; pass --force to replace it")
     if not 14 <= opset <= 21:
         raise UsageError(f"--opset {opset}: supported opsets are 14 to 21")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
 
     say(f"loading {model}")
     source = load_source(model, task)
@@ -90,12 +101,30 @@ def export_model(
             say(f"checking {spec.name} against PyTorch")
             parity = check_parity(spec, path)
             say(f"{spec.name}: max |ONNX - PyTorch| = {parity['max_abs_diff']:.2e} (tolerance {spec.atol:g})")
-            graphs[spec.name] = graph_info(spec, path, parity)
+            fusion = fuse_graph(spec, path) if optimize else {"applied": False, "reason": "--no-optimize"}
+            if fusion["applied"]:
+                say(f"{spec.name}: fused {fusion['fused']}, max |ONNX - PyTorch| = "
+                    f"{fusion['parity']['max_abs_diff']:.2e}")
+            info = graph_info(spec, path, parity)
+            info.optimization = fusion
+            if precision != "fp32" and spec.gate:
+                low_path, gate = lower_precision(spec, path, precision)
+                if gate["passed"]:
+                    path.unlink()
+                    info = graph_info(spec, low_path, parity)
+                    info.optimization, info.precision = fusion, precision
+                    say(f"{spec.name}: {precision} kept, least cosine to fp32 {gate['least']}")
+                else:
+                    low_path.unlink()
+                    say(f"{spec.name}: {precision} failed its gate ({gate.get('reason') or gate['least']}); "
+                        f"keeping fp32")
+                info.accuracy = {"precision_tried": precision, **gate}
+            graphs[spec.name] = info
         source.tokenizer.backend_tokenizer.save(str(staging / sections["tokenizer"]["file"]))
         manifest = Manifest(
             family=source.family,
             source={**source.source, "task": source.task, "opset": opset, "attentions": attentions,
-                    "libraries": _library_versions()},
+                    "precision": precision, "optimize": optimize, "libraries": _library_versions()},
             graphs=graphs,
             **sections,
         )

@@ -223,7 +223,10 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
         sample=lambda s, g: {"pixel_values": randn(s["batch"], 3, size, size, generator=g)},
         trace_sizes={"batch": 2},
         check_sizes=({"batch": 1}, {"batch": 3}),
+        fusion={"model_type": "vit", "num_heads": vision.num_attention_heads, "hidden_size": width},
+        gate={"image_embeds": 0.999},
     )]
+    text_fusion = {"model_type": "bert", "num_heads": text.num_attention_heads, "hidden_size": text.hidden_size}
     text_inputs = (TensorSpec("input_ids", "int64", ("batch", "sequence")),
                    TensorSpec("attention_mask", "int64", ("batch", "sequence")))
     image_input = TensorSpec("image_embeds", "float32", ("batch", image_tokens, width))
@@ -256,7 +259,7 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
                 module=QuestionEncoder(model).eval(),
                 inputs=(*text_inputs, image_input),
                 outputs=(TensorSpec("question_embeds", "float32", ("batch", "sequence", text.hidden_size)),),
-                sample=tokens_and_image, **text_sizes,
+                sample=tokens_and_image, **text_sizes, fusion=text_fusion, gate={"question_embeds": 0.999},
             ))
         specs.append(GraphSpec(
             name="cross_kv",
@@ -267,6 +270,7 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
                                                                 generator=g)},
             trace_sizes={"batch": 2, "encoder_sequence": 7},
             check_sizes=({"batch": 1, "encoder_sequence": image_tokens}, {"batch": 3, "encoder_sequence": 5}),
+            gate={name: 0.999 for name in cross_names},
         ))
         step_attn = (attention_outputs(layers, heads, "sequence", "total_sequence", "self_attentions")
                      + attention_outputs(layers, heads, "sequence", "encoder_sequence", "cross_attentions")
@@ -286,13 +290,15 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
                 {"batch": 3, "sequence": 4, "past_sequence": 0, "encoder_sequence": 6},
                 {"batch": 2, "sequence": 1, "past_sequence": 9, "encoder_sequence": image_tokens},
             ),
+            fusion=text_fusion,
+            gate={"logits": 0.99},  # next-token logits, teacher-forced: same tokens and cache on both sides
         ))
     elif task == "itm":
         specs.append(GraphSpec(
             name="itm_head", module=ItmHead(model).eval(),
             inputs=(*text_inputs, image_input),
             outputs=(TensorSpec("itm_logits", "float32", ("batch", 2)),),
-            sample=tokens_and_image, **text_sizes,
+            sample=tokens_and_image, **text_sizes, fusion=text_fusion, gate={"itm_logits": 0.99},
         ))
         dim = model.config.image_text_hidden_size
         specs.append(GraphSpec(
@@ -300,13 +306,13 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
             inputs=(image_input,),
             outputs=(TensorSpec("image_feat", "float32", ("batch", dim)),),
             sample=lambda s, g: {"image_embeds": randn(s["batch"], image_tokens, width, generator=g)},
-            trace_sizes={"batch": 2}, check_sizes=({"batch": 1}, {"batch": 3}),
+            trace_sizes={"batch": 2}, check_sizes=({"batch": 1}, {"batch": 3}), gate={"image_feat": 0.999},
         ))
         specs.append(GraphSpec(
             name="itc_text", module=ItcText(model).eval(),
             inputs=text_inputs,
             outputs=(TensorSpec("text_feat", "float32", ("batch", dim)),),
-            sample=tokens, **text_sizes,
+            sample=tokens, **text_sizes, fusion=text_fusion, gate={"text_feat": 0.999},
         ))
     return specs
 

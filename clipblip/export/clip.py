@@ -101,6 +101,8 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
             sample=image_sample,
             trace_sizes={"batch": 2},
             check_sizes=({"batch": 1}, {"batch": 3}),
+            fusion={"model_type": "clip", "num_heads": vision.num_attention_heads, "hidden_size": vision.hidden_size},
+            gate={"image_embeds": 0.999},
         ),
         GraphSpec(
             name="text_tower",
@@ -117,6 +119,8 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
                 {"batch": 3, "sequence": max_len},
                 {"batch": 4, "sequence": min(12, max_len)},
             ),
+            fusion={"model_type": "clip", "num_heads": text.num_attention_heads, "hidden_size": text.hidden_size},
+            gate={"text_embeds": 0.999},
         ),
     ]
 

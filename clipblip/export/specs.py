@@ -35,6 +35,10 @@ class GraphSpec:
     outputs in order. ``sample(sizes, generator)`` builds input tensors for given symbolic-axis
     sizes. The graph is traced at ``trace_sizes`` and checked at every entry of ``check_sizes``,
     which must differ from the traced sizes so that dynamic axes are really exercised.
+
+    ``fusion`` names ONNX Runtime's transformer optimizer settings for the graph (model_type,
+    num_heads, hidden_size), or None. ``gate`` gives, per output, the least cosine similarity to
+    fp32 that a lower precision must keep (outputs not named are not gated).
     """
 
     name: str
@@ -45,6 +49,8 @@ class GraphSpec:
     trace_sizes: Axes
     check_sizes: tuple[Axes, ...]
     atol: float = 1e-4
+    fusion: dict | None = None
+    gate: dict[str, float] = field(default_factory=dict)
     file: str = field(default="")
 
     @property
