@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import GenerationConfigError, ModelLoadError, TextInputError, UsageError
 from ..manifest import Manifest
 from .clip import attention_names, batches, softmax
+from .decoder import DeviceDecoder, HostDecoder
 from .generate import Generation, greedy_decode, trim
 from .images import ImageInput, ImagePreprocessor
 from .session import open_graph
@@ -55,7 +56,8 @@ class MatchScores:
 class BlipEngine:
     """Runs an exported BLIP model folder (caption, vqa or itm). Build it with :meth:`from_dir`."""
 
-    def __init__(self, folder: Path, manifest: Manifest, sessions: dict, max_batch: int):
+    def __init__(self, folder: Path, manifest: Manifest, sessions: dict, max_batch: int,
+                 io_binding: bool | None = None):
         if max_batch < 1:
             raise UsageError(f"max_batch={max_batch}: must be at least 1")
         self.folder = folder
@@ -65,12 +67,24 @@ class BlipEngine:
         self.preprocess = ImagePreprocessor.from_manifest(manifest.image)
         self.tokenizer = TextTokenizer.from_manifest(folder, manifest.tokenizer)
         self.generation = manifest.model.get("generation", {})
-        self.decoder = manifest.model.get("decoder", {})
+        self.decoder = None
+        if "decoder_step" in sessions:
+            dims = manifest.model["decoder"]
+            on_cuda = sessions["decoder_step"].get_providers()[0] == "CUDAExecutionProvider"
+            kind = DeviceDecoder if (on_cuda if io_binding is None else io_binding) else HostDecoder
+            extra = {"device": "cuda" if on_cuda else "cpu"} if kind is DeviceDecoder else {}
+            self.decoder = kind(sessions["decoder_step"], sessions["cross_kv"],
+                                manifest.graphs["decoder_step"].result_outputs, dims["layers"], dims["heads"],
+                                dims["head_dim"], **extra)
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                 max_batch: int = 16, verify: bool = True) -> BlipEngine:
-        """Load a folder written by `clipblip export` for a BLIP model, with the graphs of its task."""
+                 max_batch: int = 16, verify: bool = True, io_binding: bool | None = None) -> BlipEngine:
+        """Load a folder written by `clipblip export` for a BLIP model, with the graphs of its task.
+
+        ``io_binding`` keeps the decoder's caches on the device between steps; by default it is on
+        exactly when the decoder runs on CUDA.
+        """
         folder = Path(folder)
         manifest = Manifest.load(folder)
         if manifest.family != "blip":
@@ -78,7 +92,7 @@ class BlipEngine:
         names = {name for task in manifest.tasks for name in TASK_GRAPHS.get(task, ())}
         sessions = {name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
                     for name in sorted(names)}
-        return cls(folder, manifest, sessions, max_batch)
+        return cls(folder, manifest, sessions, max_batch, io_binding)
 
     @property
     def tasks(self) -> list[str]:
@@ -114,12 +128,10 @@ class BlipEngine:
         generation = self.generate_captions([image], prompt, max_new_tokens)[0]
         sequence = generation.prompt_ids + generation.token_ids
         input_ids = np.asarray([sequence[:-1]], dtype=np.int64)  # position i predicts sequence[i + 1]
-        cross = self._run("cross_kv", encoder_hidden_states=self.image_embeds([image]))
-        feeds = {"input_ids": input_ids}
-        for i in range(self.decoder["layers"]):
-            empty = np.zeros((1, self.decoder["heads"], 0, self.decoder["head_dim"]), dtype=np.float32)
-            feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = empty, empty
-            feeds[f"cross_key_{i}"], feeds[f"cross_value_{i}"] = cross[2 * i], cross[2 * i + 1]
+        host = HostDecoder(self.sessions["decoder_step"], self.sessions["cross_kv"], [], **self.manifest.model["decoder"])
+        cross = host.cross(self.image_embeds([image]))
+        feeds = {"input_ids": input_ids, **dict(zip(host.past_names, host.empty_cache(1))),
+                 **dict(zip(host.cross_names, cross))}
         weights = self.sessions["decoder_step"].run(self_names + cross_names, feeds)
         self_attention = np.stack([w[0] for w in weights[: len(self_names)]])  # (layers, heads, n, n)
         cross_attention = np.stack([w[0] for w in weights[len(self_names):]])  # (layers, heads, n, image_tokens)
@@ -140,22 +152,10 @@ class BlipEngine:
                 f"{limit} positions (at most {limit - prompt_len})"
             )
 
-    def _decode_step(self, input_ids, past, cross):
-        layers = self.decoder["layers"]
-        feeds = {"input_ids": input_ids}
-        for i in range(layers):
-            feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = past[2 * i], past[2 * i + 1]
-            feeds[f"cross_key_{i}"], feeds[f"cross_value_{i}"] = cross[2 * i], cross[2 * i + 1]
-        logits, *present = self.sessions["decoder_step"].run(None, feeds)
-        return logits, present
-
     def _generate(self, prompt: np.ndarray, encoder_states: np.ndarray, max_new_tokens: int) -> list[list[int]]:
-        cross = self._run("cross_kv", encoder_hidden_states=encoder_states)  # 2 x layers of (b, heads, enc, hd)
-        out = greedy_decode(
-            self._decode_step, prompt, cross, layers=self.decoder["layers"], heads=self.decoder["heads"],
-            head_dim=self.decoder["head_dim"], max_new_tokens=max_new_tokens,
-            eos_id=self.generation["eos_id"], pad_id=self.generation["pad_id"],
-        )
+        cross = self.decoder.cross(encoder_states)  # 2 x layers of (batch, heads, encoder_sequence, head_dim)
+        out = greedy_decode(self.decoder, prompt, cross, max_new_tokens=max_new_tokens,
+                            eos_id=self.generation["eos_id"], pad_id=self.generation["pad_id"])
         return [trim(row, self.generation["eos_id"]) for row in out]
 
     def caption_prompt(self, prompt: str | None) -> list[int]:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["Generation", "greedy_decode", "DecoderStep"]
+__all__ = ["Generation", "greedy_decode", "Decoder"]
 
-# step(input_ids (rows, new), past K/V, cross K/V) -> (logits (rows, vocab), present K/V)
-DecoderStep = Callable[[np.ndarray, list[np.ndarray], list[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]]
+
+class Decoder(Protocol):
+    """What the loop needs of a decoder: an empty cache, one step, and a way to drop rows."""
+
+    def empty_cache(self, batch: int) -> list[Any]: ...
+
+    def step(self, input_ids: np.ndarray, past: list[Any], cross: list[Any]) -> tuple[np.ndarray, list[Any]]: ...
+
+    def keep(self, tensors: list[Any], rows: np.ndarray) -> list[Any]: ...
 
 
 @dataclass
@@ -22,8 +29,8 @@ class Generation:
     prompt_ids: list[int]
 
 
-def greedy_decode(step: DecoderStep, prompt: np.ndarray, cross: list[np.ndarray], *, layers: int, heads: int,
-                  head_dim: int, max_new_tokens: int, eos_id: int, pad_id: int) -> np.ndarray:
+def greedy_decode(decoder: Decoder, prompt: np.ndarray, cross: list[Any], *, max_new_tokens: int, eos_id: int,
+                  pad_id: int) -> np.ndarray:
     """Generate up to ``max_new_tokens`` per row; returns int64 (batch, max_new_tokens), pad after each end.
 
     ``prompt`` (batch, prompt_len) starts every row ([DEC] and any prompt tokens). A row stops at
@@ -32,10 +39,10 @@ def greedy_decode(step: DecoderStep, prompt: np.ndarray, cross: list[np.ndarray]
     batch = prompt.shape[0]
     out = np.full((batch, max_new_tokens), pad_id, dtype=np.int64)
     rows = np.arange(batch)  # which output rows are still generating
-    past = [np.zeros((batch, heads, 0, head_dim), dtype=np.float32)] * (2 * layers)  # (rows, heads, 0, head_dim)
+    past = decoder.empty_cache(batch)  # 2 x layers of (rows, heads, 0, head_dim)
     tokens = prompt.astype(np.int64)  # the first step reads the whole prompt
     for t in range(max_new_tokens):
-        logits, past = step(tokens, past, cross)  # logits (rows, vocab); past (rows, heads, seen, head_dim)
+        logits, past = decoder.step(tokens, past, cross)  # logits (rows, vocab); past (rows, heads, seen, hd)
         next_ids = logits.argmax(axis=-1)  # greedy: first maximum, as torch.argmax
         out[rows, t] = next_ids
         ended = next_ids == eos_id
@@ -44,7 +51,7 @@ def greedy_decode(step: DecoderStep, prompt: np.ndarray, cross: list[np.ndarray]
         if ended.any():  # drop finished rows from the batch, their cache and their cross K/V
             keep = ~ended
             rows, next_ids = rows[keep], next_ids[keep]
-            past, cross = [p[keep] for p in past], [c[keep] for c in cross]
+            past, cross = decoder.keep(past, keep), decoder.keep(cross, keep)
         tokens = next_ids[:, None]  # (rows, 1)
     return out
 

@@ -142,3 +142,17 @@ def test_vqa_single_image_token_for_token(blip_vqa, photos):
                                       num_beams=1, do_sample=False)
     eos = blip_vqa.model.config.text_config.sep_token_id
     assert engine.generate_answers([image], question, GENERATION_CAP)[0].token_ids == hf_rows(ref, eos, 1)[0]
+
+
+def test_io_binding_decoder_gives_the_same_tokens(blip_caption, blip_vqa, photos):
+    """The device path (caches kept as OrtValues between steps, as on CUDA) exercised on the CPU."""
+    images = varied_images(photos)
+    host = open_engine(blip_caption, io_binding=False)
+    bound = open_engine(blip_caption, io_binding=True)
+    assert type(bound.decoder).__name__ == "DeviceDecoder" and type(host.decoder).__name__ == "HostDecoder"
+    for prompt in (None, "a picture of"):
+        assert [g.token_ids for g in bound.generate_captions(images, prompt, GENERATION_CAP)] == \
+            [g.token_ids for g in host.generate_captions(images, prompt, GENERATION_CAP)]
+    vqa_host, vqa_bound = open_engine(blip_vqa, io_binding=False), open_engine(blip_vqa, io_binding=True)
+    assert [g.token_ids for g in vqa_bound.generate_answers(images, BLIP_QUESTIONS, GENERATION_CAP)] == \
+        [g.token_ids for g in vqa_host.generate_answers(images, BLIP_QUESTIONS, GENERATION_CAP)]

@@ -1,0 +1,81 @@
+"""One BLIP decoder step through ONNX Runtime, with the KV cache on the host or on the device.
+
+``HostDecoder`` passes numpy arrays. ``DeviceDecoder`` uses IO binding: cross-attention K/V and
+the self-attention cache stay as OrtValues where the session runs (GPU memory on CUDA) from one
+step to the next; per step only the new token ids go in and the logits come out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+__all__ = ["HostDecoder", "DeviceDecoder"]
+
+
+class HostDecoder:
+    """Decoder step on numpy arrays."""
+
+    def __init__(self, step: ort.InferenceSession, cross_kv: ort.InferenceSession, outputs: list[str],
+                 layers: int, heads: int, head_dim: int):
+        self.step_session, self.cross_session = step, cross_kv
+        self.outputs = outputs  # logits, present_key_0, present_value_0, ...
+        self.layers, self.heads, self.head_dim = layers, heads, head_dim
+        self.past_names = [f"{k}_{i}" for i in range(layers) for k in ("past_key", "past_value")]
+        self.cross_names = [f"{k}_{i}" for i in range(layers) for k in ("cross_key", "cross_value")]
+
+    def cross(self, encoder_states: np.ndarray) -> list[Any]:
+        """Every layer's cross-attention K/V, once per image or question: (batch, heads, enc, head_dim)."""
+        return self.cross_session.run(self.cross_names, {"encoder_hidden_states": encoder_states})
+
+    def empty_cache(self, batch: int) -> list[Any]:
+        return [np.zeros((batch, self.heads, 0, self.head_dim), dtype=np.float32)] * (2 * self.layers)
+
+    def step(self, input_ids: np.ndarray, past: list[Any], cross: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        feeds = {"input_ids": input_ids, **dict(zip(self.past_names, past)), **dict(zip(self.cross_names, cross))}
+        logits, *present = self.step_session.run(self.outputs, feeds)
+        return logits, present
+
+    def keep(self, tensors: list[Any], rows: np.ndarray) -> list[Any]:
+        """Only the batch rows selected by the boolean mask ``rows``."""
+        return [t[rows] for t in tensors]
+
+
+class DeviceDecoder(HostDecoder):
+    """Decoder step with IO binding: caches stay on ``device`` ("cuda" or "cpu") between steps."""
+
+    def __init__(self, *args, device: str = "cuda", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.device = device
+
+    def _to_device(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def cross(self, encoder_states: np.ndarray) -> list[Any]:
+        binding = self.cross_session.io_binding()
+        binding.bind_cpu_input("encoder_hidden_states", encoder_states)
+        for name in self.cross_names:
+            binding.bind_output(name, self.device)
+        self.cross_session.run_with_iobinding(binding)
+        return binding.get_outputs()
+
+    def empty_cache(self, batch: int) -> list[Any]:
+        return [self._to_device(a) for a in super().empty_cache(batch)]
+
+    def step(self, input_ids: np.ndarray, past: list[Any], cross: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        binding = self.step_session.io_binding()
+        binding.bind_cpu_input("input_ids", input_ids)
+        for name, value in zip(self.past_names + self.cross_names, past + cross):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(self.outputs[0], "cpu")  # logits come to the host for the argmax
+        for name in self.outputs[1:]:
+            binding.bind_output(name, self.device)  # the new cache stays where it is
+        self.step_session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy(), present
+
+    def keep(self, tensors: list[Any], rows: np.ndarray) -> list[Any]:
+        # only when a row has just finished: a round trip through the host to gather the rows still going
+        return [self._to_device(t.numpy()[rows]) for t in tensors]
