@@ -32,7 +32,7 @@ test-all: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)
-	$(PY) benchmarks/clip_latency.py
+	$(PY) benchmarks/run.py --out bench-output
 	$(PY) benchmarks/blip_caption.py
 
 clean:
