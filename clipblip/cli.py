@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ClipblipError, UsageError
+from .errors import (ClipblipError, ImageError, NumericalError, OutputExistsError, PartialFailure,
+                     UsageError)
 
 RANDOM_BANNER = "NOTE: this model has RANDOM weights; its outputs show speed and plumbing, not meaning."
 
@@ -27,7 +31,8 @@ def open_engine(args: argparse.Namespace, family: str):
     from .engine import BlipEngine, ClipEngine
 
     cls = {"clip": ClipEngine, "blip": BlipEngine}[family]
-    engine = cls.from_dir(args.model_dir, provider=args.provider, threads=args.threads, max_batch=args.max_batch)
+    engine = cls.from_dir(args.model_dir, provider=args.provider, threads=args.threads, max_batch=args.max_batch,
+                          max_image_pixels=args.max_image_pixels)
     if engine.manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     return engine
@@ -71,6 +76,78 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class ItemRun:
+    """Per-item results of a batch command, run chunk by chunk so that an interruption keeps the
+    finished chunks: ``results[i]`` is None for items that failed (``errors[i]``) or never ran."""
+
+    results: list
+    errors: dict[int, ClipblipError] = field(default_factory=dict)
+    done: int = 0
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        if self.errors and len(self.results) == 1:
+            return self.errors[0].exit_code
+        return PartialFailure.exit_code if self.errors else 0
+
+    def error_list(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        """Failed and unrun items, for --json documents that hold results as matrices."""
+        return [{"index": i, "image": str(names[i]), **self.item(i)} for i in range(len(self.results))
+                if i in self.errors or i >= self.done]
+
+    def rows(self) -> list:
+        """Per item: its result row as a list, or None."""
+        return [None if r is None else r.tolist() for r in self.results]
+
+    def item(self, i: int, **fields: Any) -> dict[str, Any]:
+        """One item of the --json document: its fields, or its error."""
+        if i in self.errors:
+            return {"error": str(self.errors[i]), "error_type": type(self.errors[i]).__name__}
+        if i >= self.done:
+            return {"error": "not run: interrupted", "error_type": "Interrupted"}
+        return fields
+
+
+def run_items(items: list, chunk: int, fn) -> ItemRun:
+    """``fn(chunk_items)`` → one result per item, chunk by chunk; per-item failures are recorded."""
+    run = ItemRun([None] * len(items))
+    try:
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            try:
+                out = fn(part)
+            except PartialFailure as e:
+                out = e.results
+                run.errors.update({start + i: err for i, err in e.errors.items()})
+            except (ImageError, NumericalError) as e:
+                if len(part) != 1:
+                    raise
+                out, run.errors[start] = [None], e
+            for i, result in enumerate(out):
+                if start + i not in run.errors:
+                    run.results[start + i] = result
+            run.done = start + len(part)
+    except KeyboardInterrupt:
+        run.interrupted = True
+    return run
+
+
+def report_errors(run: ItemRun, names: Sequence[str], debug: bool = False) -> None:
+    """One line per failed item on stderr (with --debug: the first failure's traceback)."""
+    if debug and run.errors:
+        raise run.errors[min(run.errors)]
+    for i, error in sorted(run.errors.items()):
+        print(f"clipblip: error: {error}" if str(names[i]) in str(error) else f"clipblip: error: {names[i]}: {error}",
+              file=sys.stderr)
+    if run.interrupted:
+        print(f"clipblip: interrupted after {run.done} of {len(run.results)} items; finished items are kept",
+              file=sys.stderr)
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -79,92 +156,136 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if bool(args.images) == bool(args.texts):
         raise UsageError("embed: give either --images or --texts")
     engine = open_engine(args, "clip")
-    embeddings = engine.embed_images(args.images) if args.images else engine.embed_texts(args.texts)
+    items = args.images or args.texts
+    if args.out and Path(args.out).exists() and not args.force:
+        raise OutputExistsError(f"{args.out}: already exists; pass --force to replace it")
+    fn = engine.embed_images if args.images else engine.embed_texts
+    run = run_items(items, args.max_batch, fn)
+    rows = [r if r is not None else np.full(engine.embed_dim, np.nan, np.float32) for r in run.results[: run.done]]
+    embeddings = np.stack(rows) if rows else np.zeros((0, engine.embed_dim), np.float32)
     with atomic_output(args.out, args.force) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, embeddings)
-    print(f"wrote {args.out}: {embeddings.shape[0]} x {embeddings.shape[1]} float32, rows L2-normalised",
+    report_errors(run, items, args.debug)
+    note = f"; NaN rows for failed items {sorted(run.errors)}" if run.errors else ""
+    print(f"wrote {args.out}: {embeddings.shape[0]} x {embeddings.shape[1]} float32, rows L2-normalised{note}",
           file=sys.stderr)
-    return 0
+    return run.exit_code
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
     engine = open_engine(args, "clip")
-    matrix = engine.similarity(args.images, args.texts)
-    if args.plot:
+    run = run_items(args.images, args.max_batch, lambda part: engine.similarity(part, args.texts))
+    names = [Path(p).name for p in args.images]
+    ok = [i for i in range(run.done) if i not in run.errors]
+    if args.plot and ok:
         from .viz import RANDOM_WEIGHTS_NOTE, similarity_heatmap
 
         note = RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
-        names = [Path(p).name for p in args.images]
-        save_figure(similarity_heatmap(matrix, names, args.texts, title="CLIP cosine similarity", note=note),
-                    args.plot, args.force)
+        views = [engine.preprocess.view(args.images[i]) for i in ok]
+        fig = similarity_heatmap([run.results[i] for i in ok], [names[i] for i in ok], args.texts,
+                                 title="CLIP cosine similarity", note=note, images=views)
+        save_figure(fig, args.plot, args.force)
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
-                    "images": args.images, "texts": args.texts, "similarity": matrix.tolist()})
-    else:
-        print(format_table([Path(p).name for p in args.images], args.texts, matrix))
-    return 0
+                    "images": args.images, "texts": args.texts, "similarity": run.rows(),
+                    "errors": run.error_list(args.images), "interrupted": run.interrupted})
+    elif ok:
+        print(format_table([names[i] for i in ok], args.texts, [run.results[i] for i in ok]))
+    report_errors(run, args.images, args.debug)
+    return run.exit_code
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     engine = open_engine(args, "clip")
-    results = engine.classify(args.images, args.labels, template=args.template)
+    run = run_items(args.images, args.max_batch, lambda part: engine.classify(part, args.labels, args.template))
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
-                    "template": args.template,
-                    "results": [{"image": image, "labels": [{"label": l, "probability": p} for l, p in ranked]}
-                                for image, ranked in zip(args.images, results)]})
+                    "template": args.template, "interrupted": run.interrupted,
+                    "results": [{"image": image, **run.item(i, labels=[{"label": l, "probability": p}
+                                                                       for l, p in run.results[i] or []])}
+                                for i, image in enumerate(args.images)]})
     else:
-        for image, ranked in zip(args.images, results):
-            print(image)
-            for label, prob in ranked[: args.top_k]:
-                print(f"  {prob:7.2%}  {label}")
-    return 0
+        for i, image in enumerate(args.images[: run.done]):
+            if i not in run.errors:
+                print(image)
+                for label, prob in run.results[i][: args.top_k]:
+                    print(f"  {prob:7.2%}  {label}")
+    report_errors(run, args.images, args.debug)
+    return run.exit_code
 
 
-def print_generations(args: argparse.Namespace, engine, generations, extra: dict[str, Any]) -> None:
+def print_generations(args: argparse.Namespace, engine, run: ItemRun, extra: dict[str, Any]) -> int:
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights, **extra,
-                    "results": [{"image": str(image), "text": g.text, "token_ids": g.token_ids,
-                                 "prompt_ids": g.prompt_ids} for image, g in zip(args.images, generations)]})
+                    "interrupted": run.interrupted,
+                    "results": [{"image": str(image), **run.item(i, **(run.results[i] and {
+                        "text": run.results[i].text, "token_ids": run.results[i].token_ids,
+                        "prompt_ids": run.results[i].prompt_ids} or {}))} for i, image in enumerate(args.images)]})
     else:
-        for image, g in zip(args.images, generations):
-            print(f"{image}: {g.text}")
+        for i, image in enumerate(args.images[: run.done]):
+            if i not in run.errors:
+                print(f"{image}: {run.results[i].text}")
+    report_errors(run, args.images, args.debug)
+    return run.exit_code
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
     engine = open_engine(args, "blip")
-    generations = engine.generate_captions(args.images, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
-    print_generations(args, engine, generations, {"prompt": args.prompt})
-    return 0
+    engine.require("caption")  # a wrong folder, prompt or max_new_tokens fails before any work
+    engine.check_max_new_tokens(args.max_new_tokens, len(engine.caption_prompt(args.prompt)))
+    run = run_items(args.images, args.max_batch,
+                    lambda part: engine.generate_captions(part, prompt=args.prompt, max_new_tokens=args.max_new_tokens))
+    return print_generations(args, engine, run, {"prompt": args.prompt})
 
 
 def cmd_vqa(args: argparse.Namespace) -> int:
     engine = open_engine(args, "blip")
-    generations = engine.generate_answers(args.images, args.question, max_new_tokens=args.max_new_tokens)
-    print_generations(args, engine, generations, {"question": args.question})
-    return 0
+    engine.require("vqa")
+    engine.check_max_new_tokens(args.max_new_tokens, 1)
+    run = run_items(args.images, args.max_batch,
+                    lambda part: engine.generate_answers(part, args.question, max_new_tokens=args.max_new_tokens))
+    return print_generations(args, engine, run, {"question": args.question})
 
 
 def cmd_match(args: argparse.Namespace) -> int:
+    import numpy as np
+
     engine = open_engine(args, "blip")
-    scores = engine.match(args.images, args.texts)
+
+    def per_image(part):
+        try:
+            scores = engine.match(part, args.texts)
+        except PartialFailure as e:
+            e.results = list(zip(e.results.itm, e.results.itc))
+            raise
+        return list(zip(scores.itm, scores.itc))
+
+    run = run_items(args.images, args.max_batch, per_image)
     names = [Path(p).name for p in args.images]
-    if args.plot:
+    ok = [i for i in range(run.done) if i not in run.errors]
+    itm = np.array([run.results[i][0] for i in ok]).reshape(len(ok), len(args.texts))
+    itc = np.array([run.results[i][1] for i in ok]).reshape(len(ok), len(args.texts))
+    if args.plot and ok:
         from .viz import RANDOM_WEIGHTS_NOTE, match_heatmaps
 
         note = RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
-        save_figure(match_heatmaps(scores.itm, scores.itc, names, args.texts, note=note), args.plot, args.force)
+        views = [engine.preprocess.view(args.images[i]) for i in ok]
+        save_figure(match_heatmaps(itm, itc, [names[i] for i in ok], args.texts, note=note, images=views),
+                    args.plot, args.force)
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
-                    "images": args.images, "texts": args.texts, "itm": scores.itm.tolist(),
-                    "itc": scores.itc.tolist()})
-    else:
+                    "images": args.images, "texts": args.texts,
+                    "itm": [None if r is None else r[0].tolist() for r in run.results],
+                    "itc": [None if r is None else r[1].tolist() for r in run.results],
+                    "errors": run.error_list(args.images), "interrupted": run.interrupted})
+    elif ok:
         print("ITM match probability")
-        print(format_table(names, args.texts, scores.itm))
+        print(format_table([names[i] for i in ok], args.texts, itm))
         print("\nITC cosine similarity")
-        print(format_table(names, args.texts, scores.itc))
-    return 0
+        print(format_table([names[i] for i in ok], args.texts, itc))
+    report_errors(run, args.images, args.debug)
+    return run.exit_code
 
 
 def cmd_viz_toy(args: argparse.Namespace) -> int:
@@ -249,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("model_dir", metavar="DIR", help="a model folder written by `clipblip export`")
         p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's choice)")
-        p.add_argument("--max-batch", type=int, default=32, help="largest batch one graph run takes")
+        p.add_argument("--max-batch", type=int, default=16, help="largest batch one graph run takes")
+        p.add_argument("--max-image-pixels", type=int, default=64_000_000,
+                       help="refuse images with more pixels, before decoding them (default 64 million)")
         p.add_argument("--force", action="store_true", help="replace existing output files")
 
     p = sub.add_parser("export", help="export a model to an ONNX model folder")
@@ -351,8 +474,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM ends a command like Ctrl-C: finished items are written, staging folders removed
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if on_main else None
     try:
         return args.run(args)
     except ClipblipError as e:
@@ -369,6 +499,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clipblip: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@ __all__ = [
     "ImageError",
     "TextInputError",
     "GenerationConfigError",
+    "UnsafeArtifactError",
+    "CompatibilityError",
+    "ImageTooLargeError",
+    "NumericalError",
+    "PartialFailure",
+    "raise_item_errors",
     "EXIT_CODES",
 ]
 
@@ -84,7 +90,58 @@ class GenerationConfigError(ClipblipError):
     exit_code = 11
 
 
+class UnsafeArtifactError(ModelLoadError):
+    """A model file that would make ONNX Runtime read outside the model folder, or pickled weights."""
+
+    exit_code = 12
+
+
+class CompatibilityError(ModelLoadError):
+    """A graph needs a newer ONNX Runtime (IR version or opset) than the one installed."""
+
+    exit_code = 13
+
+
+class ImageTooLargeError(ImageError):
+    """An image whose pixel count passes the limit; refused before decoding."""
+
+    exit_code = 14
+
+
+class NumericalError(ClipblipError):
+    """NaN or Inf in an embedding or in next-token logits."""
+
+    exit_code = 15
+
+
+class PartialFailure(ClipblipError):
+    """Some items of a batch failed; the others have results.
+
+    ``results`` holds the call's result with NaN rows or None where an item failed; ``errors``
+    maps each failed item's index to its own error.
+    """
+
+    exit_code = 16
+
+    def __init__(self, message: str, results=None, errors: dict | None = None):
+        super().__init__(message)
+        self.results = results
+        self.errors = dict(errors or {})
+
+
+def raise_item_errors(errors: dict[int, ClipblipError], count: int, results) -> None:
+    """Nothing if no item failed; the item's own error for a single item; else PartialFailure."""
+    if not errors:
+        return
+    if count == 1:
+        raise errors[0]
+    first = min(errors)
+    raise PartialFailure(f"{len(errors)} of {count} items failed (first, item {first}: {errors[first]})",
+                         results=results, errors=errors)
+
+
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in (
     ClipblipError, UsageError, ModelSourceError, ExportError, ParityError, OutputExistsError,
-    ModelLoadError, ProviderError, ImageError, TextInputError, GenerationConfigError,
+    ModelLoadError, ProviderError, ImageError, TextInputError, GenerationConfigError, UnsafeArtifactError,
+    CompatibilityError, ImageTooLargeError, NumericalError, PartialFailure,
 )}

@@ -9,12 +9,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import GenerationConfigError, ModelLoadError, TextInputError, UsageError
+from ..errors import (GenerationConfigError, ModelLoadError, NumericalError, TextInputError, UsageError,
+                      raise_item_errors)
 from ..manifest import Manifest
-from .clip import attention_names, batches, softmax
+from .clip import attention_names, batches, check_finite, softmax
 from .decoder import DeviceDecoder, HostDecoder
 from .generate import Generation, greedy_decode, trim
-from .images import ImageInput, ImagePreprocessor
+from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor
 from .session import open_graph
 from .text import TextTokenizer
 
@@ -57,14 +58,14 @@ class BlipEngine:
     """Runs an exported BLIP model folder (caption, vqa or itm). Build it with :meth:`from_dir`."""
 
     def __init__(self, folder: Path, manifest: Manifest, sessions: dict, max_batch: int,
-                 io_binding: bool | None = None):
+                 io_binding: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
         if max_batch < 1:
             raise UsageError(f"max_batch={max_batch}: must be at least 1")
         self.folder = folder
         self.manifest = manifest
         self.sessions = sessions
         self.max_batch = max_batch
-        self.preprocess = ImagePreprocessor.from_manifest(manifest.image)
+        self.preprocess = ImagePreprocessor.from_manifest(manifest.image, max_image_pixels)
         self.tokenizer = TextTokenizer.from_manifest(folder, manifest.tokenizer)
         self.generation = manifest.model.get("generation", {})
         self.decoder = None
@@ -79,11 +80,13 @@ class BlipEngine:
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                 max_batch: int = 16, verify: bool = True, io_binding: bool | None = None) -> BlipEngine:
+                 max_batch: int = 16, verify: bool = True, io_binding: bool | None = None,
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> BlipEngine:
         """Load a folder written by `clipblip export` for a BLIP model, with the graphs of its task.
 
         ``io_binding`` keeps the decoder's caches on the device between steps; by default it is on
-        exactly when the decoder runs on CUDA.
+        exactly when the decoder runs on CUDA. Provider, ``max_batch``, ``max_image_pixels`` and
+        per-item failures (PartialFailure) work as in ClipEngine.
         """
         folder = Path(folder)
         manifest = Manifest.load(folder)
@@ -92,7 +95,7 @@ class BlipEngine:
         names = {name for task in manifest.tasks for name in TASK_GRAPHS.get(task, ())}
         sessions = {name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
                     for name in sorted(names)}
-        return cls(folder, manifest, sessions, max_batch, io_binding)
+        return cls(folder, manifest, sessions, max_batch, io_binding, max_image_pixels)
 
     @property
     def tasks(self) -> list[str]:
@@ -102,7 +105,8 @@ class BlipEngine:
     def providers(self) -> list[str]:
         return self.sessions["image_tower"].get_providers()
 
-    def _require(self, task: str) -> None:
+    def require(self, task: str) -> None:
+        """UsageError unless the folder was exported for ``task`` (caption, vqa or match)."""
         if task not in self.manifest.tasks:
             raise UsageError(f"{self.folder}: this BLIP export does '{', '.join(self.manifest.tasks)}', not '{task}'; "
                              f"export a {EXPORT_TASK[task]} checkpoint (clipblip export ... --task {EXPORT_TASK[task]})")
@@ -142,7 +146,8 @@ class BlipEngine:
 
     # --- generation ----------------------------------------------------------------------------------
 
-    def _check_max_new_tokens(self, max_new_tokens: int, prompt_len: int) -> None:
+    def check_max_new_tokens(self, max_new_tokens: int, prompt_len: int) -> None:
+        """GenerationConfigError unless 1 <= max_new_tokens and the prompt plus them fit the positions."""
         limit = int(self.generation["max_positions"])
         if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise GenerationConfigError(f"max_new_tokens={max_new_tokens!r}: must be a positive integer")
@@ -152,11 +157,35 @@ class BlipEngine:
                 f"{limit} positions (at most {limit - prompt_len})"
             )
 
-    def _generate(self, prompt: np.ndarray, encoder_states: np.ndarray, max_new_tokens: int) -> list[list[int]]:
+    def _generate(self, prompt: np.ndarray, encoder_states: np.ndarray, max_new_tokens: int) -> list[list[int] | None]:
+        """Token ids per row, or None for a row whose logits went NaN/Inf."""
         cross = self.decoder.cross(encoder_states)  # 2 x layers of (batch, heads, encoder_sequence, head_dim)
-        out = greedy_decode(self.decoder, prompt, cross, max_new_tokens=max_new_tokens,
-                            eos_id=self.generation["eos_id"], pad_id=self.generation["pad_id"])
-        return [trim(row, self.generation["eos_id"]) for row in out]
+        out, broken = greedy_decode(self.decoder, prompt, cross, max_new_tokens=max_new_tokens,
+                                    eos_id=self.generation["eos_id"], pad_id=self.generation["pad_id"])
+        return [None if bad else trim(row, self.generation["eos_id"]) for row, bad in zip(out, broken)]
+
+    def _each_image(self, images: list, make_prompt, encode, max_new_tokens: int) -> list[Generation | None]:
+        """Shared by captions and answers: per chunk, the usable images are encoded and decoded; every
+        failure (image or NaN/Inf logits) becomes that item's error."""
+        results: list[Generation | None] = [None] * len(images)
+        errors: dict = {}
+        for part in batches(len(images), self.max_batch):
+            pixel_values, good, failed = self.preprocess.each(images[part])
+            errors.update({part.start + i: e for i, e in failed.items()})
+            if not good:
+                continue
+            image_embeds = self._run("image_tower", pixel_values=pixel_values)[0]  # (usable, tokens, width)
+            check_finite(image_embeds, bad := {}, "image encoding")
+            indices = [part.start + i for i in good]
+            encoder_states, prompt = encode(image_embeds, indices), make_prompt(len(good))
+            for row, (index, ids) in enumerate(zip(indices, self._generate(prompt, encoder_states, max_new_tokens))):
+                if row in bad or ids is None:
+                    errors[index] = bad.get(row) or NumericalError(f"item {index}: next-token logits have NaN/Inf")
+                else:
+                    prompt_ids = [int(i) for i in prompt[row]]
+                    results[index] = Generation(self.tokenizer.decode(prompt_ids + ids), ids, prompt_ids)
+        raise_item_errors(errors, len(images), results)
+        return results
 
     def caption_prompt(self, prompt: str | None) -> list[int]:
         """Decoder prompt ids: [DEC] alone, or the prompt's ids with [CLS] → [DEC] and the final [SEP] dropped."""
@@ -170,67 +199,72 @@ class BlipEngine:
     def generate_captions(self, images: Sequence[ImageInput], prompt: str | None = None,
                           max_new_tokens: int = 30) -> list[Generation]:
         """Greedy captions with their token ids; with a prompt the text starts with the prompt."""
-        self._require("caption")
-        images = list(images)
-        prompt_ids = self.caption_prompt(prompt)
-        self._check_max_new_tokens(max_new_tokens, len(prompt_ids))
-        results: list[Generation] = []
-        for part in batches(len(images), self.max_batch):
-            image_embeds = self.image_embeds(images[part])  # (batch, image_tokens, width)
-            prompt_batch = np.tile(np.asarray(prompt_ids, dtype=np.int64), (len(image_embeds), 1))
-            for ids in self._generate(prompt_batch, image_embeds, max_new_tokens):
-                results.append(Generation(self.tokenizer.decode(prompt_ids + ids), ids, prompt_ids))
-        return results
+        self.require("caption")
+        prompt_ids = np.asarray(self.caption_prompt(prompt), dtype=np.int64)
+        self.check_max_new_tokens(max_new_tokens, len(prompt_ids))
+        return self._each_image(list(images), lambda n: np.tile(prompt_ids, (n, 1)),
+                                lambda image_embeds, indices: image_embeds, max_new_tokens)
 
     def caption(self, images: Sequence[ImageInput], prompt: str | None = None, max_new_tokens: int = 30) -> list[str]:
         """One caption per image."""
-        return [g.text for g in self.generate_captions(images, prompt, max_new_tokens)]
+        return [g.text for g in self.generate_captions(images, prompt, max_new_tokens)]  # type: ignore[union-attr]
 
     def generate_answers(self, images: Sequence[ImageInput], questions: str | Sequence[str],
                          max_new_tokens: int = 10) -> list[Generation]:
         """Greedy answers with their token ids; one question for all images, or one per image."""
-        self._require("vqa")
+        self.require("vqa")
         images = list(images)
         questions = [questions] * len(images) if isinstance(questions, str) else list(questions)
         if len(questions) != len(images):
             raise TextInputError(f"questions: {len(questions)} given for {len(images)} images")
-        self._check_max_new_tokens(max_new_tokens, 1)
-        bos = np.int64(self.generation["bos_id"])
-        results: list[Generation] = []
-        for part in batches(len(images), self.max_batch):
-            image_embeds = self.image_embeds(images[part])
-            input_ids, attention_mask = self.tokenizer(questions[part])  # (batch, question_len)
-            question_embeds = self._run("question_encoder", input_ids=input_ids, attention_mask=attention_mask,
-                                        image_embeds=image_embeds)[0]  # (batch, question_len, width)
-            prompt = np.full((len(image_embeds), 1), bos, dtype=np.int64)
-            for ids in self._generate(prompt, question_embeds, max_new_tokens):
-                results.append(Generation(self.tokenizer.decode(ids), ids, [int(bos)]))
-        return results
+        self.check_max_new_tokens(max_new_tokens, 1)
+
+        def encode(image_embeds, indices):
+            input_ids, attention_mask = self.tokenizer([questions[i] for i in indices])  # (batch, question_len)
+            return self._run("question_encoder", input_ids=input_ids, attention_mask=attention_mask,
+                             image_embeds=image_embeds)[0]  # (batch, question_len, width)
+
+        return self._each_image(images, lambda n: np.full((n, 1), self.generation["bos_id"], dtype=np.int64),
+                                encode, max_new_tokens)
 
     def answer(self, images: Sequence[ImageInput], questions: str | Sequence[str], max_new_tokens: int = 10) -> list[str]:
         """One answer per image."""
-        return [g.text for g in self.generate_answers(images, questions, max_new_tokens)]
+        return [g.text for g in self.generate_answers(images, questions, max_new_tokens)]  # type: ignore[union-attr]
 
     # --- retrieval -----------------------------------------------------------------------------------
 
     def match(self, images: Sequence[ImageInput], texts: Sequence[str]) -> MatchScores:
         """ITM match probabilities and ITC cosine similarities, each (N images, M texts)."""
-        self._require("match")
+        self.require("match")
         images, texts = list(images), [texts] if isinstance(texts, str) else list(texts)
-        rows = self.tokenizer.ids(texts)
-        image_embeds = np.concatenate([self.image_embeds(images[p]) for p in batches(len(images), self.max_batch)]) \
-            if images else np.zeros((0, 1, 1), np.float32)
-        itm = np.zeros((len(images), len(texts)), dtype=np.float32)
-        image_feat = [self._run("itc_image", image_embeds=image_embeds[p])[0] for p in batches(len(images), self.max_batch)]
-        text_feat = []
-        for part in batches(len(texts), self.max_batch):
-            input_ids, attention_mask = self.tokenizer.pad(rows[part])  # (batch, sequence)
-            text_feat.append(self._run("itc_text", input_ids=input_ids, attention_mask=attention_mask)[0])
-            for i in range(len(images)):
-                repeated = np.repeat(image_embeds[i : i + 1], len(input_ids), axis=0)  # (batch, tokens, width)
-                logits = self._run("itm_head", input_ids=input_ids, attention_mask=attention_mask,
-                                   image_embeds=repeated)[0]  # (batch, 2)
-                itm[i, part] = softmax(logits)[:, 1]
-        if not images or not texts:
-            return MatchScores(itm, np.zeros((len(images), len(texts)), dtype=np.float32))
-        return MatchScores(itm, np.concatenate(image_feat) @ np.concatenate(text_feat).T)
+        text_batches = [(part, *self.tokenizer.pad(rows)) for part in batches(len(texts), self.max_batch)
+                        for rows in [self.tokenizer.ids(texts[part])]]  # (part, input_ids, attention_mask)
+        dim = int(self.manifest.graphs["itc_text"].outputs[0].shape[-1])
+        text_feat = np.zeros((len(texts), dim), dtype=np.float32)
+        for part, input_ids, attention_mask in text_batches:
+            text_feat[part] = self._run("itc_text", input_ids=input_ids, attention_mask=attention_mask)[0]
+        itm = np.full((len(images), len(texts)), np.nan, dtype=np.float32)
+        itc = np.full((len(images), len(texts)), np.nan, dtype=np.float32)
+        errors: dict = {}
+        for part in batches(len(images), self.max_batch):
+            pixel_values, good, failed = self.preprocess.each(images[part])
+            errors.update({part.start + i: e for i, e in failed.items()})
+            if not good:
+                continue
+            image_embeds = self._run("image_tower", pixel_values=pixel_values)[0]  # (usable, tokens, width)
+            image_feat = self._run("itc_image", image_embeds=image_embeds)[0]  # (usable, dim)
+            for row, index in enumerate(part.start + i for i in good):
+                itc[index] = image_feat[row] @ text_feat.T
+                for text_part, input_ids, attention_mask in text_batches:
+                    repeated = np.repeat(image_embeds[row : row + 1], len(input_ids), axis=0)  # (texts, tokens, w)
+                    logits = self._run("itm_head", input_ids=input_ids, attention_mask=attention_mask,
+                                       image_embeds=repeated)[0]  # (texts, 2)
+                    itm[index, text_part] = softmax(logits)[:, 1]
+        for i in range(len(images)):
+            if i not in errors:
+                check_finite(np.stack([itm[i : i + 1], itc[i : i + 1]], axis=1), bad := {}, "match score")
+                if bad:
+                    errors[i] = NumericalError(f"item {i}: the match scores have NaN/Inf")
+        scores = MatchScores(itm, itc)
+        raise_item_errors(errors, len(images), scores)
+        return scores

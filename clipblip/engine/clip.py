@@ -8,9 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ModelLoadError, UsageError
+from ..errors import ModelLoadError, NumericalError, PartialFailure, UsageError, raise_item_errors
 from ..manifest import Manifest
-from .images import ImageInput, ImagePreprocessor
+from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor
 from .session import open_graph
 from .text import TextTokenizer
 
@@ -30,6 +30,21 @@ def batches(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def check_finite(rows: np.ndarray, errors: dict, what: str) -> None:
+    """Record a NumericalError for every row with NaN/Inf that has no error of its own yet."""
+    bad = ~np.isfinite(rows).reshape(len(rows), -1).all(axis=1) if len(rows) else []
+    for i in np.flatnonzero(bad):
+        errors.setdefault(int(i), NumericalError(f"item {i}: the {what} has NaN/Inf"))
+
+
+def partial_results(call):
+    """Run ``call``; return (result, errors) whether or not some items failed."""
+    try:
+        return call(), {}
+    except PartialFailure as e:
+        return e.results, e.errors
+
+
 def attention_names(folder: Path, manifest: Manifest, graph: str, prefix: str = "attentions_") -> list[str]:
     """The graph's attention-weight outputs, in layer order; UsageError if it was exported without them."""
     names = [n for n in manifest.graph(folder, graph).attention_outputs if n.startswith(prefix)]
@@ -42,25 +57,31 @@ def attention_names(folder: Path, manifest: Manifest, graph: str, prefix: str = 
 class ClipEngine:
     """Runs an exported CLIP model folder. Build it with :meth:`from_dir`."""
 
-    def __init__(self, folder: Path, manifest: Manifest, sessions: dict, max_batch: int):
+    def __init__(self, folder: Path, manifest: Manifest, sessions: dict, max_batch: int,
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
         if max_batch < 1:
             raise UsageError(f"max_batch={max_batch}: must be at least 1")
         self.folder = folder
         self.manifest = manifest
         self.sessions = sessions
         self.max_batch = max_batch
-        self.preprocess = ImagePreprocessor.from_manifest(manifest.image)
+        self.preprocess = ImagePreprocessor.from_manifest(manifest.image, max_image_pixels)
         self.tokenizer = TextTokenizer.from_manifest(folder, manifest.tokenizer)
         self.logit_scale = float(manifest.model["logit_scale"])
         self.embed_dim = int(manifest.model["embed_dim"])
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                 max_batch: int = 32, verify: bool = True) -> ClipEngine:
+                 max_batch: int = 32, verify: bool = True,
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> ClipEngine:
         """Load a folder written by `clipblip export` for a CLIP model.
 
         ``provider`` is "auto" (CUDA when available, else CPU), "cpu" or "cuda" (an error if CUDA
-        is not usable). ``max_batch`` bounds how many items one graph run takes.
+        is not usable: no silent fallback). ``max_batch`` bounds how many items one graph run takes;
+        ``max_image_pixels`` refuses larger images before decoding them.
+
+        When some images of a batch fail, the others still get results: methods then raise
+        PartialFailure whose ``results`` hold NaN rows (or None) for the failed items.
         """
         folder = Path(folder)
         manifest = Manifest.load(folder)
@@ -70,7 +91,7 @@ class ClipEngine:
             name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
             for name in ("image_tower", "text_tower")
         }
-        return cls(folder, manifest, sessions, max_batch)
+        return cls(folder, manifest, sessions, max_batch, max_image_pixels)
 
     @property
     def providers(self) -> list[str]:
@@ -79,11 +100,18 @@ class ClipEngine:
     def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Images → float32 (N, D), rows L2-normalised, in input order."""
         images = list(images)
-        out = np.empty((len(images), self.embed_dim), dtype=np.float32)
+        out = np.full((len(images), self.embed_dim), np.nan, dtype=np.float32)
+        errors: dict = {}
         for part in batches(len(images), self.max_batch):
-            pixel_values = self.preprocess(images[part])  # (batch, 3, H, W)
-            out[part] = self.sessions["image_tower"].run(["image_embeds"], {"pixel_values": pixel_values})[0]
-        return l2_normalize(out)
+            pixel_values, good, failed = self.preprocess.each(images[part])  # (usable, 3, H, W)
+            errors.update({part.start + i: e for i, e in failed.items()})
+            if good:
+                rows = [part.start + i for i in good]
+                out[rows] = self.sessions["image_tower"].run(["image_embeds"], {"pixel_values": pixel_values})[0]
+                check_finite(out[rows], errors, "image embedding")
+        out = l2_normalize(out)
+        raise_item_errors(errors, len(images), out)
+        return out
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts → float32 (M, D), rows L2-normalised; long texts are truncated keeping end-of-text."""
@@ -94,7 +122,11 @@ class ClipEngine:
             input_ids, attention_mask = self.tokenizer.pad(rows[part])  # (batch, sequence)
             feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
             out[part] = self.sessions["text_tower"].run(["text_embeds"], feeds)[0]
-        return l2_normalize(out)
+        errors: dict = {}
+        check_finite(out, errors, "text embedding")
+        out = l2_normalize(out)
+        raise_item_errors(errors, len(texts), out)
+        return out
 
     def image_attentions(self, image: ImageInput) -> np.ndarray:
         """Attention weights of the image tower, float32 (layers, heads, tokens, tokens); class token first."""
@@ -110,8 +142,12 @@ class ClipEngine:
         return self.tokenizer.tokens(input_ids[0]), np.stack([w[0] for w in weights])
 
     def similarity(self, images: Sequence[ImageInput], texts: Sequence[str]) -> np.ndarray:
-        """Cosine similarities, float32 (N images, M texts)."""
-        return self.embed_images(images) @ self.embed_texts(texts).T
+        """Cosine similarities, float32 (N images, M texts); NaN rows for images that failed."""
+        images = list(images)
+        image_embeds, errors = partial_results(lambda: self.embed_images(images))
+        result = image_embeds @ self.embed_texts(texts).T
+        raise_item_errors(errors, len(images), result)
+        return result
 
     def classify(self, images: Sequence[ImageInput], labels: Sequence[str],
                  template: str = "a photo of a {}.") -> list[list[tuple[str, float]]]:
@@ -121,5 +157,10 @@ class ClipEngine:
             raise UsageError("labels: give at least one label")
         if "{}" not in template:
             raise UsageError(f"template {template!r}: must contain '{{}}' where the label goes")
-        probs = softmax(self.logit_scale * self.similarity(images, [template.format(l) for l in labels]))
-        return [sorted(zip(labels, map(float, row)), key=lambda pair: -pair[1]) for row in probs]
+        images = list(images)
+        similarity, errors = partial_results(lambda: self.similarity(images, [template.format(l) for l in labels]))
+        probs = softmax(self.logit_scale * similarity)
+        ranked = [None if i in errors else sorted(zip(labels, map(float, row)), key=lambda pair: -pair[1])
+                  for i, row in enumerate(probs)]
+        raise_item_errors(errors, len(images), ranked)
+        return ranked

@@ -30,22 +30,27 @@ class Generation:
 
 
 def greedy_decode(decoder: Decoder, prompt: np.ndarray, cross: list[Any], *, max_new_tokens: int, eos_id: int,
-                  pad_id: int) -> np.ndarray:
-    """Generate up to ``max_new_tokens`` per row; returns int64 (batch, max_new_tokens), pad after each end.
+                  pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Generate up to ``max_new_tokens`` per row: (int64 (batch, max_new_tokens), pad after each end;
+    bool (batch,) rows stopped by NaN/Inf logits).
 
     ``prompt`` (batch, prompt_len) starts every row ([DEC] and any prompt tokens). A row stops at
-    its own ``eos_id``; finished rows leave the batch so that they cost nothing afterwards.
+    its own ``eos_id``; finished rows leave the batch so that they cost nothing afterwards. A row
+    whose logits are not finite stops at once and is reported, never given a token.
     """
     batch = prompt.shape[0]
     out = np.full((batch, max_new_tokens), pad_id, dtype=np.int64)
+    broken = np.zeros(batch, dtype=bool)
     rows = np.arange(batch)  # which output rows are still generating
     past = decoder.empty_cache(batch)  # 2 x layers of (rows, heads, 0, head_dim)
     tokens = prompt.astype(np.int64)  # the first step reads the whole prompt
     for t in range(max_new_tokens):
         logits, past = decoder.step(tokens, past, cross)  # logits (rows, vocab); past (rows, heads, seen, hd)
+        finite = np.isfinite(logits).all(axis=-1)
+        broken[rows[~finite]] = True
         next_ids = logits.argmax(axis=-1)  # greedy: first maximum, as torch.argmax
-        out[rows, t] = next_ids
-        ended = next_ids == eos_id
+        out[rows[finite], t] = next_ids[finite]
+        ended = (next_ids == eos_id) | ~finite
         if ended.all():
             break
         if ended.any():  # drop finished rows from the batch, their cache and their cross K/V
@@ -53,7 +58,7 @@ def greedy_decode(decoder: Decoder, prompt: np.ndarray, cross: list[Any], *, max
             rows, next_ids = rows[keep], next_ids[keep]
             past, cross = decoder.keep(past, keep), decoder.keep(cross, keep)
         tokens = next_ids[:, None]  # (rows, 1)
-    return out
+    return out, broken
 
 
 def trim(row: np.ndarray, eos_id: int) -> list[int]:

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ImageError
+from ..errors import ImageError, ImageTooLargeError
 
-__all__ = ["ImageInput", "load_image", "ImagePreprocessor"]
+__all__ = ["ImageInput", "load_image", "ImagePreprocessor", "DEFAULT_MAX_PIXELS"]
+
+DEFAULT_MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (decompression bombs)
+HUGE_RESIZE = 16_000_000  # resized images above this many pixels are resampled only where cropped
 
 ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
 
@@ -41,9 +45,19 @@ def describe(image: Any) -> str:
     return type(image).__name__
 
 
-def load_image(image: ImageInput) -> Image.Image:
-    """A PIL image from a path, a PIL image, or a uint8 array (H, W), (H, W, 3) or (H, W, 4)."""
+def check_size(width: int, height: int, max_pixels: int | None, name: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(f"{name}: {width}x{height} = {width * height:,} pixels is over the limit of "
+                                 f"{max_pixels:,} (max_image_pixels); refused without decoding")
+
+
+def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A PIL image from a path, a PIL image, or a uint8 array (H, W), (H, W, 3) or (H, W, 4).
+
+    Files whose header announces more than ``max_pixels`` pixels are refused before decoding.
+    """
     if isinstance(image, Image.Image):
+        check_size(image.width, image.height, max_pixels, describe(image))
         return image
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
@@ -52,24 +66,38 @@ def load_image(image: ImageInput) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         try:
-            with Image.open(path) as opened:
-                opened.load()  # the first frame of an animated image
-                return opened.copy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+                with Image.open(path) as opened:
+                    check_size(opened.width, opened.height, max_pixels, path)  # header only, nothing decoded yet
+                    opened.load()  # the first frame of an animated image
+                    return opened.copy()
+        except ImageError:
+            raise
+        except Image.DecompressionBombError:
+            raise ImageTooLargeError(f"{path}: refused by Pillow as a decompression bomb") from None
         except FileNotFoundError:
             raise ImageError(f"{path}: no such file") from None
         except IsADirectoryError:
             raise ImageError(f"{path}: is a directory, not an image") from None
         except UnidentifiedImageError:
             raise ImageError(f"{path}: not a readable image") from None
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ImageError(f"{path}: cannot decode image ({e})") from None
+        except PermissionError:
+            raise ImageError(f"{path}: permission denied") from None
+        except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+            raise ImageError(f"{path}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     raise ImageError(f"{describe(image)}: an image must be a path, a PIL image or a uint8 array")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited over white."""
+    """RGB, with any transparency composited over white (16-bit and float images scaled to 8 bits)."""
     if image.mode == "RGB":
         return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if image.mode.startswith("I;16") else max(float(np.nanmax(pixels)) if pixels.size else 1, 1)
+        pixels = np.nan_to_num(np.clip(pixels / scale * 255.0, 0, 255))
+        return Image.fromarray(pixels.round().astype(np.uint8)).convert("RGB")
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -112,10 +140,12 @@ class ImagePreprocessor:
     mean: list[float] | None
     std: list[float] | None
     do_convert_rgb: bool = True
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     @classmethod
-    def from_manifest(cls, image: dict[str, Any]) -> ImagePreprocessor:
+    def from_manifest(cls, image: dict[str, Any], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImagePreprocessor:
         return cls(
+            max_pixels=max_pixels,
             resize=image.get("resize"),
             resample=image.get("resample", "bicubic"),
             center_crop=image.get("center_crop"),
@@ -127,11 +157,21 @@ class ImagePreprocessor:
 
     def geometry(self, image: ImageInput) -> np.ndarray:
         """One image resized and cropped as the model sees it, before rescaling: uint8 (C, H, W)."""
-        pil = load_image(image)
+        pil = load_image(image, self.max_pixels)
         pil = to_rgb(pil) if self.do_convert_rgb else pil
         if self.resize:
             height, width = resize_shape(pil.height, pil.width, self.resize)
-            pil = pil.resize((width, height), resample=RESAMPLE[self.resample])
+            crop = self.center_crop
+            if crop and height >= crop["height"] and width >= crop["width"] and height * width > HUGE_RESIZE:
+                # an extremely elongated image: resample only the part the centre crop keeps, never the
+                # whole resized strip (1x10000 would become 224x2,240,000). Not bit-exact with the
+                # processor's full resize, so only used where that resize would not fit in memory.
+                top, left = (height - crop["height"]) // 2, (width - crop["width"]) // 2
+                sy, sx = pil.height / height, pil.width / width
+                box = (left * sx, top * sy, (left + crop["width"]) * sx, (top + crop["height"]) * sy)
+                pil = pil.resize((crop["width"], crop["height"]), resample=RESAMPLE[self.resample], box=box)
+            else:
+                pil = pil.resize((width, height), resample=RESAMPLE[self.resample])
         pixels = np.asarray(pil)
         pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)  # (C, H, W)
         if self.center_crop:
@@ -155,5 +195,17 @@ class ImagePreprocessor:
         return pixels
 
     def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Images → float32 (batch, 3, H, W)."""
+        """Images → float32 (batch, 3, H, W); the first unusable image raises its ImageError."""
         return np.stack([self.pixels(image) for image in images])
+
+    def each(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[int], dict[int, ImageError]]:
+        """Images → (pixels of the usable ones (k, 3, H, W), their indices, {index: error} of the others)."""
+        pixels, good, errors = [], [], {}
+        for i, image in enumerate(images):
+            try:
+                pixels.append(self.pixels(image))
+                good.append(i)
+            except ImageError as e:
+                errors[i] = e
+        stacked = np.stack(pixels) if pixels else np.zeros((0, 3, 1, 1), dtype=np.float32)
+        return stacked, good, errors

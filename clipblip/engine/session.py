@@ -2,20 +2,48 @@
 
 from __future__ import annotations
 
+import mmap
+import os
+import re
+import warnings
+from importlib import metadata
 from pathlib import Path
 
 import onnxruntime as ort
 
-from ..errors import ModelLoadError, ProviderError, UsageError
+from ..errors import CompatibilityError, ModelLoadError, ProviderError, UnsafeArtifactError, UsageError
 from ..manifest import GraphInfo, sha256_of
 
-__all__ = ["PROVIDERS", "resolve_providers", "open_graph"]
+__all__ = ["PROVIDERS", "resolve_providers", "open_graph", "installed_runtimes", "external_data_paths"]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
+def installed_runtimes() -> list[str]:
+    """The ONNX Runtime distributions installed: more than one means they overwrite each other."""
+    names = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def resolve_providers(provider: str) -> list[str]:
-    """Execution providers for ``provider`` ("auto", "cpu" or "cuda"), most preferred first."""
+    """Execution providers for ``provider``, most preferred first.
+
+    "cpu"; "cuda" (ProviderError if CUDA is not usable: never a silent CPU fallback); "auto" (CUDA
+    when available, else CPU: the way to ask for the fallback).
+    """
+    runtimes = installed_runtimes()
+    if len(runtimes) > 1:
+        message = (f"{' and '.join(runtimes)} are installed together; they install the same module and "
+                   f"break each other: uninstall all and install one")
+        if provider == "cuda":
+            raise ProviderError(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     available = ort.get_available_providers()
     if provider == "auto":
         return [PROVIDERS["cuda"], PROVIDERS["cpu"]] if PROVIDERS["cuda"] in available else [PROVIDERS["cpu"]]
@@ -41,19 +69,71 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
+LOCATION_ENTRY = b"\n\x08location\x12"  # StringStringEntryProto(key="location", value=...) as protobuf bytes
+
+
+def external_data_paths(path: Path) -> list[str]:
+    """Every external-data location a graph file names (read from its bytes, without ONNX Runtime)."""
+    found = []
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return found
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            at = data.find(LOCATION_ENTRY)
+            while at != -1:
+                at += len(LOCATION_ENTRY)
+                length, shift = 0, 0
+                while at < len(data):  # varint length of the value
+                    byte = data[at]
+                    at += 1
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if byte < 0x80:
+                        break
+                found.append(data[at : at + length].decode("utf-8", "replace"))
+                at = data.find(LOCATION_ENTRY, at + length)
+    return found
+
+
+def check_inside(folder: Path, name: str, what: str) -> Path:
+    """``folder / name`` if it stays inside ``folder`` (no absolute path, '..', or link leading out)."""
+    if not name or os.path.isabs(name) or ".." in Path(name).parts:
+        raise UnsafeArtifactError(f"{folder}: {what} {name!r} points outside the model folder; refused")
+    target = folder / name
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise UnsafeArtifactError(f"{target}: {what} is a link that leaves the model folder; refused")
+    return target
+
+
+def compatibility_error(path: Path, name: str, message: str) -> CompatibilityError | None:
+    """A CompatibilityError when ONNX Runtime refused the graph for its IR version or opset."""
+    if re.search(r"IR version|opset|Opset", message):
+        return CompatibilityError(f"{path}: graph '{name}' needs a newer ONNX Runtime than the installed "
+                                  f"onnxruntime {ort.__version__} ({message.splitlines()[0]})")
+    return None
+
+
 def open_graph(folder: Path, name: str, info: GraphInfo, provider: str, threads: int | None,
                verify: bool = True) -> ort.InferenceSession:
-    """Open one graph of a model folder, checking its hash, its I/O names and the provider it got."""
-    path = folder / info.file
+    """Open one graph of a model folder, checking its hash, its I/O names and the provider it got.
+
+    Files are checked before ONNX Runtime sees them: the graph and any external data it names must
+    lie inside the model folder.
+    """
+    path = check_inside(folder, info.file, "graph file")
     if not path.is_file():
         raise ModelLoadError(f"{path}: graph '{name}' is missing from the model folder")
     if verify and sha256_of(path) != info.sha256:
         raise ModelLoadError(f"{path}: sha256 differs from the manifest (file damaged or replaced)")
+    for location in external_data_paths(path):
+        check_inside(folder, location, f"external data of graph '{name}'")
     providers = resolve_providers(provider)
     try:
         session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
     except Exception as e:  # ORT raises its own exception types; report one line
-        raise ModelLoadError(f"{path}: ONNX Runtime cannot load graph '{name}': {str(e).splitlines()[0]}") from None
+        message = str(e)
+        raise compatibility_error(path, name, message) or ModelLoadError(
+            f"{path}: ONNX Runtime cannot load graph '{name}': {message.splitlines()[0]}") from None
     if provider != "auto" and session.get_providers()[0] != providers[0]:
         raise ProviderError(f"{path}: asked for {providers[0]}, ONNX Runtime gave {session.get_providers()[0]}")
     found = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])

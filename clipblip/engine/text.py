@@ -20,6 +20,9 @@ class TextTokenizer:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.pad_id = pad_id
+        # texts are cut to this many characters before tokenising, so a megabyte string costs nothing;
+        # far more than max_length tokens ever need unless a text is mostly whitespace
+        self.max_chars = max(4096, 64 * max_length)
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length)
 
@@ -37,7 +40,11 @@ class TextTokenizer:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TextInputError(f"text {i}: expected a string, got {type(text).__name__}")
-        return [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
+        capped = [text[: self.max_chars] for text in texts]
+        try:
+            return [encoding.ids for encoding in self.tokenizer.encode_batch(capped)]
+        except Exception as e:  # the tokenizers library raises plain exceptions
+            raise TextInputError(f"texts: cannot tokenise ({e})") from None
 
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Right-pad rows to the longest: (input_ids, attention_mask), both int64 (batch, sequence)."""
