@@ -62,7 +62,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     manifest = export_model(args.model, args.out, task=args.task, opset=args.opset, force=args.force,
                             attentions=args.attentions, precision=args.precision, optimize=args.optimize,
-                            progress=progress)
+                            allow_pickle=args.allow_pickle, progress=progress)
     if manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     for name, graph in manifest.graphs.items():
@@ -386,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 for CPU, fp16 for CUDA; each graph must pass an accuracy gate or stays fp32")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
                    help="skip ONNX Runtime's transformer fusions (on by default, kept only if parity holds)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also load pickled (.bin) weights; only for checkpoints you trust")
     p.add_argument("--attentions", action="store_true",
                    help="also output attention weights (for `clipblip viz`); graphs are leaner without")
     p.set_defaults(run=cmd_export)

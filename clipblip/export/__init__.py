@@ -65,6 +65,7 @@ def export_model(
     attentions: bool = False,
     precision: str = "fp32",
     optimize: bool = True,
+    allow_pickle: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Export ``model`` (Hub id, save_pretrained directory or ``random:<preset>``) into ``out``.
@@ -88,7 +89,7 @@ def export_model(
         raise UsageError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
 
     say(f"loading {model}")
-    source = load_source(model, task)
+    source = load_source(model, task, allow_pickle)
     family = {"clip": clip, "blip": blip}[source.family]
     sections = family.manifest_sections(source)
 

@@ -372,18 +372,20 @@ def task_of(architectures: list[str] | None, task: str | None, ref: str) -> str:
     return task or found[0]
 
 
-def load_pretrained(ref: str, local_only: bool, task: str | None, architectures: list[str] | None) -> SourceModel:
+def load_pretrained(ref: str, local_only: bool, task: str | None, architectures: list[str] | None,
+                    allow_pickle: bool = False) -> SourceModel:
     import transformers
     from transformers import AutoImageProcessor, AutoTokenizer
 
     task = task_of(architectures, task, ref)
     cls = getattr(transformers, TASK_CLASSES[task])
     try:
-        model = cls.from_pretrained(ref, use_safetensors=True, local_files_only=local_only,
+        model = cls.from_pretrained(ref, use_safetensors=None if allow_pickle else True,
+            local_files_only=local_only,
                                     attn_implementation="eager").eval()
     except OSError as e:
         raise ModelSourceError(
-            f"{ref}: cannot load BLIP weights ({str(e).splitlines()[0]}); clipblip loads safetensors only"
+            f"{ref}: cannot load BLIP weights ({str(e).splitlines()[0]}); clipblip loads safetensors unless --allow-pickle"
         ) from None
     try:
         processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)

@@ -188,16 +188,17 @@ def manifest_sections(source: SourceModel) -> dict[str, Any]:
     }
 
 
-def load_pretrained(ref: str, local_only: bool) -> SourceModel:
+def load_pretrained(ref: str, local_only: bool, allow_pickle: bool = False) -> SourceModel:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     try:
         model = CLIPModel.from_pretrained(
-            ref, use_safetensors=True, local_files_only=local_only, attn_implementation="eager"
+            ref, use_safetensors=None if allow_pickle else True,
+            local_files_only=local_only, attn_implementation="eager"
         ).eval()
     except OSError as e:
         raise ModelSourceError(
-            f"{ref}: cannot load CLIP weights ({str(e).splitlines()[0]}); clipblip loads safetensors only"
+            f"{ref}: cannot load CLIP weights ({str(e).splitlines()[0]}); clipblip loads safetensors unless --allow-pickle"
         ) from None
     try:
         processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 
 from ..errors import ExportError, ParityError
@@ -54,8 +56,6 @@ def check_parity(spec: GraphSpec, path: Path) -> dict[str, Any]:
 
     Returns the parity record for the manifest: worst absolute difference, tolerance, checked sizes.
     """
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -102,8 +102,6 @@ def check_parity(spec: GraphSpec, path: Path) -> dict[str, Any]:
 
 def graph_info(spec: GraphSpec, path: Path, parity: dict[str, Any]) -> GraphInfo:
     """The manifest entry of an exported, checked graph, with its types read back from the file."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
 
     def tensors(values, specs) -> list[TensorInfo]:

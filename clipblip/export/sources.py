@@ -77,8 +77,12 @@ def _read_config(ref: str, local_only: bool) -> tuple[str, list[str]]:
         ) from None
 
 
-def load_source(ref: str, task: str | None = None) -> SourceModel:
-    """Load MODEL for export; raise ModelSourceError with a one-line hint on failure."""
+def load_source(ref: str, task: str | None = None, allow_pickle: bool = False) -> SourceModel:
+    """Load MODEL for export; raise ModelSourceError with a one-line hint on failure.
+
+    Weights load from safetensors only unless ``allow_pickle`` (pickle can run code). Remote code
+    is never trusted: the model classes are transformers' own.
+    """
     if ref.startswith(RANDOM_PREFIX):
         name = ref[len(RANDOM_PREFIX):]
         presets = _random_presets()
@@ -93,9 +97,9 @@ def load_source(ref: str, task: str | None = None) -> SourceModel:
     if model_type == "clip":
         from . import clip
 
-        return clip.load_pretrained(ref, local_only=local_only)
+        return clip.load_pretrained(ref, local_only=local_only, allow_pickle=allow_pickle)
     if model_type == "blip":
         from . import blip
 
-        return blip.load_pretrained(ref, local_only, task, architectures)
+        return blip.load_pretrained(ref, local_only, task, architectures, allow_pickle)
     raise ModelSourceError(f"{ref}: model type '{model_type}' is not supported (clipblip exports: clip, blip)")
