@@ -9,15 +9,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import (GenerationConfigError, ModelLoadError, NumericalError, TextInputError, UsageError,
-                      raise_item_errors)
+from ..errors import GenerationConfigError, NumericalError, TextInputError, UsageError, raise_item_errors
 from ..manifest import Manifest
-from .clip import attention_names, batches, check_finite, softmax
+from .base import FolderEngine, batches
+from .clip import attention_names, check_finite, softmax
 from .decoder import DeviceDecoder, HostDecoder
 from .generate import Generation, greedy_decode, trim
-from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor
-from .session import open_graph
-from .text import TextTokenizer
+from .images import DEFAULT_MAX_PIXELS, ImageInput
 
 __all__ = ["BlipEngine", "CaptionAttention", "MatchScores"]
 
@@ -54,19 +52,14 @@ class MatchScores:
     itc: np.ndarray
 
 
-class BlipEngine:
+class BlipEngine(FolderEngine):
     """Runs an exported BLIP model folder (caption, vqa or itm). Build it with :meth:`from_dir`."""
+
+    family = "blip"
 
     def __init__(self, folder: Path, manifest: Manifest, sessions: dict, max_batch: int,
                  io_binding: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
-        if max_batch < 1:
-            raise UsageError(f"max_batch={max_batch}: must be at least 1")
-        self.folder = folder
-        self.manifest = manifest
-        self.sessions = sessions
-        self.max_batch = max_batch
-        self.preprocess = ImagePreprocessor.from_manifest(manifest.image, max_image_pixels)
-        self.tokenizer = TextTokenizer.from_manifest(folder, manifest.tokenizer)
+        super().__init__(folder, manifest, sessions, max_batch, max_image_pixels)
         self.generation = manifest.model.get("generation", {})
         self.decoder = None
         if "decoder_step" in sessions:
@@ -88,22 +81,15 @@ class BlipEngine:
         exactly when the decoder runs on CUDA. Provider, ``max_batch``, ``max_image_pixels`` and
         per-item failures (PartialFailure) work as in ClipEngine.
         """
-        folder = Path(folder)
-        manifest = Manifest.load(folder)
-        if manifest.family != "blip":
-            raise ModelLoadError(f"{folder}: holds a {manifest.family} model, not BLIP")
-        names = {name for task in manifest.tasks for name in TASK_GRAPHS.get(task, ())}
-        sessions = {name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
-                    for name in sorted(names)}
-        return cls(folder, manifest, sessions, max_batch, io_binding, max_image_pixels)
+        def graphs(manifest):
+            return [name for task in manifest.tasks for name in TASK_GRAPHS.get(task, ())]
+
+        loaded = cls.open_folder(folder, graphs, provider, threads, verify)
+        return cls(*loaded, max_batch, io_binding, max_image_pixels)
 
     @property
     def tasks(self) -> list[str]:
         return list(self.manifest.tasks)
-
-    @property
-    def providers(self) -> list[str]:
-        return self.sessions["image_tower"].get_providers()
 
     def require(self, task: str) -> None:
         """UsageError unless the folder was exported for ``task`` (caption, vqa or match)."""
@@ -169,15 +155,10 @@ class BlipEngine:
         failure (image or NaN/Inf logits) becomes that item's error."""
         results: list[Generation | None] = [None] * len(images)
         errors: dict = {}
-        for part in batches(len(images), self.max_batch):
-            pixel_values, good, failed = self.preprocess.each(images[part])
-            errors.update({part.start + i: e for i, e in failed.items()})
-            if not good:
-                continue
+        for indices, pixel_values in self.usable_images(images, errors):
             image_embeds = self._run("image_tower", pixel_values=pixel_values)[0]  # (usable, tokens, width)
             check_finite(image_embeds, bad := {}, "image encoding")
-            indices = [part.start + i for i in good]
-            encoder_states, prompt = encode(image_embeds, indices), make_prompt(len(good))
+            encoder_states, prompt = encode(image_embeds, indices), make_prompt(len(indices))
             for row, (index, ids) in enumerate(zip(indices, self._generate(prompt, encoder_states, max_new_tokens))):
                 if row in bad or ids is None:
                     errors[index] = bad.get(row) or NumericalError(f"item {index}: next-token logits have NaN/Inf")
@@ -246,14 +227,10 @@ class BlipEngine:
         itm = np.full((len(images), len(texts)), np.nan, dtype=np.float32)
         itc = np.full((len(images), len(texts)), np.nan, dtype=np.float32)
         errors: dict = {}
-        for part in batches(len(images), self.max_batch):
-            pixel_values, good, failed = self.preprocess.each(images[part])
-            errors.update({part.start + i: e for i, e in failed.items()})
-            if not good:
-                continue
+        for indices, pixel_values in self.usable_images(images, errors):
             image_embeds = self._run("image_tower", pixel_values=pixel_values)[0]  # (usable, tokens, width)
             image_feat = self._run("itc_image", image_embeds=image_embeds)[0]  # (usable, dim)
-            for row, index in enumerate(part.start + i for i in good):
+            for row, index in enumerate(indices):
                 itc[index] = image_feat[row] @ text_feat.T
                 for text_part, input_ids, attention_mask in text_batches:
                     repeated = np.repeat(image_embeds[row : row + 1], len(input_ids), axis=0)  # (texts, tokens, w)

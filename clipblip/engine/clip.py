@@ -8,11 +8,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ModelLoadError, NumericalError, PartialFailure, UsageError, raise_item_errors
+from ..errors import NumericalError, PartialFailure, UsageError, raise_item_errors
 from ..manifest import Manifest
-from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor
-from .session import open_graph
-from .text import TextTokenizer
+from .base import FolderEngine, batches
+from .images import DEFAULT_MAX_PIXELS, ImageInput
 
 __all__ = ["ClipEngine", "l2_normalize", "softmax"]
 
@@ -24,10 +23,6 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def batches(n: int, size: int) -> list[slice]:
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def check_finite(rows: np.ndarray, errors: dict, what: str) -> None:
@@ -54,19 +49,14 @@ def attention_names(folder: Path, manifest: Manifest, graph: str, prefix: str = 
     return names
 
 
-class ClipEngine:
+class ClipEngine(FolderEngine):
     """Runs an exported CLIP model folder. Build it with :meth:`from_dir`."""
+
+    family = "clip"
 
     def __init__(self, folder: Path, manifest: Manifest, sessions: dict, max_batch: int,
                  max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
-        if max_batch < 1:
-            raise UsageError(f"max_batch={max_batch}: must be at least 1")
-        self.folder = folder
-        self.manifest = manifest
-        self.sessions = sessions
-        self.max_batch = max_batch
-        self.preprocess = ImagePreprocessor.from_manifest(manifest.image, max_image_pixels)
-        self.tokenizer = TextTokenizer.from_manifest(folder, manifest.tokenizer)
+        super().__init__(folder, manifest, sessions, max_batch, max_image_pixels)
         self.logit_scale = float(manifest.model["logit_scale"])
         self.embed_dim = int(manifest.model["embed_dim"])
 
@@ -83,32 +73,17 @@ class ClipEngine:
         When some images of a batch fail, the others still get results: methods then raise
         PartialFailure whose ``results`` hold NaN rows (or None) for the failed items.
         """
-        folder = Path(folder)
-        manifest = Manifest.load(folder)
-        if manifest.family != "clip":
-            raise ModelLoadError(f"{folder}: holds a {manifest.family} model, not CLIP")
-        sessions = {
-            name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
-            for name in ("image_tower", "text_tower")
-        }
-        return cls(folder, manifest, sessions, max_batch, max_image_pixels)
-
-    @property
-    def providers(self) -> list[str]:
-        return self.sessions["image_tower"].get_providers()
+        loaded = cls.open_folder(folder, lambda m: ("image_tower", "text_tower"), provider, threads, verify)
+        return cls(*loaded, max_batch, max_image_pixels)
 
     def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Images → float32 (N, D), rows L2-normalised, in input order."""
         images = list(images)
         out = np.full((len(images), self.embed_dim), np.nan, dtype=np.float32)
         errors: dict = {}
-        for part in batches(len(images), self.max_batch):
-            pixel_values, good, failed = self.preprocess.each(images[part])  # (usable, 3, H, W)
-            errors.update({part.start + i: e for i, e in failed.items()})
-            if good:
-                rows = [part.start + i for i in good]
-                out[rows] = self.sessions["image_tower"].run(["image_embeds"], {"pixel_values": pixel_values})[0]
-                check_finite(out[rows], errors, "image embedding")
+        for rows, pixel_values in self.usable_images(images, errors):  # pixel_values (usable, 3, H, W)
+            out[rows] = self.sessions["image_tower"].run(["image_embeds"], {"pixel_values": pixel_values})[0]
+            check_finite(out[rows], errors, "image embedding")
         out = l2_normalize(out)
         raise_item_errors(errors, len(images), out)
         return out

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import ModelSourceError, UsageError
 from .clip import attention_outputs, image_facts, token_batch
-from .sources import SourceModel
+from .sources import SourceModel, load_pretrained_parts
 from .specs import GraphSpec, TensorSpec
 from .vocab import blip_tokenizer
 
@@ -375,27 +375,10 @@ def task_of(architectures: list[str] | None, task: str | None, ref: str) -> str:
 def load_pretrained(ref: str, local_only: bool, task: str | None, architectures: list[str] | None,
                     allow_pickle: bool = False) -> SourceModel:
     import transformers
-    from transformers import AutoImageProcessor, AutoTokenizer
 
     task = task_of(architectures, task, ref)
-    cls = getattr(transformers, TASK_CLASSES[task])
-    try:
-        model = cls.from_pretrained(ref, use_safetensors=None if allow_pickle else True,
-            local_files_only=local_only,
-                                    attn_implementation="eager").eval()
-    except OSError as e:
-        raise ModelSourceError(
-            f"{ref}: cannot load BLIP weights ({str(e).splitlines()[0]}); clipblip loads safetensors unless --allow-pickle"
-        ) from None
-    try:
-        processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)
-        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
-    except (OSError, ValueError) as e:
-        raise ModelSourceError(f"{ref}: cannot load the processor or tokenizer ({str(e).splitlines()[0]})") from None
-    if not hasattr(tokenizer, "backend_tokenizer"):
-        raise ModelSourceError(f"{ref}: the tokenizer has no tokenizer.json form (a fast tokenizer is required)")
-    return SourceModel("blip", task, model, processor, tokenizer,
-                       {"model": ref, "kind": "pretrained", "random_weights": False})
+    model_class = getattr(transformers, TASK_CLASSES[task])
+    return load_pretrained_parts(ref, model_class, local_only, allow_pickle, "blip", task)
 
 
 def _random(name: str, config_kwargs: dict[str, Any], default_task: str = "caption"):

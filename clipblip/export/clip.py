@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import ModelSourceError
 from .specs import GraphSpec, TensorSpec
-from .sources import SourceModel
+from .sources import SourceModel, load_pretrained_parts
 from .vocab import clip_tokenizer
 
 __all__ = ["ClipImageTower", "ClipTextTower", "attention_outputs", "graph_specs", "model_facts", "load_pretrained", "RANDOM_PRESETS"]
@@ -189,26 +189,9 @@ def manifest_sections(source: SourceModel) -> dict[str, Any]:
 
 
 def load_pretrained(ref: str, local_only: bool, allow_pickle: bool = False) -> SourceModel:
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from transformers import CLIPModel
 
-    try:
-        model = CLIPModel.from_pretrained(
-            ref, use_safetensors=None if allow_pickle else True,
-            local_files_only=local_only, attn_implementation="eager"
-        ).eval()
-    except OSError as e:
-        raise ModelSourceError(
-            f"{ref}: cannot load CLIP weights ({str(e).splitlines()[0]}); clipblip loads safetensors unless --allow-pickle"
-        ) from None
-    try:
-        processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)
-        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
-    except (OSError, ValueError) as e:
-        raise ModelSourceError(f"{ref}: cannot load the processor or tokenizer ({str(e).splitlines()[0]})") from None
-    if not hasattr(tokenizer, "backend_tokenizer"):
-        raise ModelSourceError(f"{ref}: the tokenizer has no tokenizer.json form (a fast tokenizer is required)")
-    return SourceModel("clip", None, model, processor, tokenizer, {"model": ref, "kind": "pretrained",
-                                                                    "random_weights": False})
+    return load_pretrained_parts(ref, CLIPModel, local_only, allow_pickle, "clip", None)
 
 
 def _random(name: str, config_kwargs: dict[str, Any]):

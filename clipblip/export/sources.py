@@ -29,6 +29,27 @@ class SourceModel:
     source: dict[str, Any]
 
 
+def load_pretrained_parts(ref: str, model_class, local_only: bool, allow_pickle: bool, family: str, task: str | None):
+    """A checkpoint's model (eager attention, eval mode), image processor and fast tokenizer."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    try:
+        model = model_class.from_pretrained(ref, use_safetensors=None if allow_pickle else True,
+                                            local_files_only=local_only, attn_implementation="eager").eval()
+    except OSError as e:
+        raise ModelSourceError(f"{ref}: cannot load {family.upper()} weights ({str(e).splitlines()[0]}); clipblip "
+                               f"loads safetensors unless --allow-pickle") from None
+    try:
+        processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
+    except (OSError, ValueError) as e:
+        raise ModelSourceError(f"{ref}: cannot load the processor or tokenizer ({str(e).splitlines()[0]})") from None
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise ModelSourceError(f"{ref}: the tokenizer has no tokenizer.json form (a fast tokenizer is required)")
+    return SourceModel(family, task, model, processor, tokenizer,
+                       {"model": ref, "kind": "pretrained", "random_weights": False})
+
+
 def _random_presets() -> dict[str, Callable[[str | None], SourceModel]]:
     from . import blip, clip
 
