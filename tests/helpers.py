@@ -24,3 +24,15 @@ def reference_text_embeddings(model, tokenizer, texts) -> np.ndarray:
         out = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
     feats = out if isinstance(out, torch.Tensor) else out.pooler_output
     return torch.nn.functional.normalize(feats, dim=-1).numpy()
+
+
+def pickled_copy(checkpoint, folder):
+    """The checkpoint with its safetensors weights replaced by a pickled pytorch_model.bin."""
+    from safetensors.torch import load_file
+
+    folder.mkdir()
+    for f in checkpoint.iterdir():
+        if f.suffix != ".safetensors":
+            (folder / f.name).write_bytes(f.read_bytes())
+    torch.save(load_file(checkpoint / "model.safetensors"), folder / "pytorch_model.bin")
+    return folder

@@ -14,6 +14,7 @@ from clipblip.cli import main
 from clipblip.engine import BlipEngine
 from clipblip.errors import EXIT_CODES
 from clipblip.export import export_model
+from tests.helpers import pickled_copy
 
 
 def run(capsys, *argv):
@@ -77,15 +78,7 @@ def test_sigterm_during_export_leaves_nothing(tmp_path):
 
 
 def test_pickle_only_checkpoints_need_explicit_permission(tiny_clip, tmp_path):
-    import torch
-    from safetensors.torch import load_file
-
-    folder = tmp_path / "pickled"
-    folder.mkdir()
-    for f in tiny_clip.checkpoint.iterdir():
-        if f.suffix != ".safetensors":
-            (folder / f.name).write_bytes(f.read_bytes())
-    torch.save(load_file(tiny_clip.checkpoint / "model.safetensors"), folder / "pytorch_model.bin")
+    folder = pickled_copy(tiny_clip.checkpoint, tmp_path / "pickled")
     result = subprocess.run([sys.executable, "-m", "clipblip", "export", str(folder), "--out", str(tmp_path / "a")],
                             capture_output=True, text=True)
     assert result.returncode == 3 and "--allow-pickle" in result.stderr

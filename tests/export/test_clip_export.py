@@ -7,6 +7,7 @@ from clipblip.errors import ModelSourceError, OutputExistsError, ParityError
 from clipblip.export import clip as clip_export
 from clipblip.export import export_model
 from clipblip.manifest import Manifest, sha256_of
+from tests.helpers import pickled_copy
 
 
 def test_folder_holds_manifest_graphs_and_tokenizer(tiny_clip):
@@ -75,14 +76,7 @@ def test_uncached_hub_id_offline_says_what_to_pass(monkeypatch, tmp_path):
 
 
 def test_pickle_only_checkpoint_is_refused(tiny_clip, tmp_path):
-    from safetensors.torch import load_file
-
-    folder = tmp_path / "pickled"
-    folder.mkdir()
-    for f in tiny_clip.checkpoint.iterdir():
-        if f.suffix != ".safetensors":
-            (folder / f.name).write_bytes(f.read_bytes())
-    torch.save(load_file(tiny_clip.checkpoint / "model.safetensors"), folder / "pytorch_model.bin")
+    folder = pickled_copy(tiny_clip.checkpoint, tmp_path / "pickled")
     with pytest.raises(ModelSourceError, match="safetensors"):
         export_model(str(folder), tmp_path / "out")
 
