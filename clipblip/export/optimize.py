@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections import Counter
@@ -9,7 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.transformers import optimizer
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from ..errors import ExportError, ParityError
 from .convert import check_parity
@@ -30,8 +36,6 @@ def fuse_graph(spec: GraphSpec, path: Path) -> dict[str, Any]:
     """
     if spec.fusion is None:
         return {"applied": False, "reason": "no fusion pattern for this graph"}
-    from onnxruntime.transformers import optimizer
-
     fused_path = path.with_name(path.stem + ".fused.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -58,8 +62,6 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def accuracy_gate(spec: GraphSpec, reference: Path, candidate: Path) -> dict[str, Any]:
     """Run both graphs on the check inputs; per gated output the least cosine to fp32, and NaN/Inf."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # fp16 kernels are a CUDA matter: gate on CUDA where this ONNX Runtime has it
@@ -93,19 +95,11 @@ def lower_precision(spec: GraphSpec, fp32_path: Path, precision: str) -> tuple[P
     out = fp32_path.with_name(f"{fp32_path.stem}.{precision}.onnx")
     try:
         if precision == "int8":
-            import logging
-
-            import onnx
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
             logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs advice on the root logger
             # fused contrib operators defeat shape inference: tell the quantiser the weights are float
             quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         elif precision == "fp16":
-            import onnx
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
             model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
             onnx.save(model, str(out))
         else:
