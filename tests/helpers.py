@@ -36,3 +36,17 @@ def pickled_copy(checkpoint, folder):
             (folder / f.name).write_bytes(f.read_bytes())
     torch.save(load_file(checkpoint / "model.safetensors"), folder / "pytorch_model.bin")
     return folder
+
+
+def assert_pixels_match(exported, image_processor, paths) -> None:
+    """The engine's preprocessing, built from the manifest, within 1e-5 of the transformers processor."""
+    from clipblip.engine import ImagePreprocessor
+    from clipblip.manifest import Manifest
+
+    preprocess = ImagePreprocessor.from_manifest(Manifest.load(exported).image)
+    for path in paths:
+        with Image.open(path) as image:
+            ref = image_processor(images=image, return_tensors="np")["pixel_values"][0]
+            got = preprocess([image])[0]
+        assert got.shape == ref.shape, path.name
+        assert np.abs(got - ref).max() <= 1e-5, path.name

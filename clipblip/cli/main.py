@@ -53,12 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.npy")
     p.set_defaults(run=cmd_embed)
 
+    def image_text_options(p: argparse.ArgumentParser, plot_help: str) -> None:
+        engine_options(p)
+        p.add_argument("--images", nargs="+", required=True, metavar="PATH")
+        p.add_argument("--texts", nargs="+", required=True, metavar="TEXT")
+        p.add_argument("--plot", metavar="FILE.png", help=plot_help)
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+
     p = sub.add_parser("similarity", help="image × text cosine similarity")
-    engine_options(p)
-    p.add_argument("--images", nargs="+", required=True, metavar="PATH")
-    p.add_argument("--texts", nargs="+", required=True, metavar="TEXT")
-    p.add_argument("--plot", metavar="FILE.png", help="also draw a heatmap")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    image_text_options(p, "also draw a heatmap")
     p.set_defaults(run=cmd_similarity)
 
     p = sub.add_parser("classify", help="zero-shot classification with CLIP")
@@ -87,11 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_vqa)
 
     p = sub.add_parser("match", help="BLIP image–text matching (ITM) and contrastive similarity (ITC)")
-    engine_options(p)
-    p.add_argument("--images", nargs="+", required=True, metavar="PATH")
-    p.add_argument("--texts", nargs="+", required=True, metavar="TEXT")
-    p.add_argument("--plot", metavar="FILE.png", help="also draw both heatmaps")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    image_text_options(p, "also draw both heatmaps")
     p.set_defaults(run=cmd_match)
 
     p = sub.add_parser("viz", help="figures: toy attention, real attention maps, cross-attention per word")

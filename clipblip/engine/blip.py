@@ -238,10 +238,8 @@ class BlipEngine(FolderEngine):
                                        image_embeds=repeated)[0]  # (texts, 2)
                     itm[index, text_part] = softmax(logits)[:, 1]
         for i in range(len(images)):
-            if i not in errors:
-                check_finite(np.stack([itm[i : i + 1], itc[i : i + 1]], axis=1), bad := {}, "match score")
-                if bad:
-                    errors[i] = NumericalError(f"item {i}: the match scores have NaN/Inf")
+            if i not in errors and not (np.isfinite(itm[i]).all() and np.isfinite(itc[i]).all()):
+                errors[i] = NumericalError(f"item {i}: the match scores have NaN/Inf")
         scores = MatchScores(itm, itc)
         raise_item_errors(errors, len(images), scores)
         return scores

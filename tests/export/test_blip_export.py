@@ -1,14 +1,13 @@
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from clipblip.engine import ImagePreprocessor, TextTokenizer
+from clipblip.engine import TextTokenizer
 from clipblip.errors import ModelSourceError
 from clipblip.export import export_model
 from clipblip.export.blip import CrossKV, DecoderStep
 from clipblip.manifest import Manifest
 from tests.conftest import TEXTS, varied_images
+from tests.helpers import assert_pixels_match
 
 EXPECTED_GRAPHS = {
     "caption": ["cross_kv", "decoder_step", "image_tower"],
@@ -61,12 +60,7 @@ def test_decoder_step_with_cache_equals_transformers_decoder(blip_caption, photo
 
 
 def test_preprocessing_matches_the_blip_processor(tiny_blip, photos, odd_images):
-    preprocess = ImagePreprocessor.from_manifest(Manifest.load(tiny_blip.exported).image)
-    for path in photos + list(odd_images.values()):
-        with Image.open(path) as image:
-            ref = tiny_blip.processor.image_processor(images=image, return_tensors="np")["pixel_values"][0]
-            got = preprocess([image])[0]
-        assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-5, path.name
+    assert_pixels_match(tiny_blip.exported, tiny_blip.processor.image_processor, photos + list(odd_images.values()))
 
 
 def test_tokenizer_matches_blips_bert_tokenizer(tiny_blip, blip_tokenizer):
