@@ -10,7 +10,7 @@ from .attention import (
 from . import report
 from .gallery import caption_gallery, topk_bars, vqa_gallery
 from .similarity import match_heatmaps, similarity_heatmap
-from .style import RANDOM_WEIGHTS_NOTE, cjk_font
+from .style import RANDOM_WEIGHTS_NOTE, cjk_font, display_label, setup_fonts
 from .toy import TOY_TOKENS, toy_attention, toy_attention_figure
 
 __all__ = [
@@ -21,9 +21,11 @@ __all__ = [
     "cjk_font",
     "class_token_map",
     "cross_attention_figure",
+    "display_label",
     "image_attention_figure",
     "match_heatmaps",
     "report",
+    "setup_fonts",
     "similarity_heatmap",
     "token_attention_figure",
     "topk_bars",

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UsageError
-from .style import new_figure, title_with_note
+from .style import display_label, new_figure, title_with_note
 
 __all__ = [
     "attention_rollout",
@@ -60,6 +60,7 @@ def overlay(ax, view: np.ndarray, heat: np.ndarray, title: str) -> None:
 
 def _heatmap(ax, matrix: np.ndarray, tokens: Sequence[str], title: str, annotate: bool) -> None:
     ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(float(matrix.max()), 1e-9))
+    tokens = [display_label(t) for t in tokens]
     ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
     ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
     ax.set_title(title, fontsize=9)
@@ -102,6 +103,7 @@ def token_attention_figure(attentions: np.ndarray, tokens: Sequence[str], *, lay
                 ax.set_title("mean" if h == heads else f"head {h}", fontsize=8)
             if h == 0:
                 ax.set_ylabel(f"layer {l}", fontsize=8)
+    tokens = [display_label(t) for t in tokens]
     axes[-1, -1].set_xticks(range(n), tokens, rotation=90, fontsize=6)
     axes[-1, -1].set_yticks(range(n), tokens, fontsize=6)
     axes[-1, -1].yaxis.tick_right()

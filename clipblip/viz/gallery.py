@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .style import new_figure
+from .style import display_label, new_figure
 
 __all__ = ["caption_gallery", "vqa_gallery", "topk_bars"]
 
@@ -18,7 +18,8 @@ def _gallery(images: Sequence[np.ndarray], texts: Sequence[str], title: str, not
     for ax, image, text in zip(axes, images, texts):
         ax.imshow(image)
         ax.set_axis_off()
-        ax.set_title("\n".join(textwrap.fill(line, 32) for line in text.split("\n")), fontsize=8, loc="left")
+        lines = display_label(text).split("\n")
+        ax.set_title("\n".join(textwrap.fill(line, 32) for line in lines), fontsize=8, loc="left")
     fig.suptitle(title if note is None else f"{title}\n{note}", fontsize=10,
                  color="black" if note is None else "darkred")
     return fig
@@ -33,8 +34,8 @@ def caption_gallery(images: Sequence[np.ndarray], captions: Sequence[str], *, ti
 def vqa_gallery(images: Sequence[np.ndarray], questions: Sequence[str], answers: Sequence[str], *,
                 note: str | None = None):
     """Each image with its question → answer."""
-    return _gallery(images, [f"Q: {q}\nA: {a}" for q, a in zip(questions, answers)], "BLIP visual question answering",
-                    note)
+    texts = [f"Q: {display_label(q)}\nA: {display_label(a)}" for q, a in zip(questions, answers)]
+    return _gallery(images, texts, "BLIP visual question answering", note)
 
 
 def topk_bars(images: Sequence[np.ndarray], ranked: Sequence[Sequence[tuple[str, float]]], *, k: int = 5,
@@ -47,7 +48,7 @@ def topk_bars(images: Sequence[np.ndarray], ranked: Sequence[Sequence[tuple[str,
         image_ax.set_axis_off()
         top = list(labels)[:k][::-1]
         bar_ax.barh(range(len(top)), [p for _, p in top], color="tab:blue")
-        bar_ax.set_yticks(range(len(top)), [textwrap.fill(l, 22) for l, _ in top], fontsize=8)
+        bar_ax.set_yticks(range(len(top)), [textwrap.fill(display_label(l), 22) for l, _ in top], fontsize=8)
         bar_ax.set_xlim(0, 1)
         for i, (_, p) in enumerate(top):
             bar_ax.text(min(p, 0.8) + 0.02, i, f"{p:.1%}", va="center", fontsize=8)

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .style import new_figure, thumbnail, title_with_note
+from .style import display_label, new_figure, thumbnail, title_with_note
 
 __all__ = ["similarity_heatmap", "match_heatmaps"]
 
@@ -20,8 +20,8 @@ def draw_heatmap(fig, ax, matrix: np.ndarray, row_labels: Sequence[str], col_lab
     matrix = np.asarray(matrix, dtype=np.float64)
     rows, cols = matrix.shape
     image = ax.imshow(matrix, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(cols), [textwrap.fill(c, 18) for c in col_labels], fontsize=8)
-    ax.set_yticks(range(rows), [textwrap.fill(r, 18) for r in row_labels], fontsize=8)
+    ax.set_xticks(range(cols), [textwrap.fill(display_label(c), 18) for c in col_labels], fontsize=8)
+    ax.set_yticks(range(rows), [textwrap.fill(display_label(r), 18) for r in row_labels], fontsize=8)
     if images is not None:
         ax.tick_params(axis="y", pad=62)
         for r, img in enumerate(images):

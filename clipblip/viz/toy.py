@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .style import new_figure
+from .style import display_label, new_figure
 
 __all__ = ["TOY_TOKENS", "ToyAttention", "toy_attention", "toy_attention_figure"]
 
@@ -53,11 +53,12 @@ def _matrix(ax, m: np.ndarray, title: str, rows: Sequence[str], cols: Sequence[s
     limit = np.abs(m).max() or 1.0
     ax.imshow(m, cmap=cmap, vmin=0 if cmap == "viridis" else -limit, vmax=1 if cmap == "viridis" else limit)
     ax.set_title(title, fontsize=9)
+    rows = [display_label(r) for r in rows]
     ax.set_yticks(range(len(rows)), rows, fontsize=9)
     if cols is None:
         ax.set_xticks([])
     else:
-        ax.set_xticks(range(len(cols)), cols, fontsize=9, rotation=45)
+        ax.set_xticks(range(len(cols)), [display_label(c) for c in cols], fontsize=9, rotation=45)
     if annotate:
         for (r, c), value in np.ndenumerate(m):
             ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7,
