@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny random CLIP checkpoints saved with save_pretrained, their exports, photos."""
+"""Shared fixtures: tiny random CLIP and BLIP checkpoints saved with save_pretrained, their exports, photos.
+
+Plain values and functions that test modules import live in tests/helpers.py, not here.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.helpers import BLIP_QUESTIONS, GENERATION_CAP, end_lengths, varied_images
 
 # Two deliberately different shapes: exports must not assume ViT-B/32 sizes.
 CLIP_VARIANTS = {
@@ -116,17 +121,6 @@ def odd_images(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-TEXTS = [
-    "a photo of a cat",
-    "",
-    "A Woman In A Naval Uniform, smiling!",
-    "emoji 🐱🚀✨ party",
-    "中文：一只猫坐在垫子上",
-    "  leading and trailing spaces  ",
-    " ".join(["lengthy"] * 120),  # far over 77 tokens
-]
-
-
 # --- BLIP --------------------------------------------------------------------------------------------
 
 BLIP_TASK_CLASSES = {"caption": "BlipForConditionalGeneration", "vqa": "BlipForQuestionAnswering",
@@ -147,7 +141,6 @@ BLIP_SIZES = {
                 vision=dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3,
                             image_size=40, patch_size=10), image_text_hidden_size=12),
 }
-GENERATION_CAP = 8  # max_new_tokens in the parity tests
 
 
 @dataclass
@@ -164,18 +157,6 @@ def blip_tokenizer():
     from clipblip.export.vocab import blip_tokenizer
 
     return blip_tokenizer()
-
-
-def varied_images(photos: list[Path]) -> list[Image.Image]:
-    """Four images that a random BLIP tells apart: two photos, a flat colour, noise."""
-    rng = np.random.default_rng(0)
-    return [Image.open(photos[0]), Image.open(photos[1]), Image.new("RGB", (40, 30), (200, 10, 10)),
-            Image.fromarray(rng.integers(0, 256, (50, 50, 3), dtype=np.uint8))]
-
-
-def end_lengths(generated, eos_id: int) -> list[int | None]:
-    rows = generated.tolist()
-    return [row.index(eos_id) if eos_id in row else None for row in rows]
 
 
 def bias_end_token(model, task, pixel_values, questions, tokenizer) -> float:
@@ -198,10 +179,6 @@ def bias_end_token(model, task, pixel_values, questions, tokenizer) -> float:
         if None in lengths and ended and len(set(lengths)) >= 3:
             return float(shift)
     raise AssertionError("no [SEP] bias makes rows end at different steps; the test model is unusable")
-
-
-BLIP_QUESTIONS = ["what is in the picture?", "how many pencils are there in the blue box?", "is it red?",
-                  "what colour?"]
 
 
 def make_tiny_blip(task: str, tmp_path_factory, blip_tokenizer, photos) -> TinyBlip:

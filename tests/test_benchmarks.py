@@ -3,9 +3,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The harness times six models four ways (~25 s alone, far more on a busy machine): `make test-all`, not `make test`.
+pytestmark = pytest.mark.slow
 
 
 def test_quick_benchmark_writes_json_table_and_chart(tmp_path):

@@ -3,13 +3,7 @@ import json
 import pytest
 
 from clipblip import demo
-
-TINY_SOURCES = {
-    "clip": (("nobody/not-cached-clip", None), ("random:clip-tiny", None)),
-    "caption": (("random:blip-tiny", "caption"),),
-    "vqa": (("random:blip-tiny", "vqa"),),
-    "itm": (("random:blip-tiny", "itm"),),
-}
+from tests.helpers import TINY_SOURCES
 
 
 def test_demo_writes_results_with_the_random_banner(monkeypatch, tmp_path):

@@ -4,8 +4,7 @@ from PIL import Image
 
 from clipblip.engine import ClipEngine
 from clipblip.errors import ImageError, UsageError
-from tests.conftest import TEXTS
-from tests.helpers import reference_image_embeddings, reference_text_embeddings
+from tests.helpers import TEXTS, reference_image_embeddings, reference_text_embeddings
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from clipblip.engine import BlipEngine, ClipEngine, session
 from clipblip.engine.decoder import HostDecoder
 from clipblip.engine.generate import greedy_decode
 from clipblip.errors import NumericalError, PartialFailure, ProviderError
-from tests.conftest import TEXTS, varied_images
+from tests.helpers import TEXTS, varied_images
 
 
 def test_two_onnx_runtimes_installed_are_reported(monkeypatch, tiny_clip):
@@ -77,12 +77,14 @@ SOAK_CALLS = int(os.environ.get("CLIPBLIP_SOAK_CALLS", "2000"))
 GROWTH_LIMIT_MB = 40
 
 
+@pytest.mark.slow  # 2,000 calls; its leak control below goes with it
 def test_memory_levels_off_under_a_soak(tiny_clip, photos):
     engine = ClipEngine.from_dir(tiny_clip.exported)
     images = varied_images(photos)
     assert soak(engine, images, SOAK_CALLS) < GROWTH_LIMIT_MB
 
 
+@pytest.mark.slow
 def test_the_soak_check_catches_a_leak(tiny_clip, photos):
     engine = ClipEngine.from_dir(tiny_clip.exported)
     leak: list = []

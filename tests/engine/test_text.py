@@ -1,6 +1,6 @@
 from clipblip.engine import TextTokenizer
 from clipblip.manifest import Manifest
-from tests.conftest import TEXTS
+from tests.helpers import TEXTS
 
 
 def test_known_clip_ids(clip_tokenizer):

@@ -6,8 +6,7 @@ from clipblip.errors import ModelSourceError
 from clipblip.export import export_model
 from clipblip.export.blip import CrossKV, DecoderStep
 from clipblip.manifest import Manifest
-from tests.conftest import TEXTS, varied_images
-from tests.helpers import assert_pixels_match
+from tests.helpers import TEXTS, assert_pixels_match, varied_images
 
 EXPECTED_GRAPHS = {
     "caption": ["cross_kv", "decoder_step", "image_tower"],

@@ -1,10 +1,37 @@
+"""Lower precisions: what the manifest records is what the stored graph holds, and it stays close to fp32."""
+
+import numpy as np
+import onnx
 import pytest
 
 from clipblip.engine import BlipEngine, ClipEngine
 from clipblip.export import clip as clip_export
 from clipblip.export import export_model
 from clipblip.manifest import Manifest
-from tests.conftest import varied_images
+from tests.helpers import varied_images
+
+# Operators that only a quantised graph has (ONNX and ONNX Runtime's com.microsoft domain).
+QUANT_OPS = {"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger",
+             "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QGemm", "QLinearMatMul", "QLinearConv",
+             "QEmbedLayerNormalization", "MatMulNBits"}
+EIGHT_BIT = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+FLOATS = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16",
+          onnx.TensorProto.DOUBLE: "fp64"}
+
+
+def stored_precision(path) -> str:
+    """What the .onnx file really holds: "int8" (8-bit weights and quantisation operators), "fp16" (every
+    float weight float16, nothing quantised), "fp32" (every float weight float32, nothing quantised), or a
+    description of anything else."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    types = {t.data_type for t in graph.initializer}
+    ops = {n.op_type for n in graph.node} & QUANT_OPS
+    floats = sorted(FLOATS.get(t, str(t)) for t in types - EIGHT_BIT if t in FLOATS)
+    if types & EIGHT_BIT and ops:
+        return "int8"
+    if not types & EIGHT_BIT and not ops and len(floats) == 1:
+        return floats[0]
+    return f"mixed: 8-bit weights {bool(types & EIGHT_BIT)}, quantisation ops {sorted(ops)}, float weights {floats}"
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +41,15 @@ def clip_int8(tiny_clip, tmp_path_factory):
     return out
 
 
-def test_int8_graphs_pass_their_gate_and_stay_close_to_fp32(tiny_clip, clip_int8, photos):
+@pytest.fixture(scope="module")
+def blip_fp32(tmp_path_factory):
+    """random:blip-tiny's caption model in fp32: the reference for its int8 and fp16 exports."""
+    out = tmp_path_factory.mktemp("blip-fp32") / "m"
+    export_model("random:blip-tiny", out, task="caption")
+    return BlipEngine.from_dir(out)
+
+
+def test_int8_graphs_are_stored_as_recorded_and_stay_close_to_fp32(tiny_clip, clip_int8, photos):
     manifest = Manifest.load(clip_int8)
     assert manifest.source["precision"] == "int8"
     for name, graph in manifest.graphs.items():
@@ -22,10 +57,9 @@ def test_int8_graphs_pass_their_gate_and_stay_close_to_fp32(tiny_clip, clip_int8
         assert gate["precision_tried"] == "int8" and gate["finite"]
         if gate["passed"]:
             assert graph.precision == "int8" and graph.file == f"{name}.int8.onnx"
-            assert min(gate["least"].values()) >= 0.999
         else:  # kept in fp32, and the manifest says how close int8 came
             assert graph.precision == "fp32" and graph.file == f"{name}.onnx"
-        assert (clip_int8 / graph.file).is_file()
+        assert stored_precision(clip_int8 / graph.file) == graph.precision, name
     assert any(g.precision == "int8" for g in manifest.graphs.values())
     fp32, int8 = ClipEngine.from_dir(tiny_clip.exported), ClipEngine.from_dir(clip_int8)
     images = varied_images(photos)
@@ -45,14 +79,20 @@ def test_a_graph_that_fails_its_gate_stays_fp32(monkeypatch, tmp_path):
     for name, graph in manifest.graphs.items():
         assert graph.precision == "fp32" and not graph.accuracy["passed"]
         assert sorted(p.name for p in (tmp_path / "m").glob(f"{name}*")) == [f"{name}.onnx"]
+        assert stored_precision(tmp_path / "m" / graph.file) == "fp32", name  # not the int8 copy renamed
 
 
-def test_fp16_export_runs_and_is_finite(tmp_path, photos):
+def test_fp16_graphs_hold_fp16_weights_and_stay_close_to_fp32(tmp_path, photos, blip_fp32):
     manifest = export_model("random:blip-tiny", tmp_path / "m", task="caption", precision="fp16")
-    assert all(g.precision == "fp16" and g.accuracy["finite"] for g in manifest.graphs.values())
-    assert manifest.graphs["decoder_step"].accuracy["least"]["logits"] >= 0.99
-    fp16 = BlipEngine.from_dir(tmp_path / "m").generate_captions(photos, max_new_tokens=5)
-    assert all(len(g.token_ids) == 5 or g.token_ids[-1] == 102 for g in fp16)
+    for name, graph in manifest.graphs.items():
+        assert graph.precision == "fp16" and graph.accuracy["finite"], name
+        assert stored_precision(tmp_path / "m" / graph.file) == "fp16", name
+    fp16 = BlipEngine.from_dir(tmp_path / "m")
+    want, got = blip_fp32.image_embeds(photos), fp16.image_embeds(photos)
+    # fp16 keeps about three digits: measured 1e-3 of the largest value here; int8 is 1e-2, and fails this
+    assert np.abs(got - want).max() <= 5e-3 * np.abs(want).max()
+    want, got = blip_fp32.generate_captions(photos, max_new_tokens=4), fp16.generate_captions(photos, max_new_tokens=4)
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]
 
 
 def test_fusion_is_recorded_and_can_be_turned_off(tmp_path):
@@ -63,9 +103,13 @@ def test_fusion_is_recorded_and_can_be_turned_off(tmp_path):
     assert all(not g.optimization["applied"] for g in plain.graphs.values())
 
 
-def test_blip_int8_decoder_keeps_the_logits_gate(tmp_path, photos):
+def test_blip_int8_decoder_is_stored_as_recorded_and_picks_fp32s_first_token(tmp_path, photos, blip_fp32):
     manifest = export_model("random:blip-tiny", tmp_path / "m", task="caption", precision="int8")
-    step = manifest.graphs["decoder_step"]
-    assert step.accuracy["least"]["logits"] >= 0.99 if step.accuracy["passed"] else step.precision == "fp32"
-    captions = BlipEngine.from_dir(tmp_path / "m").caption(photos, max_new_tokens=4)
-    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+    for name, graph in manifest.graphs.items():
+        assert stored_precision(tmp_path / "m" / graph.file) == graph.precision, name
+    assert manifest.graphs["decoder_step"].precision == "int8"  # this seeded model passes the logits gate
+    want = blip_fp32.generate_captions(photos, max_new_tokens=4)
+    got = BlipEngine.from_dir(tmp_path / "m").generate_captions(photos, max_new_tokens=4)
+    # The first token's lead over the runner-up is 3x int8's logit error for these photos (and held for
+    # each of 8 model seeds tried); later tokens may drift, the first must not.
+    assert [g.token_ids[0] for g in got] == [g.token_ids[0] for g in want]

@@ -6,7 +6,7 @@ from clipblip.engine import BlipEngine, ClipEngine
 from clipblip.errors import UsageError
 from clipblip.viz import (attention_rollout, class_token_map, cross_attention_figure, image_attention_figure,
                           token_attention_figure)
-from tests.conftest import varied_images
+from tests.helpers import varied_images
 
 
 def test_clip_attentions_match_transformers(clip_with_attentions, photos):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from clipblip import demo
-from tests.test_demo import TINY_SOURCES
+from tests.helpers import TINY_SOURCES
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
