@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-from ..errors import OutputExistsError, UsageError
+from .. import families
+from ..errors import ExportError, UsageError
+from ..files import check_output, staged_folder
 from ..manifest import Manifest
 from .convert import check_parity, export_graph, graph_info
 from .optimize import PRECISIONS, fuse_graph, lower_precision
@@ -18,31 +17,6 @@ from .sources import load_source
 __all__ = ["export_model", "DEFAULT_OPSET", "PRECISIONS"]
 
 DEFAULT_OPSET = 17
-
-
-@contextmanager
-def staged_folder(out: Path, force: bool) -> Iterator[Path]:
-    """Yield an empty staging folder beside ``out``; move it into place only if the block succeeds."""
-    out = out.absolute()
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out}: already exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        yield staging
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _library_versions() -> dict[str, str]:
@@ -67,6 +41,7 @@ def export_model(
     optimize: bool = True,
     allow_pickle: bool = False,
     progress: Callable[[str], None] | None = None,
+    steps: Callable[[int, int], None] | None = None,
 ) -> Manifest:
     """Export ``model`` (Hub id, save_pretrained directory or ``random:<preset>``) into ``out``.
 
@@ -76,13 +51,11 @@ def export_model(
     "int8" (CPU) or "fp16" (CUDA) converts each graph that has an accuracy gate and keeps it only if
     it passes; a graph that fails stays fp32 and the manifest says why.
     Every graph passes the parity gate before the folder appears; on any failure nothing is left.
+    ``out`` must be new, or (with ``force``) a model folder that clipblip exported: nothing else is
+    ever replaced. ``progress(message)`` reports each stage, ``steps(done, total)`` counts graphs.
     """
-    from . import blip, clip
-
     say = progress or (lambda message: None)
-    out = Path(out)
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out}: already exists; pass --force to replace it")
+    out = check_output(Path(out), force, folder=True)  # before the slow part
     if not 14 <= opset <= 21:
         raise UsageError(f"--opset {opset}: supported opsets are 14 to 21")
     if precision not in PRECISIONS:
@@ -90,12 +63,19 @@ def export_model(
 
     say(f"loading {model}")
     source = load_source(model, task, allow_pickle)
-    family = {"clip": clip, "blip": blip}[source.family]
-    sections = family.manifest_sections(source)
+    exporter = families.load_exporter(source.family)  # looked up per call: tests may patch its functions
+    sections = exporter.manifest_sections(source)
+    specs = exporter.graph_specs(source, attentions)
+    needed = families.task_graphs(source.family, sections["tasks"])
+    if missing := [name for name in needed if name not in {spec.name for spec in specs}]:
+        raise ExportError(f"{source.family} exporter gives no {', '.join(missing)} graph, which the tasks "
+                          f"{', '.join(sections['tasks'])} need (see clipblip.families)")
 
     with staged_folder(out, force) as staging:
         graphs = {}
-        for spec in family.graph_specs(source, attentions):
+        for done, spec in enumerate(specs):
+            if steps is not None:
+                steps(done, len(specs))
             path = staging / spec.filename
             say(f"exporting {spec.name}")
             export_graph(spec, path, opset)
@@ -121,6 +101,8 @@ def export_model(
                         f"keeping fp32")
                 info.accuracy = {"precision_tried": precision, **gate}
             graphs[spec.name] = info
+        if steps is not None:
+            steps(len(specs), len(specs))
         source.tokenizer.backend_tokenizer.save(str(staging / sections["tokenizer"]["file"]))
         manifest = Manifest(
             family=source.family,

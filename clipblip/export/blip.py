@@ -12,27 +12,23 @@ Cross-attention keys/values depend only on the image (or question) and are compu
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ModelSourceError, UsageError
+from .. import families
+from . import checkpoint
+from .checkpoint import SourceModel
 from .clip import attention_outputs, image_facts, token_batch
-from .sources import SourceModel, load_pretrained_parts
 from .specs import GraphSpec, TensorSpec
 from .vocab import blip_tokenizer
 
-__all__ = ["graph_specs", "manifest_sections", "load_pretrained", "RANDOM_PRESETS", "TASK_CLASSES"]
+__all__ = ["graph_specs", "manifest_sections", "load_pretrained", "build_random"]
 
-TASK_CLASSES = {
-    "caption": "BlipForConditionalGeneration",
-    "vqa": "BlipForQuestionAnswering",
-    "itm": "BlipForImageTextRetrieval",
-}
-ENGINE_TASKS = {"caption": ["caption"], "vqa": ["vqa"], "itm": ["match"]}
-DEFAULT_MAX_NEW_TOKENS = {"caption": 30, "vqa": 10}
+FAMILY = "blip"
 
 
 def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -337,6 +333,7 @@ def manifest_sections(source: SourceModel) -> dict[str, Any]:
         "image_size": int(vision.image_size),
         "patch_grid": [vision.image_size // vision.patch_size] * 2,  # image tokens = 1 (class) + grid
     }
+    tasks = families.family(FAMILY).tasks_of(task)
     if task in ("caption", "vqa"):
         facts["decoder"] = decoder_dims(model)
         facts["generation"] = {
@@ -344,12 +341,12 @@ def manifest_sections(source: SourceModel) -> dict[str, Any]:
             "eos_id": int(text.sep_token_id),  # [SEP] ends a row
             "pad_id": int(text.pad_token_id),  # fills finished rows
             "max_positions": int(text.max_position_embeddings),
-            "default_max_new_tokens": DEFAULT_MAX_NEW_TOKENS[task],
+            "default_max_new_tokens": tasks[0].max_new_tokens,
             "prompt_layout": "[DEC] + prompt tokens ([CLS] replaced by [DEC], trailing [SEP] dropped)"
             if task == "caption" else "[DEC]; the decoder cross-attends to the question encoding",
         }
     return {
-        "tasks": ENGINE_TASKS[task],
+        "tasks": [t.name for t in tasks],
         "image": image_facts(source.image_processor, vision.image_size),
         "tokenizer": tokenizer_facts(source),
         "model": facts,
@@ -358,58 +355,26 @@ def manifest_sections(source: SourceModel) -> dict[str, Any]:
 
 # --- loading ----------------------------------------------------------------------------------------
 
-def task_of(architectures: list[str] | None, task: str | None, ref: str) -> str:
-    """The export task: --task if given (it must agree with the checkpoint), else the architecture's."""
-    if task is not None and task not in TASK_CLASSES:
-        raise UsageError(f"--task {task}: choose caption, vqa or itm")
-    found = [name for arch in architectures or [] for name, cls in TASK_CLASSES.items() if arch == cls]
-    if task is not None and found and task not in found:
-        raise ModelSourceError(f"{ref}: is a {architectures[0]} ({found[0]}) checkpoint; --task {task} needs a "
-                               f"{TASK_CLASSES[task]} checkpoint")
-    if task is None and not found:
-        raise ModelSourceError(f"{ref}: cannot tell the BLIP task from its architectures {architectures}; "
-                               f"pass --task caption|vqa|itm")
-    return task or found[0]
-
-
-def load_pretrained(ref: str, local_only: bool, task: str | None, architectures: list[str] | None,
+def load_pretrained(ref: str, task: str | None, architectures: list[str] | None, local_only: bool,
                     allow_pickle: bool = False) -> SourceModel:
+    """A BLIP checkpoint; its task is --task if given (it must agree with the checkpoint), else the architecture's."""
+    return checkpoint.load_pretrained(FAMILY, ref, task, architectures, local_only, allow_pickle)
+
+
+def build_random(preset: families.Preset, task: str | None = None) -> SourceModel:
+    """A seeded random BLIP of the preset's architecture for ``task`` (default: the preset's)."""
     import transformers
+    from transformers import BlipConfig, BlipImageProcessorPil
 
-    task = task_of(architectures, task, ref)
-    model_class = getattr(transformers, TASK_CLASSES[task])
-    return load_pretrained_parts(ref, model_class, local_only, allow_pickle, "blip", task)
-
-
-def _random(name: str, config_kwargs: dict[str, Any], default_task: str = "caption"):
-    def build(task: str | None) -> SourceModel:
-        import transformers
-        from transformers import BlipConfig, BlipImageProcessorPil
-
-        task = task_of(None, task or default_task, f"random:{name}")
-        torch.manual_seed(0)
-        config = BlipConfig(**config_kwargs)
-        # BLIP's vision default initialiser (std 1e-10) makes a random tower blind to the image.
-        config.vision_config.initializer_range = 0.02
-        model = getattr(transformers, TASK_CLASSES[task])._from_config(config, attn_implementation="eager").eval()
-        size = config.vision_config.image_size
-        processor = BlipImageProcessorPil(size={"height": size, "width": size})
-        tokenizer = blip_tokenizer(config.text_config.max_position_embeddings)
-        return SourceModel("blip", task, model, processor, tokenizer, {
-            "model": f"random:{name}", "kind": "random", "random_weights": True, "seed": 0,
-        })
-
-    return build
-
-
-RANDOM_PRESETS = {
-    # Salesforce/blip-*-base: ViT-B/16 at 384 (577 image tokens), 12-layer BERT-base text side.
-    "blip-base": _random("blip-base", {"text_config": {"num_attention_heads": 12}}),
-    "blip-tiny": _random("blip-tiny", {
-        "text_config": {"hidden_size": 32, "encoder_hidden_size": 32, "intermediate_size": 64,
-                        "num_hidden_layers": 2, "num_attention_heads": 4},
-        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                          "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
-        "image_text_hidden_size": 16,
-    }),
-}
+    task = checkpoint.resolve_task(FAMILY, None, task or preset.default_task,
+                                   families.RANDOM_PREFIX + preset.name)
+    torch.manual_seed(0)
+    config = BlipConfig(**copy.deepcopy(preset.config))
+    # BLIP's vision default initialiser (std 1e-10) makes a random tower blind to the image.
+    config.vision_config.initializer_range = 0.02
+    model_class = getattr(transformers, families.family(FAMILY).model_class(task))
+    model = model_class._from_config(config, attn_implementation="eager").eval()
+    size = config.vision_config.image_size
+    processor = BlipImageProcessorPil(size={"height": size, "width": size})
+    tokenizer = blip_tokenizer(config.text_config.max_position_embeddings)
+    return checkpoint.random_source(FAMILY, preset, task, model, processor, tokenizer)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import families
 from ..errors import ModelSourceError
+from . import checkpoint
+from .checkpoint import SourceModel
 from .specs import GraphSpec, TensorSpec
-from .sources import SourceModel, load_pretrained_parts
 from .vocab import clip_tokenizer
 
-__all__ = ["ClipImageTower", "ClipTextTower", "attention_outputs", "graph_specs", "model_facts", "load_pretrained", "RANDOM_PRESETS"]
+__all__ = ["ClipImageTower", "ClipTextTower", "attention_outputs", "graph_specs", "manifest_sections", "model_facts",
+           "load_pretrained", "build_random"]
 
-TASKS = ["embed", "similarity", "classify"]
+FAMILY = "clip"
 
 
 class ClipImageTower(nn.Module):
@@ -181,46 +185,30 @@ def model_facts(source: SourceModel) -> dict[str, Any]:
 
 def manifest_sections(source: SourceModel) -> dict[str, Any]:
     return {
-        "tasks": list(TASKS),
+        "tasks": [t.name for t in families.family(FAMILY).tasks_of(source.task)],
         "image": image_facts(source.image_processor, source.model.config.vision_config.image_size),
         "tokenizer": tokenizer_facts(source),
         "model": model_facts(source),
     }
 
 
-def load_pretrained(ref: str, local_only: bool, allow_pickle: bool = False) -> SourceModel:
-    from transformers import CLIPModel
+# --- loading ----------------------------------------------------------------------------------------
 
-    return load_pretrained_parts(ref, CLIPModel, local_only, allow_pickle, "clip", None)
-
-
-def _random(name: str, config_kwargs: dict[str, Any]):
-    def build(task: str | None) -> SourceModel:
-        from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
-
-        torch.manual_seed(0)
-        config = CLIPConfig(**config_kwargs)
-        model = CLIPModel._from_config(config, attn_implementation="eager").eval()
-        size = config.vision_config.image_size
-        processor = CLIPImageProcessorPil(
-            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-        )
-        tokenizer = clip_tokenizer(config.text_config.max_position_embeddings)
-        return SourceModel("clip", None, model, processor, tokenizer, {
-            "model": f"random:{name}", "kind": "random", "random_weights": True, "seed": 0,
-        })
-
-    return build
+def load_pretrained(ref: str, task: str | None, architectures: list[str] | None, local_only: bool,
+                    allow_pickle: bool = False) -> SourceModel:
+    """A CLIP checkpoint (CLIP has one export: ``task`` is not used)."""
+    return checkpoint.load_pretrained(FAMILY, ref, task, architectures, local_only, allow_pickle)
 
 
-RANDOM_PRESETS = {
-    # ViT-B/32 with the 12-layer 512-wide text tower: openai/clip-vit-base-patch32's architecture.
-    "clip-base": _random("clip-base", {}),
-    "clip-tiny": _random("clip-tiny", {
-        "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                        "num_attention_heads": 2},
-        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                          "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        "projection_dim": 16,
-    }),
-}
+def build_random(preset: families.Preset, task: str | None = None) -> SourceModel:
+    """A seeded random CLIP of the preset's architecture, with a CLIP image processor and tokenizer."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    checkpoint.resolve_task(FAMILY, None, task, families.RANDOM_PREFIX + preset.name)  # refuses a --task
+    torch.manual_seed(0)
+    config = CLIPConfig(**copy.deepcopy(preset.config))
+    model = CLIPModel._from_config(config, attn_implementation="eager").eval()
+    size = config.vision_config.image_size
+    processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    tokenizer = clip_tokenizer(config.text_config.max_position_embeddings)
+    return checkpoint.random_source(FAMILY, preset, None, model, processor, tokenizer)

@@ -1,0 +1,237 @@
+"""The model families clipblip exports and runs, described once (stdlib only).
+
+Each :class:`Family` names its presets, the tasks an exported folder can do (with the graphs the
+engine opens for each), the module that exports it and the engine class that runs it. Export, the
+engine and the CLI read this registry; adding a family or a task is one entry here plus its
+exporter and engine code. The modules are named by dotted path and imported only on request, so
+this module never pulls in torch, transformers, onnx or onnxruntime.
+
+An exporter module (``Family.exporter``) offers the same four functions for every family::
+
+    load_pretrained(ref, task, architectures, local_only, allow_pickle) -> SourceModel
+    build_random(preset, task) -> SourceModel
+    graph_specs(source, attentions=False) -> list[GraphSpec]
+    manifest_sections(source) -> dict   # tasks, image, tokenizer, model
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+__all__ = [
+    "RANDOM_PREFIX", "Task", "Preset", "Family", "FAMILIES",
+    "family", "by_model_type", "model_types", "preset", "preset_names", "task", "export_task", "export_tasks",
+    "task_graphs", "export_hint", "load_exporter", "load_engine_class",
+]
+
+RANDOM_PREFIX = "random:"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One thing an exported folder can do.
+
+    ``name`` is the engine task recorded in the manifest's ``tasks``; ``export_task`` the value of
+    ``clipblip export --task`` that produces it (None: the family has a single export, no --task);
+    ``model_class`` the transformers class that loads such a checkpoint; ``graphs`` the graphs the
+    engine opens for the task; ``example`` a Hub checkpoint of this kind; ``max_new_tokens`` the
+    default generation length of a generative task.
+    """
+
+    name: str
+    export_task: str | None
+    model_class: str
+    graphs: tuple[str, ...]
+    example: str
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A random-weight model (``random:<name>``): the transformers config kwargs of a real architecture."""
+
+    name: str
+    description: str
+    config: dict[str, Any] = field(hash=False)
+    default_task: str | None = None  # the export task when --task is not given
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: manifest ``family``, checkpoint ``model_type``, its exporter, engine, tasks and presets."""
+
+    name: str
+    model_type: str
+    exporter: str  # module path
+    engine: str  # "module:Class"
+    tasks: tuple[Task, ...]
+    presets: tuple[Preset, ...]
+
+    @property
+    def export_tasks(self) -> list[str]:
+        """The ``--task`` values this family takes, in order (empty: one export, no --task)."""
+        return list(dict.fromkeys(t.export_task for t in self.tasks if t.export_task is not None))
+
+    def tasks_of(self, export_task: str | None) -> list[Task]:
+        """The tasks one export gives (the manifest's ``tasks``); every task if the family has no --task."""
+        if not self.export_tasks:
+            return list(self.tasks)
+        return [t for t in self.tasks if t.export_task == export_task]
+
+    def model_class(self, export_task: str | None) -> str:
+        """The transformers class of a checkpoint for ``export_task``."""
+        tasks = self.tasks_of(export_task)
+        if not tasks:
+            raise KeyError(f"{self.name} has no export task {export_task!r} (has: {', '.join(self.export_tasks)})")
+        return tasks[0].model_class
+
+
+_CLIP_GRAPHS = ("image_tower", "text_tower")
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family(
+        name="clip",
+        model_type="clip",
+        exporter="clipblip.export.clip",
+        engine="clipblip.engine.clip:ClipEngine",
+        tasks=(
+            Task("embed", None, "CLIPModel", _CLIP_GRAPHS, "openai/clip-vit-base-patch32"),
+            Task("similarity", None, "CLIPModel", _CLIP_GRAPHS, "openai/clip-vit-base-patch32"),
+            Task("classify", None, "CLIPModel", _CLIP_GRAPHS, "openai/clip-vit-base-patch32"),
+        ),
+        presets=(
+            Preset("clip-base", "ViT-B/32 with the 12-layer 512-wide text tower: openai/clip-vit-base-patch32's "
+                                "architecture", {}),
+            Preset("clip-tiny", "2-layer, 32-wide towers on 32x32 images: for tests", {
+                "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 2},
+                "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                  "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                "projection_dim": 16,
+            }),
+        ),
+    ),
+    Family(
+        name="blip",
+        model_type="blip",
+        exporter="clipblip.export.blip",
+        engine="clipblip.engine.blip:BlipEngine",
+        tasks=(
+            Task("caption", "caption", "BlipForConditionalGeneration", ("image_tower", "cross_kv", "decoder_step"),
+                 "Salesforce/blip-image-captioning-base", max_new_tokens=30),
+            Task("vqa", "vqa", "BlipForQuestionAnswering",
+                 ("image_tower", "question_encoder", "cross_kv", "decoder_step"), "Salesforce/blip-vqa-base",
+                 max_new_tokens=10),
+            Task("match", "itm", "BlipForImageTextRetrieval", ("image_tower", "itm_head", "itc_image", "itc_text"),
+                 "Salesforce/blip-itm-base-coco"),
+        ),
+        presets=(
+            Preset("blip-base", "Salesforce/blip-*-base: ViT-B/16 at 384 (577 image tokens), 12-layer BERT-base "
+                                "text side", {"text_config": {"num_attention_heads": 12}}, "caption"),
+            Preset("blip-tiny", "2-layer, 32-wide vision and text on 32x32 images: for tests", {
+                "text_config": {"hidden_size": 32, "encoder_hidden_size": 32, "intermediate_size": 64,
+                                "num_hidden_layers": 2, "num_attention_heads": 4},
+                "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                  "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+                "image_text_hidden_size": 16,
+            }, "caption"),
+        ),
+    ),
+)}
+
+
+# --- lookups (KeyError naming what the registry has) -------------------------------------------------
+
+def family(name: str) -> Family:
+    """The family called ``name`` (a manifest's ``family``)."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise KeyError(f"unknown model family {name!r} (clipblip has: {', '.join(FAMILIES)})") from None
+
+
+def model_types() -> list[str]:
+    """The checkpoint ``model_type`` values clipblip exports."""
+    return [f.model_type for f in FAMILIES.values()]
+
+
+def by_model_type(model_type: str) -> Family:
+    """The family of a checkpoint whose config.json says ``model_type``."""
+    for f in FAMILIES.values():
+        if f.model_type == model_type:
+            return f
+    raise KeyError(f"model type {model_type!r} is not supported (clipblip exports: {', '.join(model_types())})")
+
+
+def preset_names() -> list[str]:
+    """Every preset as the MODEL argument spells it: ``random:clip-base``, ..."""
+    return [RANDOM_PREFIX + p.name for f in FAMILIES.values() for p in f.presets]
+
+
+def preset(name: str) -> tuple[Family, Preset]:
+    """The family and preset of ``name`` (``blip-base`` or ``random:blip-base``)."""
+    bare = name[len(RANDOM_PREFIX):] if name.startswith(RANDOM_PREFIX) else name
+    for f in FAMILIES.values():
+        for p in f.presets:
+            if p.name == bare:
+                return f, p
+    raise KeyError(f"unknown random preset {name!r}; choose one of {', '.join(preset_names())}")
+
+
+def task(name: str) -> tuple[Family, Task]:
+    """The family and task of an engine task name (a manifest's ``tasks`` entry: embed, caption, match...)."""
+    for f in FAMILIES.values():
+        for t in f.tasks:
+            if t.name == name:
+                return f, t
+    names = [t.name for f in FAMILIES.values() for t in f.tasks]
+    raise KeyError(f"unknown task {name!r} (clipblip has: {', '.join(names)})")
+
+
+def export_tasks(family_name: str | None = None) -> list[str]:
+    """The ``clipblip export --task`` values: of one family, or of all (the CLI's choices)."""
+    chosen = [family(family_name)] if family_name else list(FAMILIES.values())
+    return list(dict.fromkeys(name for f in chosen for name in f.export_tasks))
+
+
+def export_task(name: str) -> tuple[Family, list[Task]]:
+    """The family of an ``--task`` value and the tasks that export gives."""
+    for f in FAMILIES.values():
+        if name in f.export_tasks:
+            return f, f.tasks_of(name)
+    raise KeyError(f"unknown export task {name!r} (choose one of {', '.join(export_tasks())})")
+
+
+def task_graphs(family_name: str, tasks: list[str] | tuple[str, ...]) -> list[str]:
+    """The graphs an engine opens for ``tasks`` of a family, each once, in task order; unknown tasks add none."""
+    by_name = {t.name: t for t in family(family_name).tasks}
+    return list(dict.fromkeys(g for name in tasks if name in by_name for g in by_name[name].graphs))
+
+
+def export_hint(family_name: str, task_name: str | None = None) -> str:
+    """The command that exports a folder for ``task_name`` (an engine or --task name; None: the family's first).
+
+    e.g. ``clipblip export Salesforce/blip-image-captioning-base --out DIR (or random:blip-base --task caption)``
+    """
+    f = family(family_name)
+    chosen = next((t for t in f.tasks if task_name in (t.name, t.export_task)), None) if task_name else f.tasks[0]
+    if chosen is None:
+        raise KeyError(f"{f.name} has no task {task_name!r} (has: {', '.join(t.name for t in f.tasks)})")
+    flag = f" --task {chosen.export_task}" if chosen.export_task else ""
+    return f"clipblip export {chosen.example} --out DIR (or {RANDOM_PREFIX}{f.presets[0].name}{flag})"
+
+
+# --- the code behind a family (imported on request) --------------------------------------------------
+
+def load_exporter(family_name: str) -> ModuleType:
+    """The family's exporter module (needs torch and transformers)."""
+    return importlib.import_module(family(family_name).exporter)
+
+
+def load_engine_class(family_name: str) -> type:
+    """The family's engine class (ONNX Runtime, no torch)."""
+    module, _, name = family(family_name).engine.partition(":")
+    return getattr(importlib.import_module(module), name)
