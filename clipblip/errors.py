@@ -8,7 +8,10 @@ __all__ = [
     "ModelSourceError",
     "ExportError",
     "ParityError",
+    "OutputError",
     "OutputExistsError",
+    "MissingExtraError",
+    "WrongModelError",
     "ModelLoadError",
     "ProviderError",
     "ImageError",
@@ -54,10 +57,23 @@ class ParityError(ExportError):
     exit_code = 5
 
 
-class OutputExistsError(ClipblipError):
-    """An output path exists and --force was not given."""
+class MissingExtraError(UsageError):
+    """A command needs an optional part of clipblip (an extra such as ``export`` or ``viz``) that is not installed."""
+
+
+class WrongModelError(UsageError):
+    """A model folder of another family or task than the one asked for; the message says what to export."""
+
+
+class OutputError(ClipblipError):
+    """An output path that cannot be written: it exists without --force, it is not something clipblip
+    wrote (never replaced, even with --force), or its folder cannot hold it."""
 
     exit_code = 6
+
+
+class OutputExistsError(OutputError):
+    """An output path exists and --force was not given."""
 
 
 class ModelLoadError(ClipblipError):
@@ -91,7 +107,7 @@ class GenerationConfigError(ClipblipError):
 
 
 class UnsafeArtifactError(ModelLoadError):
-    """A model file that would make ONNX Runtime read outside the model folder, or pickled weights."""
+    """A graph or its external data that would make ONNX Runtime read outside the model folder."""
 
     exit_code = 12
 
@@ -141,7 +157,8 @@ def raise_item_errors(errors: dict[int, ClipblipError], count: int, results) -> 
 
 
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in (
-    ClipblipError, UsageError, ModelSourceError, ExportError, ParityError, OutputExistsError,
+    ClipblipError, UsageError, MissingExtraError, WrongModelError, ModelSourceError, ExportError, ParityError,
+    OutputError, OutputExistsError,
     ModelLoadError, ProviderError, ImageError, TextInputError, GenerationConfigError, UnsafeArtifactError,
     CompatibilityError, ImageTooLargeError, NumericalError, PartialFailure,
 )}

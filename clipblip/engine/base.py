@@ -8,17 +8,14 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ModelLoadError, UsageError
+from ..errors import UsageError, WrongModelError
 from ..manifest import Manifest
 from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor
+from .items import batches
 from .session import open_graph
 from .text import TextTokenizer
 
-__all__ = ["FolderEngine", "batches"]
-
-
-def batches(n: int, size: int) -> list[slice]:
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+__all__ = ["FolderEngine"]
 
 
 class FolderEngine:
@@ -44,7 +41,8 @@ class FolderEngine:
         folder = Path(folder)
         manifest = Manifest.load(folder)
         if manifest.family != cls.family:
-            raise ModelLoadError(f"{folder}: holds a {manifest.family} model, not {cls.family.upper()}")
+            raise WrongModelError(f"{folder}: holds a {manifest.family.upper()} model, not {cls.family.upper()}; "
+                                  f"{wanted_export(cls.family)}")
         names: Iterable[str] = graphs(manifest)
         sessions = {name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
                     for name in sorted(set(names))}
@@ -54,13 +52,41 @@ class FolderEngine:
     def providers(self) -> list[str]:
         return self.sessions["image_tower"].get_providers()
 
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.manifest.tasks)
+
+    def require(self, task: str) -> None:
+        """WrongModelError unless the folder was exported for ``task``."""
+        if task not in self.manifest.tasks:
+            raise WrongModelError(f"{self.folder}: this {self.family.upper()} folder does "
+                                  f"{', '.join(self.manifest.tasks)}, not {task}; {wanted_export(self.family, task)}")
+
+    @property
+    def precision(self) -> str:
+        """The graphs' precision: one word when they share it, else each graph's."""
+        kinds = {name: self.manifest.graphs[name].precision for name in self.sessions}
+        if len(set(kinds.values())) == 1:
+            return next(iter(kinds.values()))
+        return ", ".join(f"{name} {kind}" for name, kind in kinds.items())
+
+    def __repr__(self) -> str:
+        random = ", RANDOM WEIGHTS" if self.manifest.random_weights else ""
+        return (f"{type(self).__name__}(folder={str(self.folder)!r}, family={self.manifest.family!r}, "
+                f"tasks={self.tasks}, providers={self.providers}, precision={self.precision!r}{random})")
+
     def usable_images(self, images: Sequence[ImageInput], errors: dict) -> Iterator[tuple[list[int], np.ndarray]]:
         """Chunk by chunk: (indices of the usable images, their pixels (k, 3, H, W)); each image that
         cannot be used gets its ImageError in ``errors`` under its index."""
-        for part in batches(len(images), self.max_batch):
+        for part in batches(len(images), self.max_batch):  # images: the caller's list, as_images applied
             pixel_values, good, failed = self.preprocess.each(images[part])
             errors.update({part.start + i: e for i, e in failed.items()})
             if good:
                 yield [part.start + i for i in good], pixel_values
 
 
+def wanted_export(family: str, task: str | None = None) -> str:
+    """What to export for a family (and task), for messages about a folder of the wrong kind."""
+    from ..families import export_hint
+
+    return f"export one with: {export_hint(family, task)}"

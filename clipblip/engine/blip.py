@@ -9,22 +9,18 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import GenerationConfigError, NumericalError, TextInputError, UsageError, raise_item_errors
+from ..defaults import MAX_BATCH
+from ..errors import GenerationConfigError, NumericalError, TextInputError
+from ..families import task_graphs
 from ..manifest import Manifest
-from .base import FolderEngine, batches
-from .clip import attention_names, check_finite, softmax
+from .base import FolderEngine
 from .decoder import DeviceDecoder, HostDecoder
 from .generate import Generation, greedy_decode, trim
-from .images import DEFAULT_MAX_PIXELS, ImageInput
+from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
+from .items import as_texts, attention_names, batches, check_finite, finish, finite_attention, softmax
 
 __all__ = ["BlipEngine", "CaptionAttention", "MatchScores"]
 
-TASK_GRAPHS = {
-    "caption": ("image_tower", "cross_kv", "decoder_step"),
-    "vqa": ("image_tower", "question_encoder", "cross_kv", "decoder_step"),
-    "match": ("image_tower", "itm_head", "itc_image", "itc_text"),
-}
-EXPORT_TASK = {"caption": "caption", "vqa": "vqa", "match": "itm"}
 
 
 @dataclass
@@ -53,7 +49,11 @@ class MatchScores:
 
 
 class BlipEngine(FolderEngine):
-    """Runs an exported BLIP model folder (caption, vqa or itm). Build it with :meth:`from_dir`."""
+    """Runs an exported BLIP model folder (caption, vqa or itm). Build it with :meth:`from_dir`.
+
+    Items and per-item failures work as in ClipEngine: batch methods raise PartialFailure (results
+    with None for failed items) unless ``return_errors=True`` asks for ``(results, errors)``.
+    """
 
     family = "blip"
 
@@ -73,42 +73,30 @@ class BlipEngine(FolderEngine):
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                 max_batch: int = 16, verify: bool = True, io_binding: bool | None = None,
+                 max_batch: int = MAX_BATCH, verify: bool = True, io_binding: bool | None = None,
                  max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> BlipEngine:
         """Load a folder written by `clipblip export` for a BLIP model, with the graphs of its task.
 
         ``io_binding`` keeps the decoder's caches on the device between steps; by default it is on
         exactly when the decoder runs on CUDA. Provider, ``max_batch``, ``max_image_pixels`` and
-        per-item failures (PartialFailure) work as in ClipEngine.
+        per-item failures work as in ClipEngine.
         """
-        def graphs(manifest):
-            return [name for task in manifest.tasks for name in TASK_GRAPHS.get(task, ())]
-
-        loaded = cls.open_folder(folder, graphs, provider, threads, verify)
+        loaded = cls.open_folder(folder, lambda manifest: task_graphs(cls.family, manifest.tasks), provider, threads,
+                                 verify)
         return cls(*loaded, max_batch, io_binding, max_image_pixels)
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(self.manifest.tasks)
-
-    def require(self, task: str) -> None:
-        """UsageError unless the folder was exported for ``task`` (caption, vqa or match)."""
-        if task not in self.manifest.tasks:
-            raise UsageError(f"{self.folder}: this BLIP export does '{', '.join(self.manifest.tasks)}', not '{task}'; "
-                             f"export a {EXPORT_TASK[task]} checkpoint (clipblip export ... --task {EXPORT_TASK[task]})")
 
     def _run(self, graph: str, **feeds: np.ndarray) -> list[np.ndarray]:
         return self.sessions[graph].run(self.manifest.graphs[graph].result_outputs, feeds)
 
-    def image_embeds(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Images → patch tokens, float32 (N, image_tokens, width)."""
+    def image_embeds(self, images: Sequence[ImageInput] | ImageInput) -> np.ndarray:
+        """Images → patch tokens, float32 (N, image_tokens, width); the first unusable image raises."""
         return self._run("image_tower", pixel_values=self.preprocess(images))[0]
 
     def image_attentions(self, image: ImageInput) -> np.ndarray:
         """Attention weights of the image tower, float32 (layers, heads, tokens, tokens); class token first."""
         names = attention_names(self.folder, self.manifest, "image_tower")
         weights = self.sessions["image_tower"].run(names, {"pixel_values": self.preprocess([image])})
-        return np.stack([w[0] for w in weights])
+        return finite_attention(np.stack([w[0] for w in weights]), describe(image))
 
     def caption_attentions(self, image: ImageInput, prompt: str | None = None,
                            max_new_tokens: int = 30) -> CaptionAttention:
@@ -125,6 +113,8 @@ class BlipEngine(FolderEngine):
         weights = self.sessions["decoder_step"].run(self_names + cross_names, feeds)
         self_attention = np.stack([w[0] for w in weights[: len(self_names)]])  # (layers, heads, n, n)
         cross_attention = np.stack([w[0] for w in weights[len(self_names):]])  # (layers, heads, n, image_tokens)
+        finite_attention(self_attention, describe(image))
+        finite_attention(cross_attention, describe(image))
         first = len(generation.prompt_ids) - 1  # the position that chose the first generated word
         return CaptionAttention(generation, self.tokenizer.tokens(sequence[:-1]),
                                 self.tokenizer.tokens(generation.token_ids), self_attention,
@@ -150,23 +140,23 @@ class BlipEngine(FolderEngine):
                                     eos_id=self.generation["eos_id"], pad_id=self.generation["pad_id"])
         return [None if bad else trim(row, self.generation["eos_id"]) for row, bad in zip(out, broken)]
 
-    def _each_image(self, images: list, make_prompt, encode, max_new_tokens: int) -> list[Generation | None]:
+    def _each_image(self, images: list, make_prompt, encode, max_new_tokens: int,
+                    return_errors: bool) -> list[Generation | None]:
         """Shared by captions and answers: per chunk, the usable images are encoded and decoded; every
-        failure (image or NaN/Inf logits) becomes that item's error."""
+        failure (image, NaN/Inf encoding or logits) becomes that item's error, under its index."""
         results: list[Generation | None] = [None] * len(images)
         errors: dict = {}
         for indices, pixel_values in self.usable_images(images, errors):
             image_embeds = self._run("image_tower", pixel_values=pixel_values)[0]  # (usable, tokens, width)
-            check_finite(image_embeds, bad := {}, "image encoding")
+            check_finite(image_embeds, indices, errors, "image encoding")
             encoder_states, prompt = encode(image_embeds, indices), make_prompt(len(indices))
             for row, (index, ids) in enumerate(zip(indices, self._generate(prompt, encoder_states, max_new_tokens))):
-                if row in bad or ids is None:
-                    errors[index] = bad.get(row) or NumericalError(f"item {index}: next-token logits have NaN/Inf")
-                else:
+                if ids is None:
+                    errors.setdefault(index, NumericalError(f"item {index}: next-token logits have NaN/Inf"))
+                elif index not in errors:
                     prompt_ids = [int(i) for i in prompt[row]]
                     results[index] = Generation(self.tokenizer.decode(prompt_ids + ids), ids, prompt_ids)
-        raise_item_errors(errors, len(images), results)
-        return results
+        return finish(results, errors, len(images), return_errors)
 
     def caption_prompt(self, prompt: str | None) -> list[int]:
         """Decoder prompt ids: [DEC] alone, or the prompt's ids with [CLS] → [DEC] and the final [SEP] dropped."""
@@ -177,24 +167,27 @@ class BlipEngine(FolderEngine):
         ids = self.tokenizer.ids([prompt])[0]
         return [self.generation["bos_id"]] + ids[1:-1]
 
-    def generate_captions(self, images: Sequence[ImageInput], prompt: str | None = None,
-                          max_new_tokens: int = 30) -> list[Generation]:
-        """Greedy captions with their token ids; with a prompt the text starts with the prompt."""
+    def generate_captions(self, images: Sequence[ImageInput] | ImageInput, prompt: str | None = None,
+                          max_new_tokens: int = 30, *, return_errors: bool = False):
+        """Greedy captions with their token ids (None for a failed image); with a prompt the text
+        starts with the prompt."""
         self.require("caption")
         prompt_ids = np.asarray(self.caption_prompt(prompt), dtype=np.int64)
         self.check_max_new_tokens(max_new_tokens, len(prompt_ids))
-        return self._each_image(list(images), lambda n: np.tile(prompt_ids, (n, 1)),
-                                lambda image_embeds, indices: image_embeds, max_new_tokens)
+        return self._each_image(as_images(images), lambda n: np.tile(prompt_ids, (n, 1)),
+                                lambda image_embeds, indices: image_embeds, max_new_tokens, return_errors)
 
-    def caption(self, images: Sequence[ImageInput], prompt: str | None = None, max_new_tokens: int = 30) -> list[str]:
+    def caption(self, images: Sequence[ImageInput] | ImageInput, prompt: str | None = None,
+                max_new_tokens: int = 30) -> list[str]:
         """One caption per image."""
-        return [g.text for g in self.generate_captions(images, prompt, max_new_tokens)]  # type: ignore[union-attr]
+        return [g.text for g in self.generate_captions(images, prompt, max_new_tokens)]
 
-    def generate_answers(self, images: Sequence[ImageInput], questions: str | Sequence[str],
-                         max_new_tokens: int = 10) -> list[Generation]:
-        """Greedy answers with their token ids; one question for all images, or one per image."""
+    def generate_answers(self, images: Sequence[ImageInput] | ImageInput, questions: str | Sequence[str],
+                         max_new_tokens: int = 10, *, return_errors: bool = False):
+        """Greedy answers with their token ids (None for a failed image); one question for all images,
+        or one per image."""
         self.require("vqa")
-        images = list(images)
+        images = as_images(images)
         questions = [questions] * len(images) if isinstance(questions, str) else list(questions)
         if len(questions) != len(images):
             raise TextInputError(f"questions: {len(questions)} given for {len(images)} images")
@@ -206,18 +199,21 @@ class BlipEngine(FolderEngine):
                              image_embeds=image_embeds)[0]  # (batch, question_len, width)
 
         return self._each_image(images, lambda n: np.full((n, 1), self.generation["bos_id"], dtype=np.int64),
-                                encode, max_new_tokens)
+                                encode, max_new_tokens, return_errors)
 
-    def answer(self, images: Sequence[ImageInput], questions: str | Sequence[str], max_new_tokens: int = 10) -> list[str]:
+    def answer(self, images: Sequence[ImageInput] | ImageInput, questions: str | Sequence[str],
+               max_new_tokens: int = 10) -> list[str]:
         """One answer per image."""
-        return [g.text for g in self.generate_answers(images, questions, max_new_tokens)]  # type: ignore[union-attr]
+        return [g.text for g in self.generate_answers(images, questions, max_new_tokens)]
 
     # --- retrieval -----------------------------------------------------------------------------------
 
-    def match(self, images: Sequence[ImageInput], texts: Sequence[str]) -> MatchScores:
-        """ITM match probabilities and ITC cosine similarities, each (N images, M texts)."""
+    def match(self, images: Sequence[ImageInput] | ImageInput, texts: Sequence[str] | str, *,
+              return_errors: bool = False):
+        """ITM match probabilities and ITC cosine similarities, each (N images, M texts); NaN rows for
+        images that failed."""
         self.require("match")
-        images, texts = list(images), [texts] if isinstance(texts, str) else list(texts)
+        images, texts = as_images(images), as_texts(texts)
         text_batches = [(part, *self.tokenizer.pad(rows)) for part in batches(len(texts), self.max_batch)
                         for rows in [self.tokenizer.ids(texts[part])]]  # (part, input_ids, attention_mask)
         dim = int(self.manifest.graphs["itc_text"].outputs[0].shape[-1])
@@ -237,9 +233,5 @@ class BlipEngine(FolderEngine):
                     logits = self._run("itm_head", input_ids=input_ids, attention_mask=attention_mask,
                                        image_embeds=repeated)[0]  # (texts, 2)
                     itm[index, text_part] = softmax(logits)[:, 1]
-        for i in range(len(images)):
-            if i not in errors and not (np.isfinite(itm[i]).all() and np.isfinite(itc[i]).all()):
-                errors[i] = NumericalError(f"item {i}: the match scores have NaN/Inf")
-        scores = MatchScores(itm, itc)
-        raise_item_errors(errors, len(images), scores)
-        return scores
+        check_finite(np.concatenate([itm, itc], axis=1), range(len(images)), errors, "match scores")
+        return finish(MatchScores(itm, itc), errors, len(images), return_errors)

@@ -8,49 +8,26 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import NumericalError, PartialFailure, UsageError, raise_item_errors
+from ..defaults import MAX_BATCH
+from ..errors import UsageError
+from ..families import task_graphs
 from ..manifest import Manifest
-from .base import FolderEngine, batches
-from .images import DEFAULT_MAX_PIXELS, ImageInput
+from .base import FolderEngine
+from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
+from .items import (as_texts, attention_names, batches, check_finite, finish, finite_attention, l2_normalize,
+                    softmax)
 
-__all__ = ["ClipEngine", "l2_normalize", "softmax"]
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def check_finite(rows: np.ndarray, errors: dict, what: str) -> None:
-    """Record a NumericalError for every row with NaN/Inf that has no error of its own yet."""
-    bad = ~np.isfinite(rows).reshape(len(rows), -1).all(axis=1) if len(rows) else []
-    for i in np.flatnonzero(bad):
-        errors.setdefault(int(i), NumericalError(f"item {i}: the {what} has NaN/Inf"))
-
-
-def partial_results(call):
-    """Run ``call``; return (result, errors) whether or not some items failed."""
-    try:
-        return call(), {}
-    except PartialFailure as e:
-        return e.results, e.errors
-
-
-def attention_names(folder: Path, manifest: Manifest, graph: str, prefix: str = "attentions_") -> list[str]:
-    """The graph's attention-weight outputs, in layer order; UsageError if it was exported without them."""
-    names = [n for n in manifest.graph(folder, graph).attention_outputs if n.startswith(prefix)]
-    if not names:
-        raise UsageError(f"{folder}: exported without attention weights; re-export with `clipblip export ... "
-                         f"--attentions` to visualise attention")
-    return names
+__all__ = ["ClipEngine"]
 
 
 class ClipEngine(FolderEngine):
-    """Runs an exported CLIP model folder. Build it with :meth:`from_dir`."""
+    """Runs an exported CLIP model folder. Build it with :meth:`from_dir`.
+
+    Batch methods take a list of items (a single path, PIL image, array, encoded ``bytes`` or text is
+    one item). When some items fail, the others still get results: the method raises PartialFailure
+    carrying them (NaN rows or None where an item failed), or, with ``return_errors=True``, returns
+    ``(results, {index: error})`` instead.
+    """
 
     family = "clip"
 
@@ -62,35 +39,31 @@ class ClipEngine(FolderEngine):
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                 max_batch: int = 32, verify: bool = True,
+                 max_batch: int = MAX_BATCH, verify: bool = True,
                  max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> ClipEngine:
         """Load a folder written by `clipblip export` for a CLIP model.
 
         ``provider`` is "auto" (CUDA when available, else CPU), "cpu" or "cuda" (an error if CUDA
         is not usable: no silent fallback). ``max_batch`` bounds how many items one graph run takes;
         ``max_image_pixels`` refuses larger images before decoding them.
-
-        When some images of a batch fail, the others still get results: methods then raise
-        PartialFailure whose ``results`` hold NaN rows (or None) for the failed items.
         """
-        loaded = cls.open_folder(folder, lambda m: ("image_tower", "text_tower"), provider, threads, verify)
+        loaded = cls.open_folder(folder, lambda manifest: task_graphs(cls.family, manifest.tasks), provider, threads,
+                                 verify)
         return cls(*loaded, max_batch, max_image_pixels)
 
-    def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Images → float32 (N, D), rows L2-normalised, in input order."""
-        images = list(images)
+    def embed_images(self, images: Sequence[ImageInput] | ImageInput, *, return_errors: bool = False):
+        """Images → float32 (N, D), rows L2-normalised, in input order (NaN rows for failed items)."""
+        images = as_images(images)
         out = np.full((len(images), self.embed_dim), np.nan, dtype=np.float32)
         errors: dict = {}
         for rows, pixel_values in self.usable_images(images, errors):  # pixel_values (usable, 3, H, W)
             out[rows] = self.sessions["image_tower"].run(["image_embeds"], {"pixel_values": pixel_values})[0]
-            check_finite(out[rows], errors, "image embedding")
-        out = l2_normalize(out)
-        raise_item_errors(errors, len(images), out)
-        return out
+            check_finite(out[rows], rows, errors, "image embedding")
+        return finish(l2_normalize(out), errors, len(images), return_errors)
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_texts(self, texts: Sequence[str] | str, *, return_errors: bool = False):
         """Texts → float32 (M, D), rows L2-normalised; long texts are truncated keeping end-of-text."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = as_texts(texts)
         rows = self.tokenizer.ids(texts)
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
         for part in batches(len(texts), self.max_batch):
@@ -98,44 +71,43 @@ class ClipEngine(FolderEngine):
             feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
             out[part] = self.sessions["text_tower"].run(["text_embeds"], feeds)[0]
         errors: dict = {}
-        check_finite(out, errors, "text embedding")
-        out = l2_normalize(out)
-        raise_item_errors(errors, len(texts), out)
-        return out
+        check_finite(out, range(len(texts)), errors, "text embedding")
+        return finish(l2_normalize(out), errors, len(texts), return_errors)
 
     def image_attentions(self, image: ImageInput) -> np.ndarray:
         """Attention weights of the image tower, float32 (layers, heads, tokens, tokens); class token first."""
         names = attention_names(self.folder, self.manifest, "image_tower")
         weights = self.sessions["image_tower"].run(names, {"pixel_values": self.preprocess([image])})
-        return np.stack([w[0] for w in weights])
+        return finite_attention(np.stack([w[0] for w in weights]), describe(image))
 
     def text_attentions(self, text: str) -> tuple[list[str], np.ndarray]:
         """The text's tokens and the text tower's attention weights, (layers, heads, tokens, tokens)."""
         names = attention_names(self.folder, self.manifest, "text_tower")
         input_ids, attention_mask = self.tokenizer([text])
         weights = self.sessions["text_tower"].run(names, {"input_ids": input_ids, "attention_mask": attention_mask})
-        return self.tokenizer.tokens(input_ids[0]), np.stack([w[0] for w in weights])
+        return self.tokenizer.tokens(input_ids[0]), finite_attention(np.stack([w[0] for w in weights]), repr(text))
 
-    def similarity(self, images: Sequence[ImageInput], texts: Sequence[str]) -> np.ndarray:
+    def similarity(self, images: Sequence[ImageInput] | ImageInput, texts: Sequence[str] | str, *,
+                   return_errors: bool = False):
         """Cosine similarities, float32 (N images, M texts); NaN rows for images that failed."""
-        images = list(images)
-        image_embeds, errors = partial_results(lambda: self.embed_images(images))
-        result = image_embeds @ self.embed_texts(texts).T
-        raise_item_errors(errors, len(images), result)
-        return result
+        images = as_images(images)
+        image_embeds, errors = self.embed_images(images, return_errors=True)
+        text_embeds = self.embed_texts(texts)  # a text that fails fails the call: every row needs it
+        return finish(image_embeds @ text_embeds.T, errors, len(images), return_errors)
 
-    def classify(self, images: Sequence[ImageInput], labels: Sequence[str],
-                 template: str = "a photo of a {}.") -> list[list[tuple[str, float]]]:
-        """Zero-shot: per image, (label, probability) pairs best first; softmax of logit_scale · cosine."""
-        labels = list(labels)
+    def classify(self, images: Sequence[ImageInput] | ImageInput, labels: Sequence[str] | str,
+                 template: str = "a photo of a {}.", *, return_errors: bool = False):
+        """Zero-shot: per image, (label, probability) pairs best first, or None for a failed image;
+        softmax of logit_scale · cosine."""
+        labels = as_texts(labels)
         if not labels:
             raise UsageError("labels: give at least one label")
         if "{}" not in template:
             raise UsageError(f"template {template!r}: must contain '{{}}' where the label goes")
-        images = list(images)
-        similarity, errors = partial_results(lambda: self.similarity(images, [template.format(l) for l in labels]))
+        images = as_images(images)
+        similarity, errors = self.similarity(images, [template.format(l) for l in labels], return_errors=True)
         probs = softmax(self.logit_scale * similarity)
         ranked = [None if i in errors else sorted(zip(labels, map(float, row)), key=lambda pair: -pair[1])
                   for i, row in enumerate(probs)]
-        raise_item_errors(errors, len(images), ranked)
-        return ranked
+        return finish(ranked, errors, len(images), return_errors)
+

@@ -6,6 +6,7 @@ centre crop, rescale, normalise, channels first.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -15,14 +16,16 @@ from typing import Any, Sequence, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..defaults import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
 from ..errors import ImageError, ImageTooLargeError
 
-__all__ = ["ImageInput", "load_image", "ImagePreprocessor", "DEFAULT_MAX_PIXELS"]
+__all__ = ["ImageInput", "load_image", "as_images", "ImagePreprocessor", "DEFAULT_MAX_PIXELS"]
 
-DEFAULT_MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (decompression bombs)
 HUGE_RESIZE = 16_000_000  # resized images above this many pixels are resampled only where cropped
 
-ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
+# a path, a decoded image, a uint8 array, or the bytes of an encoded file (as a web request brings it)
+ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray, bytes]
+ENCODED = (bytes, bytearray, memoryview)
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -42,7 +45,19 @@ def describe(image: Any) -> str:
         return f"array{image.shape}"
     if isinstance(image, Image.Image):
         return f"PIL image {image.mode} {image.size[0]}x{image.size[1]}"
+    if isinstance(image, ENCODED):
+        return f"encoded image of {len(image):,} bytes"
     return type(image).__name__
+
+
+def as_images(images: Any) -> list:
+    """The items of a call: a single path, PIL image, array (H, W[, C]) or bytes is one item; a
+    (N, H, W, C) array is N images; any other iterable is a list of items."""
+    if isinstance(images, (str, os.PathLike, Image.Image, *ENCODED)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    return list(images)
 
 
 def check_size(width: int, height: int, max_pixels: int | None, name: str) -> None:
@@ -51,42 +66,58 @@ def check_size(width: int, height: int, max_pixels: int | None, name: str) -> No
                                  f"{max_pixels:,} (max_image_pixels); refused without decoding")
 
 
-def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """A PIL image from a path, a PIL image, or a uint8 array (H, W), (H, W, 3) or (H, W, 4).
+def check_not_empty(width: int, height: int, name: str) -> None:
+    if width == 0 or height == 0:
+        raise ImageError(f"{name}: an empty image ({width}x{height} pixels)")
 
-    Files whose header announces more than ``max_pixels`` pixels are refused before decoding.
+
+def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A PIL image from a path, the bytes of an encoded image, a PIL image, or a uint8 array (H, W),
+    (H, W, 3) or (H, W, 4).
+
+    Files whose header announces more than ``max_pixels`` pixels are refused before decoding; images
+    without pixels (0 wide or high) are refused too.
     """
     if isinstance(image, Image.Image):
         check_size(image.width, image.height, max_pixels, describe(image))
+        check_not_empty(image.width, image.height, describe(image))
         return image
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
             raise ImageError(f"{describe(image)} {image.dtype}: arrays must be uint8 (H, W), (H, W, 3) or (H, W, 4)")
+        check_not_empty(image.shape[1], image.shape[0], describe(image))
         return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-                with Image.open(path) as opened:
-                    check_size(opened.width, opened.height, max_pixels, path)  # header only, nothing decoded yet
-                    opened.load()  # the first frame of an animated image
-                    return opened.copy()
-        except ImageError:
-            raise
-        except Image.DecompressionBombError:
-            raise ImageTooLargeError(f"{path}: refused by Pillow as a decompression bomb") from None
-        except FileNotFoundError:
-            raise ImageError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise ImageError(f"{path}: is a directory, not an image") from None
-        except UnidentifiedImageError:
-            raise ImageError(f"{path}: not a readable image") from None
-        except PermissionError:
-            raise ImageError(f"{path}: permission denied") from None
-        except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
-            raise ImageError(f"{path}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    raise ImageError(f"{describe(image)}: an image must be a path, a PIL image or a uint8 array")
+    if isinstance(image, (str, os.PathLike, *ENCODED)):
+        return decode(image, max_pixels)
+    raise ImageError(f"{describe(image)}: an image must be a path, encoded bytes, a PIL image or a uint8 array")
+
+
+def decode(image: str | os.PathLike | bytes, max_pixels: int | None) -> Image.Image:
+    """Open a file or encoded bytes: the header is checked before anything is decoded."""
+    name = describe(image)
+    source = io.BytesIO(bytes(image)) if isinstance(image, ENCODED) else os.fspath(image)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            with Image.open(source) as opened:
+                check_size(opened.width, opened.height, max_pixels, name)  # header only, nothing decoded yet
+                check_not_empty(opened.width, opened.height, name)
+                opened.load()  # the first frame of an animated image
+                return opened.copy()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{name}: refused by Pillow as a decompression bomb") from None
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image") from None
+    except PermissionError:
+        raise ImageError(f"{name}: permission denied") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+        raise ImageError(f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -196,7 +227,7 @@ class ImagePreprocessor:
 
     def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Images → float32 (batch, 3, H, W); the first unusable image raises its ImageError."""
-        return np.stack([self.pixels(image) for image in images])
+        return np.stack([self.pixels(image) for image in as_images(images)])
 
     def each(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[int], dict[int, ImageError]]:
         """Images → (pixels of the usable ones (k, 3, H, W), their indices, {index: error} of the others)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 import warnings
@@ -12,7 +11,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from ..errors import CompatibilityError, ModelLoadError, ProviderError, UnsafeArtifactError, UsageError
-from ..manifest import GraphInfo, sha256_of
+from ..manifest import GraphInfo, external_data_paths, sha256_of
 
 __all__ = ["PROVIDERS", "resolve_providers", "open_graph", "installed_runtimes", "external_data_paths"]
 
@@ -67,32 +66,6 @@ def session_options(threads: int | None) -> ort.SessionOptions:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
-
-
-LOCATION_ENTRY = b"\n\x08location\x12"  # StringStringEntryProto(key="location", value=...) as protobuf bytes
-
-
-def external_data_paths(path: Path) -> list[str]:
-    """Every external-data location a graph file names (read from its bytes, without ONNX Runtime)."""
-    found = []
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return found
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            at = data.find(LOCATION_ENTRY)
-            while at != -1:
-                at += len(LOCATION_ENTRY)
-                length, shift = 0, 0
-                while at < len(data):  # varint length of the value
-                    byte = data[at]
-                    at += 1
-                    length |= (byte & 0x7F) << shift
-                    shift += 7
-                    if byte < 0x80:
-                        break
-                found.append(data[at : at + length].decode("utf-8", "replace"))
-                at = data.find(LOCATION_ENTRY, at + length)
-    return found
 
 
 def check_inside(folder: Path, name: str, what: str) -> Path:

@@ -1,0 +1,7 @@
+"""Defaults shared by the engine and the command line (stdlib only, so the CLI parser stays light)."""
+
+__all__ = ["PROVIDER_CHOICES", "MAX_BATCH", "MAX_IMAGE_PIXELS"]
+
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")  # "auto": CUDA when usable, else CPU
+MAX_BATCH = 16  # the largest batch one graph run takes
+MAX_IMAGE_PIXELS = 64_000_000  # images with more pixels are refused before decoding (decompression bombs)
