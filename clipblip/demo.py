@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ClipblipError, ModelSourceError
+from .errors import ClipblipError, ModelSourceError, OutputError
 from .manifest import Manifest
 
 # Per model: the real checkpoint (used when the Hub or the local cache has it), then the random preset.
@@ -25,6 +25,31 @@ TEXTS = ("a portrait of a woman in uniform", "a blue box of coloured pencils", "
 CAPTION_PROMPT = "a picture of"
 QUESTION = "what is in the picture?"
 WITH_ATTENTIONS = ("clip", "caption")
+MARKER = ".clipblip-demo"  # marks a folder the demo wrote, so that a later run may write into it again
+STAGES = 14  # timed stages of a run (exports, loads, runs), for the progress bar; the report is the last
+
+
+def prepare_folder(out: Path) -> None:
+    """Use ``out`` only if it is new, empty, or an earlier demo's: the demo never writes over other files."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file; the demo writes into a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not earlier_demo(out):
+        raise OutputError(f"{out}: a folder with other files in it; the demo writes only into a new or empty "
+                          f"folder, or one an earlier demo wrote (choose another --out)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text("written by `clipblip demo`; it may write here again\n", encoding="utf-8")
+    except OSError as e:
+        raise OutputError(f"{out}: cannot be written ({e.strerror or e})") from None
+
+
+def earlier_demo(out: Path) -> bool:
+    """A folder from a demo of a clipblip that wrote no marker yet: its results.json has the demo's keys."""
+    try:
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        return isinstance(results, dict) and {"clip", "blip", "timings_s"} <= set(results)
+    except (OSError, ValueError):
+        return False
 
 
 def demo_photos(folder: Path) -> list[Path]:
@@ -66,15 +91,18 @@ def ensure_export(name: str, folder: Path, say: Callable[[str], None]) -> Manife
 
 
 class Timer:
-    """Wall-clock seconds per named stage, for the results file."""
+    """Wall-clock seconds per named stage, for the results file; ``steps(done, total)`` after each."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: Callable[[int, int], None] | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.steps = steps
 
     def __call__(self, stage: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
         result = fn()
         self.seconds[stage] = round(time.perf_counter() - start, 3)
+        if self.steps is not None:
+            self.steps(len(self.seconds), STAGES + 1)
         return result
 
 
@@ -195,13 +223,15 @@ def summary(results: dict) -> list[str]:
     return lines
 
 
-def run_demo(out: Path, progress: Callable[[str], None], provider: str = "auto", threads: int | None = None) -> dict:
-    """Export (or reuse) every model, run them on the demo photos, write results into ``out``."""
+def run_demo(out: Path, progress: Callable[[str], None], provider: str = "auto", threads: int | None = None,
+             steps: Callable[[int, int], None] | None = None) -> dict:
+    """Export (or reuse) every model, run them on the demo photos, write results into ``out`` (a new or
+    empty folder, or an earlier demo's). ``steps(done, total)`` follows the stages."""
     from . import viz
 
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_folder(out)
     photos = demo_photos(out / "images")
-    timer = Timer()
+    timer = Timer(steps)
     sections = [viz.report.Section("Self-attention, step by step (toy example)", [
         "Rows are the tokens that look, columns the tokens looked at; each row of weights sums to 1."],
         [("Scaled dot-product attention on a Chinese sentence, 'I like kittens and puppies' (random "
@@ -221,6 +251,8 @@ def run_demo(out: Path, progress: Callable[[str], None], provider: str = "auto",
         s["random_weights"] for s in results["blip"]["sources"].values())
     viz.report.write_report(out / "report.html", title="clipblip demo", sources=sources,
                             random_weights=random_weights, sections=sections, timings=timer.seconds)
+    if steps is not None:
+        steps(STAGES + 1, STAGES + 1)
     print("\n".join(line for line in lines if not line.startswith("![")))
     progress(f"results in {out}/: report.html (open it in a browser), README.md, results.json, *.png")
     return results

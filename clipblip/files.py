@@ -1,34 +1,162 @@
-"""Output files written atomically: a temporary file beside the target, renamed into place."""
+"""Writing outputs safely: nothing clipblip did not write is ever replaced, and nothing half-written remains.
+
+Files are written to a temporary file beside the target and renamed into place; folders are built in
+a staging folder and moved into place. ``--force`` replaces only what clipblip wrote itself: a file
+carrying clipblip's mark (PNG/SVG/PDF metadata, a key in an ``.npz``) or a model folder holding just
+the files its manifest names. Written files get the permissions the user's umask gives a new file.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputExistsError
+from . import __version__
+from .errors import ClipblipError, OutputError, OutputExistsError
 
-__all__ = ["atomic_output"]
+__all__ = ["MARK", "NPZ_MARK", "atomic_output", "staged_folder", "check_output", "written_by_clipblip",
+           "figure_metadata", "is_model_folder"]
+
+MARK = f"clipblip {__version__}"  # written into the metadata of every figure and archive clipblip writes
+NPZ_MARK = "clipblip"  # the key of that mark inside an .npz archive
+FIGURE_FORMATS = (".png", ".svg", ".pdf")
+
+
+def umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def figure_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """``savefig(metadata=...)`` for ``path``: the mark that lets --force replace the figure later."""
+    return {"Software": MARK} if Path(path).suffix.lower() == ".png" else {"Creator": MARK}
+
+
+def written_by_clipblip(path: Path) -> bool:
+    """Whether the file at ``path`` carries clipblip's mark."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with zipfile.ZipFile(path) as archive:
+                return f"{NPZ_MARK}.npy" in archive.namelist()
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return str(image.info.get("Software", "")).startswith("clipblip ")
+        if suffix in (".svg", ".pdf"):
+            with open(path, "rb") as f:
+                return MARK.encode().split(b" ")[0] + b" " in f.read(1 << 16)
+    except (OSError, zipfile.BadZipFile, ValueError, SyntaxError):
+        return False
+    return False
+
+
+def is_model_folder(path: Path) -> bool:
+    """A folder that ``clipblip export`` wrote: a readable manifest, and no file the manifest does not name."""
+    from .manifest import Manifest, folder_files
+
+    try:
+        manifest = Manifest.load(path)
+        expected = folder_files(path, manifest)
+    except (ClipblipError, OSError):
+        return False
+    return all(entry.name in expected and entry.is_file() and not entry.is_symlink() for entry in path.iterdir())
+
+
+def check_parent(path: Path) -> None:
+    """OutputError unless the folders above ``path`` exist as folders or can be created."""
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise OutputError(f"{path}: cannot be written: {parent} is not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: cannot be written: no permission to write in {parent}")
+            return
+
+
+def check_output(path: str | os.PathLike, force: bool, folder: bool = False) -> Path:
+    """``path`` if it may be written: it does not exist, or ``force`` is given and clipblip wrote it
+    (or, for a folder, it is empty).
+
+    Anything else — a user's file or folder, a link, a folder where a file goes — is refused with
+    an OutputError naming it, whatever ``force`` says.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise OutputError(f"{path}: is a symbolic link; clipblip never replaces one, choose another path")
+    if not path.exists():
+        check_parent(path)
+        return path
+    if not force:
+        raise OutputExistsError(f"{path}: already exists; pass --force to replace it (only what clipblip wrote "
+                                f"can be replaced)")
+    if folder:
+        if not path.is_dir():
+            raise OutputError(f"{path}: is a file, not a model folder; clipblip never replaces it, even with --force")
+        if not any(path.iterdir()):
+            return path  # an empty folder holds nothing to lose
+        if not is_model_folder(path):
+            raise OutputError(f"{path}: is not a model folder written by clipblip export (or holds other files "
+                              f"too); it is never replaced, even with --force")
+    else:
+        if path.is_dir():
+            raise OutputError(f"{path}: is a folder; give a file name")
+        if not written_by_clipblip(path):
+            raise OutputError(f"{path}: was not written by clipblip; it is never replaced, even with --force")
+    return path
 
 
 @contextmanager
 def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; it replaces ``path`` only when the block succeeds.
 
-    Refuses an existing ``path`` unless ``force``. The temporary file keeps the suffix, so writers
-    that pick a format by extension (numpy, matplotlib) behave as with the real name.
+    ``path`` must pass :func:`check_output`. The temporary file keeps the suffix, so writers that
+    pick a format by extension (numpy, matplotlib) behave as with the real name.
     """
-    path = Path(path)
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path}: already exists; pass --force to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    path = check_output(path, force)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot be written ({e.strerror or e})") from None
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; the result is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def staged_folder(out: str | os.PathLike, force: bool) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``out``; it takes the place of ``out`` only if the block
+    succeeds. ``out`` must pass :func:`check_output` as a model folder."""
+    out = check_output(Path(out).absolute(), force, folder=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        raise OutputError(f"{out}: cannot be written ({e.strerror or e})") from None
+    staging.chmod(0o777 & ~umask())  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        yield staging
+        if out.exists():
+            check_output(out, force, folder=True)  # still clipblip's, now that the export is done
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,8 @@ from typing import Any
 
 from .errors import ModelLoadError
 
-__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "TensorInfo", "GraphInfo", "Manifest", "sha256_of"]
+__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "TensorInfo", "GraphInfo", "Manifest", "sha256_of", "external_data_paths",
+           "folder_files"]
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -151,3 +153,41 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+LOCATION_ENTRY = b"\n\x08location\x12"  # StringStringEntryProto(key="location", value=...) as protobuf bytes
+
+
+def external_data_paths(path: Path) -> list[str]:
+    """Every external-data location a graph file names (read from its bytes, without ONNX Runtime)."""
+    found = []
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return found
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            at = data.find(LOCATION_ENTRY)
+            while at != -1:
+                at += len(LOCATION_ENTRY)
+                length, shift = 0, 0
+                while at < len(data):  # varint length of the value
+                    byte = data[at]
+                    at += 1
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if byte < 0x80:
+                        break
+                found.append(data[at : at + length].decode("utf-8", "replace"))
+                at = data.find(LOCATION_ENTRY, at + length)
+    return found
+
+
+def folder_files(folder: str | os.PathLike, manifest: Manifest) -> set[str]:
+    """The names of the files an export writes into ``folder``: the manifest, the tokenizer, each
+    graph and the external data each graph names."""
+    folder = Path(folder)
+    names = {MANIFEST_NAME, str(manifest.tokenizer.get("file", ""))}
+    for graph in manifest.graphs.values():
+        names.add(graph.file)
+        if (folder / graph.file).is_file():
+            names.update(external_data_paths(folder / graph.file))
+    return names

@@ -7,39 +7,35 @@ import pytest
 from PIL import Image
 
 from clipblip.cli import main
-from tests.helpers import reference_image_embeddings, reference_text_embeddings
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.helpers import reference_image_embeddings, reference_text_embeddings, run_cli
 
 
 def test_embed_images_and_texts_match_transformers(tiny_clip, photos, tmp_path, capsys):
-    code, _, _ = run(capsys, "embed", tiny_clip.exported, "--images", *photos, "--out", tmp_path / "img.npy")
+    code, _, _ = run_cli(capsys, "embed", tiny_clip.exported, "--images", *photos, "--out", tmp_path / "img.npz")
     assert code == 0
     ref = reference_image_embeddings(tiny_clip.model, tiny_clip.processor, photos)
-    assert np.abs(np.load(tmp_path / "img.npy") - ref).max() < 1e-4
+    saved = np.load(tmp_path / "img.npz")
+    assert np.abs(saved["embeddings"] - ref).max() < 1e-4 and list(saved["items"]) == [str(p) for p in photos]
 
     texts = ["a cat", "", "猫 🐱"]
-    code, _, _ = run(capsys, "embed", tiny_clip.exported, "--texts", *texts, "--out", tmp_path / "txt.npy")
+    code, _, _ = run_cli(capsys, "embed", tiny_clip.exported, "--texts", *texts, "--out", tmp_path / "txt.npz")
     assert code == 0
     ref = reference_text_embeddings(tiny_clip.model, tiny_clip.processor.tokenizer, texts)
-    assert np.abs(np.load(tmp_path / "txt.npy") - ref).max() < 1e-4
+    saved = np.load(tmp_path / "txt.npz")
+    assert np.abs(saved["embeddings"] - ref).max() < 1e-4 and list(saved["items"]) == texts
 
 
 def test_embed_refuses_to_overwrite(tiny_clip, photos, tmp_path, capsys):
-    target = tmp_path / "e.npy"
-    target.write_bytes(b"precious")
-    code, _, err = run(capsys, "embed", tiny_clip.exported, "--texts", "x", "--out", target)
-    assert code == 6 and "--force" in err and target.read_bytes() == b"precious"
-    assert run(capsys, "embed", tiny_clip.exported, "--texts", "x", "--out", target, "--force")[0] == 0
-    assert np.load(target).shape[0] == 1
+    target = tmp_path / "e.npz"
+    assert run_cli(capsys, "embed", tiny_clip.exported, "--texts", "x", "--out", target)[0] == 0
+    code, _, err = run_cli(capsys, "embed", tiny_clip.exported, "--texts", "y", "z", "--out", target)
+    assert code == 6 and "--force" in err and list(np.load(target)["items"]) == ["x"]
+    assert run_cli(capsys, "embed", tiny_clip.exported, "--texts", "y", "z", "--out", target, "--force")[0] == 0
+    assert list(np.load(target)["items"]) == ["y", "z"]
 
 
 def test_similarity_json_and_plot(tiny_clip, photos, tmp_path, capsys):
-    code, out, _ = run(capsys, "similarity", tiny_clip.exported, "--images", *photos, "--texts", "a", "b c",
+    code, out, _ = run_cli(capsys, "similarity", tiny_clip.exported, "--images", *photos, "--texts", "a", "b c",
                        "--json", "--plot", tmp_path / "s.png")
     assert code == 0
     doc = json.loads(out)
@@ -47,26 +43,26 @@ def test_similarity_json_and_plot(tiny_clip, photos, tmp_path, capsys):
     assert doc["random_weights"] is False
     with Image.open(tmp_path / "s.png") as png:
         assert png.size[0] > 200
-    code, out, _ = run(capsys, "similarity", tiny_clip.exported, "--images", *photos, "--texts", "a", "b c")
+    code, out, _ = run_cli(capsys, "similarity", tiny_clip.exported, "--images", *photos, "--texts", "a", "b c")
     assert code == 0 and photos[0].name in out
 
 
 def test_classify_json_and_table(tiny_clip, photos, capsys):
-    code, out, _ = run(capsys, "classify", tiny_clip.exported, *photos, "--labels", "cat", "dog", "--json")
+    code, out, _ = run_cli(capsys, "classify", tiny_clip.exported, *photos, "--labels", "cat", "dog", "--json")
     assert code == 0
     results = json.loads(out)["results"]
     assert [r["image"] for r in results] == [str(p) for p in photos]
     probs = [l["probability"] for l in results[0]["labels"]]
     assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
-    code, out, _ = run(capsys, "classify", tiny_clip.exported, photos[0], "--labels", "cat", "dog")
+    code, out, _ = run_cli(capsys, "classify", tiny_clip.exported, photos[0], "--labels", "cat", "dog")
     assert code == 0 and "%" in out
 
 
 def test_errors_are_one_line_and_debug_shows_traceback(tiny_clip, tmp_path, capsys):
-    code, out, err = run(capsys, "classify", tiny_clip.exported, tmp_path / "nope.jpg", "--labels", "cat")
+    code, out, err = run_cli(capsys, "classify", tiny_clip.exported, tmp_path / "nope.jpg", "--labels", "cat")
     assert code == 9 and out == ""
     assert err.strip().count("\n") == 0 and "nope.jpg" in err
-    code, _, err = run(capsys, "classify", tmp_path / "no-model", tmp_path / "x.jpg", "--labels", "cat")
+    code, _, err = run_cli(capsys, "classify", tmp_path / "no-model", tmp_path / "x.jpg", "--labels", "cat")
     assert code == 7 and "no-model" in err
     with pytest.raises(Exception, match="nope.jpg"):
         main(["--debug", "classify", str(tiny_clip.exported), str(tmp_path / "nope.jpg"), "--labels", "cat"])
@@ -85,7 +81,7 @@ def test_export_cli_reports_random_weights(tmp_path):
 def test_caption_vqa_and_match_commands(blip_caption, blip_vqa, blip_itm, photos, tmp_path, capsys):
     from clipblip.engine import BlipEngine
 
-    code, out, _ = run(capsys, "caption", blip_caption.exported, *photos, "--prompt", "a picture of",
+    code, out, _ = run_cli(capsys, "caption", blip_caption.exported, *photos, "--prompt", "a picture of",
                        "--max-new-tokens", 6, "--json")
     assert code == 0
     doc = json.loads(out)
@@ -94,36 +90,36 @@ def test_caption_vqa_and_match_commands(blip_caption, blip_vqa, blip_itm, photos
     assert [r["token_ids"] for r in doc["results"]] == [g.token_ids for g in expected]
     assert [r["text"] for r in doc["results"]] == [g.text for g in expected]
 
-    code, out, _ = run(capsys, "vqa", blip_vqa.exported, *photos, "--question", "what is it?")
+    code, out, _ = run_cli(capsys, "vqa", blip_vqa.exported, *photos, "--question", "what is it?")
     assert code == 0 and out.count("\n") == 2 and str(photos[1]) in out
 
-    code, out, _ = run(capsys, "match", blip_itm.exported, "--images", *photos, "--texts", "a", "b",
+    code, out, _ = run_cli(capsys, "match", blip_itm.exported, "--images", *photos, "--texts", "a", "b",
                        "--json", "--plot", tmp_path / "m.png")
     assert code == 0
     doc = json.loads(out)
     assert np.asarray(doc["itm"]).shape == np.asarray(doc["itc"]).shape == (2, 2)
     assert (tmp_path / "m.png").stat().st_size > 0
 
-    code, _, err = run(capsys, "caption", blip_itm.exported, *photos)
+    code, _, err = run_cli(capsys, "caption", blip_itm.exported, *photos)
     assert code == 2 and "--task caption" in err
-    code, _, err = run(capsys, "caption", blip_caption.exported, photos[0], "--max-new-tokens", 0)
+    code, _, err = run_cli(capsys, "caption", blip_caption.exported, photos[0], "--max-new-tokens", 0)
     assert code == 11 and "max_new_tokens" in err
 
 
 def test_viz_commands(clip_with_attentions, blip_caption_with_attentions, blip_caption, photos, tmp_path, capsys):
-    code, _, err = run(capsys, "viz", "toy-attention", "--out", tmp_path / "toy.png")
+    code, _, err = run_cli(capsys, "viz", "toy-attention", "--out", tmp_path / "toy.png")
     assert code == 0 and Image.open(tmp_path / "toy.png").size[0] > 800
-    code, _, _ = run(capsys, "viz", "attention", clip_with_attentions.exported, photos[0], "--text", "a cat",
+    code, _, _ = run_cli(capsys, "viz", "attention", clip_with_attentions.exported, photos[0], "--text", "a cat",
                      "--layer", 1, "--head", 0, "--out", tmp_path / "clip.png")
     assert code == 0 and (tmp_path / "clip.png").exists() and (tmp_path / "clip-text.png").exists()
-    code, _, _ = run(capsys, "viz", "attention", blip_caption_with_attentions.exported, photos[0], "--rollout",
+    code, _, _ = run_cli(capsys, "viz", "attention", blip_caption_with_attentions.exported, photos[0], "--rollout",
                      "--out", tmp_path / "blip.png")
     assert code == 0 and (tmp_path / "blip.png").exists() and (tmp_path / "blip-text.png").exists()
-    code, out, _ = run(capsys, "viz", "cross-attention", blip_caption_with_attentions.exported, photos[0],
+    code, out, _ = run_cli(capsys, "viz", "cross-attention", blip_caption_with_attentions.exported, photos[0],
                        "--max-new-tokens", 4, "--out", tmp_path / "cross.png")
     assert code == 0 and (tmp_path / "cross.png").exists() and out.strip()
-    code, _, err = run(capsys, "viz", "cross-attention", blip_caption.exported, photos[0], "--out", tmp_path / "x.png")
+    code, _, err = run_cli(capsys, "viz", "cross-attention", blip_caption.exported, photos[0], "--out", tmp_path / "x.png")
     assert code == 2 and "--attentions" in err and not (tmp_path / "x.png").exists()
-    code, _, err = run(capsys, "viz", "attention", clip_with_attentions.exported, photos[0], "--head", "7",
+    code, _, err = run_cli(capsys, "viz", "attention", clip_with_attentions.exported, photos[0], "--head", "7",
                        "--layer", 0, "--out", tmp_path / "y.png")
     assert code == 2 and "head 7" in err

@@ -7,17 +7,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputExistsError, PartialFailure, UsageError
-from .common import RANDOM_BANNER, format_table, open_engine, print_json, progress, save_figure
+from ..errors import UsageError
+from .common import RANDOM_BANNER, check_figure_paths, format_table, open_engine, print_json, save_figure
+from .inputs import expand_images
 from .items import ItemRun, report_errors, run_items
+from .progress import ProgressBar
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..export import export_model
 
-    manifest = export_model(args.model, args.out, task=args.task, opset=args.opset, force=args.force,
-                            attentions=args.attentions, precision=args.precision, optimize=args.optimize,
-                            allow_pickle=args.allow_pickle, progress=progress)
+    with ProgressBar(0, "export") as bar:
+        manifest = export_model(args.model, args.out, task=args.task, opset=args.opset, force=args.force,
+                                attentions=args.attentions, precision=args.precision, optimize=args.optimize,
+                                allow_pickle=args.allow_pickle, progress=bar, steps=bar.update)
     if manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     for name, graph in manifest.graphs.items():
@@ -31,121 +34,165 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def image_paths(args: argparse.Namespace, attribute: str = "images", option: str = "IMAGE") -> list[str]:
+    """The command's image arguments with folders and patterns expanded; skipped files are counted."""
+    found = expand_images(getattr(args, attribute), option)
+    found.report_skipped()
+    return found.paths
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..files import atomic_output
+    from ..files import MARK, NPZ_MARK, atomic_output, check_output
 
     if bool(args.images) == bool(args.texts):
         raise UsageError("embed: give either --images or --texts")
+    if args.out is None and not args.json:
+        raise UsageError("embed: give --out FILE.npz, or --json to print the embeddings")
+    if args.out is not None:
+        if Path(args.out).suffix.lower() != ".npz":
+            raise UsageError(f"--out {args.out}: embed writes an .npz archive (the embeddings and the names of "
+                             f"their items); give a name ending in .npz")
+        check_output(args.out, args.force)  # before any work
+    modality = "image" if args.images else "text"
+    items = image_paths(args, "images", "--images") if args.images else args.texts
     engine = open_engine(args, "clip")
-    items = args.images or args.texts
-    if args.out and Path(args.out).exists() and not args.force:
-        raise OutputExistsError(f"{args.out}: already exists; pass --force to replace it")
-    fn = engine.embed_images if args.images else engine.embed_texts
-    run = run_items(items, args.max_batch, fn)
-    rows = [r if r is not None else np.full(engine.embed_dim, np.nan, np.float32) for r in run.results[: run.done]]
-    embeddings = np.stack(rows) if rows else np.zeros((0, engine.embed_dim), np.float32)
-    with atomic_output(args.out, args.force) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, embeddings)
+    embed = engine.embed_images if args.images else engine.embed_texts
+    run = run_items(items, args.max_batch, lambda part: embed(part, return_errors=True), f"embed {modality}s")
+    ok = [i for i in range(run.done) if i not in run.errors]
+    embeddings = np.stack([run.results[i] for i in ok]) if ok else np.zeros((0, engine.embed_dim), np.float32)
+    if args.json:
+        print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
+                    "modality": modality, "dim": engine.embed_dim, "interrupted": run.interrupted,
+                    "results": [{"index": i, modality: str(item), **run.item(
+                        i, **({} if run.results[i] is None else {"embedding": run.results[i].tolist()}))}
+                                for i, item in enumerate(items)]})
     report_errors(run, items, args.debug)
-    note = f"; NaN rows for failed items {sorted(run.errors)}" if run.errors else ""
-    print(f"wrote {args.out}: {embeddings.shape[0]} x {embeddings.shape[1]} float32, rows L2-normalised{note}",
-          file=sys.stderr)
+    if args.out is not None:
+        if not ok:
+            print(f"clipblip: no {modality} was embedded; {args.out} not written", file=sys.stderr)
+        else:
+            with atomic_output(args.out, args.force) as tmp, open(tmp, "wb") as f:
+                np.savez(f, embeddings=embeddings, items=np.array([str(items[i]) for i in ok]),
+                         indices=np.array(ok, dtype=np.int64), modality=np.array(modality),
+                         model=np.array(str(args.model_dir)), **{NPZ_MARK: np.array(MARK)})
+            failed = f"; {len(items) - len(ok)} item(s) without a row (see the errors above)" if len(ok) < len(items) else ""
+            print(f"wrote {args.out}: {embeddings.shape[0]} x {embeddings.shape[1]} float32 embeddings (rows "
+                  f"L2-normalised) with their {modality}s{failed}", file=sys.stderr)
     return run.exit_code
 
 
+def ranked_texts(row, texts: list[str], k: int) -> list[dict[str, Any]]:
+    """The ``k`` best texts of one similarity row, best first."""
+    order = sorted(range(len(texts)), key=lambda j: -row[j])[:k]
+    return [{"index": j, "text": texts[j], "score": float(row[j])} for j in order]
+
+
 def cmd_similarity(args: argparse.Namespace) -> int:
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k {args.top_k}: must be at least 1")
+    check_figure_paths(args.force, args.plot)
+    images = image_paths(args, "images", "--images")
     engine = open_engine(args, "clip")
-    run = run_items(args.images, args.max_batch, lambda part: engine.similarity(part, args.texts))
-    names = [Path(p).name for p in args.images]
+    run = run_items(images, args.max_batch, lambda part: engine.similarity(part, args.texts, return_errors=True),
+                    "similarity")
+    names = [Path(p).name for p in images]
     ok = [i for i in range(run.done) if i not in run.errors]
     if args.plot and ok:
         from ..viz import RANDOM_WEIGHTS_NOTE, similarity_heatmap
 
         note = RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
-        views = [engine.preprocess.view(args.images[i]) for i in ok]
+        views = [engine.preprocess.view(images[i]) for i in ok]
         fig = similarity_heatmap([run.results[i] for i in ok], [names[i] for i in ok], args.texts,
                                  title="CLIP cosine similarity", note=note, images=views)
         save_figure(fig, args.plot, args.force)
+    k = args.top_k or len(args.texts)
     if args.json:
-        print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
-                    "images": args.images, "texts": args.texts, "similarity": run.rows(),
-                    "errors": run.error_list(args.images), "interrupted": run.interrupted})
+        document = {"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
+                    "images": images, "texts": args.texts, "similarity": run.rows(),
+                    "errors": run.error_list(images), "interrupted": run.interrupted}
+        if args.top_k:
+            document["top_k"] = [None if r is None else ranked_texts(r, args.texts, k) for r in run.results]
+        print_json(document)
+    elif args.top_k:
+        for i in ok:
+            print(images[i])
+            for hit in ranked_texts(run.results[i], args.texts, k):
+                print(f"  {hit['score']:7.3f}  {hit['text']}")
     elif ok:
         print(format_table([names[i] for i in ok], args.texts, [run.results[i] for i in ok]))
-    report_errors(run, args.images, args.debug)
+    report_errors(run, images, args.debug)
     return run.exit_code
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    images = image_paths(args)
     engine = open_engine(args, "clip")
-    run = run_items(args.images, args.max_batch, lambda part: engine.classify(part, args.labels, args.template))
+    run = run_items(images, args.max_batch,
+                    lambda part: engine.classify(part, args.labels, args.template, return_errors=True), "classify")
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
                     "template": args.template, "interrupted": run.interrupted,
                     "results": [{"image": image, **run.item(i, labels=[{"label": l, "probability": p}
                                                                        for l, p in run.results[i] or []])}
-                                for i, image in enumerate(args.images)]})
+                                for i, image in enumerate(images)]})
     else:
-        for i, image in enumerate(args.images[: run.done]):
+        for i, image in enumerate(images[: run.done]):
             if i not in run.errors:
                 print(image)
                 for label, prob in run.results[i][: args.top_k]:
                     print(f"  {prob:7.2%}  {label}")
-    report_errors(run, args.images, args.debug)
+    report_errors(run, images, args.debug)
     return run.exit_code
 
 
-def print_generations(args: argparse.Namespace, engine, run: ItemRun, extra: dict[str, Any]) -> int:
+def print_generations(args: argparse.Namespace, images: list[str], engine, run: ItemRun, extra: dict[str, Any]) -> int:
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights, **extra,
                     "interrupted": run.interrupted,
                     "results": [{"image": str(image), **run.item(i, **(run.results[i] and {
                         "text": run.results[i].text, "token_ids": run.results[i].token_ids,
-                        "prompt_ids": run.results[i].prompt_ids} or {}))} for i, image in enumerate(args.images)]})
+                        "prompt_ids": run.results[i].prompt_ids} or {}))} for i, image in enumerate(images)]})
     else:
-        for i, image in enumerate(args.images[: run.done]):
+        for i, image in enumerate(images[: run.done]):
             if i not in run.errors:
                 print(f"{image}: {run.results[i].text}")
-    report_errors(run, args.images, args.debug)
+    report_errors(run, images, args.debug)
     return run.exit_code
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    engine = open_engine(args, "blip")
-    engine.require("caption")  # a wrong folder, prompt or max_new_tokens fails before any work
+    images = image_paths(args)
+    engine = open_engine(args, "blip", "caption")  # a wrong folder, prompt or max_new_tokens fails before any work
     engine.check_max_new_tokens(args.max_new_tokens, len(engine.caption_prompt(args.prompt)))
-    run = run_items(args.images, args.max_batch,
-                    lambda part: engine.generate_captions(part, prompt=args.prompt, max_new_tokens=args.max_new_tokens))
-    return print_generations(args, engine, run, {"prompt": args.prompt})
+    run = run_items(images, args.max_batch, lambda part: engine.generate_captions(
+        part, prompt=args.prompt, max_new_tokens=args.max_new_tokens, return_errors=True), "caption")
+    return print_generations(args, images, engine, run, {"prompt": args.prompt})
 
 
 def cmd_vqa(args: argparse.Namespace) -> int:
-    engine = open_engine(args, "blip")
-    engine.require("vqa")
+    images = image_paths(args)
+    engine = open_engine(args, "blip", "vqa")
     engine.check_max_new_tokens(args.max_new_tokens, 1)
-    run = run_items(args.images, args.max_batch,
-                    lambda part: engine.generate_answers(part, args.question, max_new_tokens=args.max_new_tokens))
-    return print_generations(args, engine, run, {"question": args.question})
+    run = run_items(images, args.max_batch, lambda part: engine.generate_answers(
+        part, args.question, max_new_tokens=args.max_new_tokens, return_errors=True), "vqa")
+    return print_generations(args, images, engine, run, {"question": args.question})
 
 
 def cmd_match(args: argparse.Namespace) -> int:
     import numpy as np
 
-    engine = open_engine(args, "blip")
+    check_figure_paths(args.force, args.plot)
+    images = image_paths(args, "images", "--images")
+    engine = open_engine(args, "blip", "match")
 
     def per_image(part):
-        try:
-            scores = engine.match(part, args.texts)
-        except PartialFailure as e:
-            e.results = list(zip(e.results.itm, e.results.itc))
-            raise
-        return list(zip(scores.itm, scores.itc))
+        scores, errors = engine.match(part, args.texts, return_errors=True)
+        return list(zip(scores.itm, scores.itc)), errors
 
-    run = run_items(args.images, args.max_batch, per_image)
-    names = [Path(p).name for p in args.images]
+    run = run_items(images, args.max_batch, per_image, "match")
+    names = [Path(p).name for p in images]
     ok = [i for i in range(run.done) if i not in run.errors]
     itm = np.array([run.results[i][0] for i in ok]).reshape(len(ok), len(args.texts))
     itc = np.array([run.results[i][1] for i in ok]).reshape(len(ok), len(args.texts))
@@ -153,29 +200,27 @@ def cmd_match(args: argparse.Namespace) -> int:
         from ..viz import RANDOM_WEIGHTS_NOTE, match_heatmaps
 
         note = RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
-        views = [engine.preprocess.view(args.images[i]) for i in ok]
+        views = [engine.preprocess.view(images[i]) for i in ok]
         save_figure(match_heatmaps(itm, itc, [names[i] for i in ok], args.texts, note=note, images=views),
                     args.plot, args.force)
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
-                    "images": args.images, "texts": args.texts,
+                    "images": images, "texts": args.texts,
                     "itm": [None if r is None else r[0].tolist() for r in run.results],
                     "itc": [None if r is None else r[1].tolist() for r in run.results],
-                    "errors": run.error_list(args.images), "interrupted": run.interrupted})
+                    "errors": run.error_list(images), "interrupted": run.interrupted})
     elif ok:
         print("ITM match probability")
         print(format_table([names[i] for i in ok], args.texts, itm))
         print("\nITC cosine similarity")
         print(format_table([names[i] for i in ok], args.texts, itc))
-    report_errors(run, args.images, args.debug)
+    report_errors(run, images, args.debug)
     return run.exit_code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    run_demo(Path(args.out), progress=progress, provider=args.provider, threads=args.threads)
+    with ProgressBar(0, "demo") as bar:
+        run_demo(Path(args.out), progress=bar, provider=args.provider, threads=args.threads, steps=bar.update)
     return 0
-
-
-# --- parser -----------------------------------------------------------------------------------------

@@ -1,18 +1,13 @@
-"""Helpers every command uses: progress lines, JSON, engines, figures, tables."""
+"""Helpers every command uses: JSON, engines, figures, tables."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from typing import Any, Sequence
 
 RANDOM_BANNER = "NOTE: this model has RANDOM weights; its outputs show speed and plumbing, not meaning."
-
-
-def progress(message: str, _start=[time.perf_counter()]) -> None:
-    print(f"[{time.perf_counter() - _start[0]:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def print_json(document: Any) -> None:
@@ -20,22 +15,45 @@ def print_json(document: Any) -> None:
     sys.stdout.write("\n")
 
 
-def open_engine(args: argparse.Namespace, family: str):
-    from ..engine import BlipEngine, ClipEngine
+def open_engine(args: argparse.Namespace, family: str | None = None, task: str | None = None):
+    """The engine for ``args.model_dir``: of ``family`` (and able to do ``task``) when given, else of
+    whatever family the folder holds. A folder of another kind is a WrongModelError saying what to export."""
+    from ..engine.base import wanted_export
+    from ..errors import WrongModelError
+    from ..families import load_engine_class
+    from ..manifest import Manifest
 
-    cls = {"clip": ClipEngine, "blip": BlipEngine}[family]
+    held = Manifest.load(args.model_dir).family
+    if family is not None and held != family:
+        wanted = f"a {family.upper()}{' ' + task if task else ''} folder"
+        raise WrongModelError(f"{args.model_dir}: holds a {held.upper()} model; `{args.command}` needs {wanted}: "
+                              f"{wanted_export(family, task)}")
+    cls = load_engine_class(family or held)
     engine = cls.from_dir(args.model_dir, provider=args.provider, threads=args.threads, max_batch=args.max_batch,
                           max_image_pixels=args.max_image_pixels)
+    if task is not None:
+        engine.require(task)
     if engine.manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     return engine
 
 
-def save_figure(fig, path: str, force: bool) -> None:
-    from ..files import atomic_output
+def check_figure_paths(force: bool, *paths) -> None:
+    """Before any work: each figure path can be written, and matplotlib (the `viz` extra) is installed."""
+    from ..files import check_output
+
+    for path in paths:
+        if path is not None:
+            check_output(path, force)
+    if any(p is not None for p in paths):
+        import matplotlib  # noqa: F401  (a missing `viz` extra is reported before the model runs)
+
+
+def save_figure(fig, path, force: bool) -> None:
+    from ..files import atomic_output, figure_metadata
 
     with atomic_output(path, force) as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, metadata=figure_metadata(path))
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -46,6 +64,3 @@ def format_table(row_labels: Sequence[str], col_labels: Sequence[str], matrix) -
     for label, row in zip(row_labels, matrix):
         lines.append(f"{label:<{width}}  " + "  ".join(f"{v:>{max(len(c), 6)}.3f}" for c, v in zip(cols, row)))
     return "\n".join(lines)
-
-
-# --- commands ---------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..errors import ClipblipError, ImageError, NumericalError, PartialFailure
+from ..errors import ClipblipError, PartialFailure
+from .progress import ProgressBar
 
 
 @dataclass
@@ -45,27 +46,23 @@ class ItemRun:
         return fields
 
 
-def run_items(items: list, chunk: int, fn) -> ItemRun:
-    """``fn(chunk_items)`` → one result per item, chunk by chunk; per-item failures are recorded."""
+def run_items(items: list, chunk: int, fn, label: str = "items") -> ItemRun:
+    """``fn(chunk_items)`` → ``(results, {index in chunk: error})``, chunk by chunk, with a progress bar
+    on a terminal; each failed item's error is recorded under its index in ``items``."""
     run = ItemRun([None] * len(items))
-    try:
-        for start in range(0, len(items), chunk):
-            part = items[start : start + chunk]
-            try:
-                out = fn(part)
-            except PartialFailure as e:
-                out = e.results
-                run.errors.update({start + i: err for i, err in e.errors.items()})
-            except (ImageError, NumericalError) as e:
-                if len(part) != 1:
-                    raise
-                out, run.errors[start] = [None], e
-            for i, result in enumerate(out):
-                if start + i not in run.errors:
-                    run.results[start + i] = result
-            run.done = start + len(part)
-    except KeyboardInterrupt:
-        run.interrupted = True
+    with ProgressBar(len(items), label) as bar:
+        try:
+            for start in range(0, len(items), chunk):
+                part = items[start : start + chunk]
+                out, errors = fn(part)
+                run.errors.update({start + i: error for i, error in errors.items()})
+                for i, result in enumerate(out):
+                    if start + i not in run.errors:
+                        run.results[start + i] = result
+                run.done = start + len(part)
+                bar.update(run.done)
+        except KeyboardInterrupt:
+            run.interrupted = True
     return run
 
 

@@ -3,39 +3,69 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import signal
 import sys
 import threading
-from typing import Sequence
+from typing import NoReturn, Sequence
 
-from ..errors import ClipblipError
+from .. import __version__, families
+from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS, PROVIDER_CHOICES
+from ..errors import ClipblipError, MissingExtraError
 from .commands import (cmd_caption, cmd_classify, cmd_demo, cmd_embed, cmd_export, cmd_match, cmd_similarity,
                        cmd_vqa)
 from .viz import cmd_viz_attention, cmd_viz_cross_attention, cmd_viz_toy, parse_head
 
+IMAGES_HELP = "image files, folders (searched recursively for image files) or quoted glob patterns"
+# the extra that installs each optional top-level package (`pip install clipblip[EXTRA]`)
+EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "safetensors": "export",
+          "matplotlib": "viz", "onnxruntime": "cpu"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a close match suggested for a mistyped choice."""
+
+    def error(self, message: str) -> NoReturn:
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            close = difflib.get_close_matches(found.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="clipblip", description="Export CLIP and BLIP to ONNX once; run them with ONNX Runtime alone.")
+    parser.add_argument("--version", action="version", version=f"clipblip {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    common = Parser(add_help=False)  # options every command takes, after its name too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+
+    def command(parent, name: str, **kwargs) -> argparse.ArgumentParser:
+        return parent.add_parser(name, parents=[common], **kwargs)
 
     def engine_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("model_dir", metavar="DIR", help="a model folder written by `clipblip export`")
-        p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
         p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's choice)")
-        p.add_argument("--max-batch", type=int, default=16, help="largest batch one graph run takes")
-        p.add_argument("--max-image-pixels", type=int, default=64_000_000,
-                       help="refuse images with more pixels, before decoding them (default 64 million)")
-        p.add_argument("--force", action="store_true", help="replace existing output files")
+        p.add_argument("--max-batch", type=int, default=MAX_BATCH,
+                       help=f"largest batch one graph run takes (default {MAX_BATCH})")
+        p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                       help=f"refuse images with more pixels, before decoding them (default {MAX_IMAGE_PIXELS:,})")
+        p.add_argument("--force", action="store_true", help="replace output files that clipblip wrote before")
 
-    p = sub.add_parser("export", help="export a model to an ONNX model folder")
+    p = command(sub, "export", help="export a model to an ONNX model folder")
     p.add_argument("model", metavar="MODEL",
-                   help="Hub id, save_pretrained directory, or random:clip-base|clip-tiny|blip-base|blip-tiny")
+                   help=f"Hub id, save_pretrained directory, or a random-weight preset: {', '.join(families.preset_names())}")
     p.add_argument("--out", required=True, help="model folder to create")
-    p.add_argument("--task", default=None, help="for BLIP: caption, vqa or itm (default: from the checkpoint)")
+    p.add_argument("--task", default=None, choices=families.export_tasks(),
+                   help="for BLIP: which head to export (default: from the checkpoint)")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.add_argument("--force", action="store_true", help="replace a model folder that clipblip exported before")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
                    help="int8 for CPU, fp16 for CUDA; each graph must pass an accuracy gate or stays fp32")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
@@ -46,56 +76,58 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also output attention weights (for `clipblip viz`); graphs are leaner without")
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("embed", help="L2-normalised CLIP embeddings to a .npy file")
+    p = command(sub, "embed", help="L2-normalised CLIP embeddings with their names, to an .npz file or JSON")
     engine_options(p)
-    p.add_argument("--images", nargs="+", metavar="PATH")
+    p.add_argument("--images", nargs="+", metavar="PATH", help=IMAGES_HELP)
     p.add_argument("--texts", nargs="+", metavar="TEXT")
-    p.add_argument("--out", required=True, metavar="FILE.npy")
+    p.add_argument("--out", metavar="FILE.npz", help="arrays: embeddings, items (paths or texts), indices, modality")
+    p.add_argument("--json", action="store_true", help="print one JSON document with the embeddings")
     p.set_defaults(run=cmd_embed)
 
     def image_text_options(p: argparse.ArgumentParser, plot_help: str) -> None:
         engine_options(p)
-        p.add_argument("--images", nargs="+", required=True, metavar="PATH")
+        p.add_argument("--images", nargs="+", required=True, metavar="PATH", help=IMAGES_HELP)
         p.add_argument("--texts", nargs="+", required=True, metavar="TEXT")
         p.add_argument("--plot", metavar="FILE.png", help=plot_help)
         p.add_argument("--json", action="store_true", help="print one JSON document")
 
-    p = sub.add_parser("similarity", help="image × text cosine similarity")
+    p = command(sub, "similarity", help="image × text cosine similarity")
     image_text_options(p, "also draw a heatmap")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="per image, its K best texts, best first")
     p.set_defaults(run=cmd_similarity)
 
-    p = sub.add_parser("classify", help="zero-shot classification with CLIP")
+    p = command(sub, "classify", help="zero-shot classification with CLIP")
     engine_options(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGES_HELP)
     p.add_argument("--labels", nargs="+", required=True, metavar="LABEL")
     p.add_argument("--template", default="a photo of a {}.")
     p.add_argument("--top-k", type=int, default=5, help="labels shown per image in the table")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=cmd_classify)
 
-    p = sub.add_parser("caption", help="BLIP image captions")
+    p = command(sub, "caption", help="BLIP image captions")
     engine_options(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGES_HELP)
     p.add_argument("--prompt", default=None, help="text the caption starts with")
     p.add_argument("--max-new-tokens", type=int, default=30)
     p.add_argument("--json", action="store_true", help="print one JSON document, with token ids")
     p.set_defaults(run=cmd_caption)
 
-    p = sub.add_parser("vqa", help="BLIP visual question answering")
+    p = command(sub, "vqa", help="BLIP visual question answering")
     engine_options(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGES_HELP)
     p.add_argument("--question", required=True)
     p.add_argument("--max-new-tokens", type=int, default=10)
     p.add_argument("--json", action="store_true", help="print one JSON document, with token ids")
     p.set_defaults(run=cmd_vqa)
 
-    p = sub.add_parser("match", help="BLIP image–text matching (ITM) and contrastive similarity (ITC)")
+    p = command(sub, "match", help="BLIP image–text matching (ITM) and contrastive similarity (ITC)")
     image_text_options(p, "also draw both heatmaps")
     p.set_defaults(run=cmd_match)
 
-    p = sub.add_parser("viz", help="figures: toy attention, real attention maps, cross-attention per word")
-    viz_sub = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
-    q = viz_sub.add_parser("toy-attention", help="self-attention step by step on a short sentence")
+    p = command(sub, "viz", help="figures: toy attention, real attention maps, cross-attention per word")
+    viz_sub = p.add_subparsers(dest="figure", required=True, metavar="FIGURE", parser_class=Parser)
+    q = command(viz_sub, "toy-attention", help="self-attention step by step on a short sentence")
     q.add_argument("--out", required=True, metavar="FILE.png")
     q.add_argument("--tokens", nargs="+", help="tokens to attend over (default: [CLS] 我 喜欢 小猫 和 小狗)")
     q.add_argument("--seed", type=int, default=0)
@@ -103,17 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--heads", type=int, default=2)
     q.add_argument("--force", action="store_true")
     q.set_defaults(run=cmd_viz_toy)
-    q = viz_sub.add_parser("attention", help="class-token attention over the image [and text attention]; "
+    q = command(viz_sub, "attention", help="class-token attention over the image [and text attention]; "
                                              "needs a folder exported with --attentions")
     engine_options(q)
     q.add_argument("image", metavar="IMAGE")
     q.add_argument("--text", help="CLIP: also the text's token attention (written to OUT-text.png)")
     q.add_argument("--layer", type=int, default=None, help="one layer (default: every layer)")
-    q.add_argument("--head", type=parse_head, default="mean", help="a head number or 'mean' (default)")
-    q.add_argument("--rollout", action="store_true", help="attention rollout across all layers")
+    q.add_argument("--head", type=parse_head, default=None,
+                   help="with --layer: a head number or 'mean' (default: the mean of the heads)")
+    q.add_argument("--rollout", action="store_true", help="attention rollout across all layers (no --layer/--head)")
     q.add_argument("--out", required=True, metavar="FILE.png")
     q.set_defaults(run=cmd_viz_attention)
-    q = viz_sub.add_parser("cross-attention", help="BLIP caption: where the decoder looked for each word")
+    q = command(viz_sub, "cross-attention", help="BLIP caption: where the decoder looked for each word")
     engine_options(q)
     q.add_argument("image", metavar="IMAGE")
     q.add_argument("--prompt", default=None)
@@ -121,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, metavar="FILE.png")
     q.set_defaults(run=cmd_viz_cross_attention)
 
-    p = sub.add_parser("demo", help="export CLIP and run it on real photos; results into --out")
-    p.add_argument("--out", default="demo-output")
-    p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
+    p = command(sub, "demo", help="export CLIP and BLIP, run them on real photos; results and report.html into --out")
+    p.add_argument("--out", default="demo-output", help="a new or empty folder, or one an earlier demo wrote")
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(run=cmd_demo)
     return parser
@@ -133,8 +166,41 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that ``args`` ran, for its usage line."""
+    for name in ("command", "figure"):
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if action is None or getattr(args, name, None) not in action.choices:
+            break
+        parser = action.choices[getattr(args, name)]
+    return parser
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; an unknown option gets that command's usage and the closest option."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = chosen_parser(parser, args)
+        options = [o for a in command._actions for o in a.option_strings]
+        unknown = next((e for e in extras if e.startswith("-")), extras[0])
+        close = difflib.get_close_matches(unknown.split("=")[0], options, n=1)
+        command.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; did you mean {close[0]}?" if close else ""))
+    return args
+
+
+def missing_extra(error: ModuleNotFoundError, command: str) -> MissingExtraError | None:
+    """The error that names the extra to install, when ``error`` is about an optional package."""
+    package = (error.name or "").split(".")[0]
+    extra = EXTRAS.get(package)
+    if extra is None:
+        return None
+    install = "pip install 'clipblip[cpu]' (or 'clipblip[gpu]')" if extra == "cpu" else f"pip install 'clipblip[{extra}]'"
+    return MissingExtraError(f"`clipblip {command}` needs {package}, which is not installed: {install}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     # SIGTERM ends a command like Ctrl-C: finished items are written, staging folders removed
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, interrupt) if on_main else None
@@ -151,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # anything unexpected: still one line unless --debug
         if args.debug:
             raise
+        extra = missing_extra(e, args.command) if isinstance(e, ModuleNotFoundError) else None
+        if extra is not None:
+            print(f"clipblip: error: {extra}", file=sys.stderr)
+            return extra.exit_code
         print(f"clipblip: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1

@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import open_engine, save_figure
+from .common import check_figure_paths, open_engine, save_figure
+from .inputs import expand_images
 
 
 def cmd_viz_toy(args: argparse.Namespace) -> int:
     from ..viz import TOY_TOKENS, toy_attention_figure
 
+    check_figure_paths(args.force, args.out)
     tokens = args.tokens or list(TOY_TOKENS)
     save_figure(toy_attention_figure(tokens, seed=args.seed, d_model=args.d_model, heads=args.heads), args.out,
                 args.force)
@@ -27,46 +29,66 @@ def parse_head(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--head {value!r}: a head number or 'mean'") from None
 
 
-def open_any_engine(args: argparse.Namespace):
-    from ..manifest import Manifest
+def one_image(arg: str) -> str:
+    """The single image a figure is drawn for (a folder or pattern must name exactly one)."""
+    paths = expand_images([arg]).paths
+    if len(paths) != 1:
+        raise UsageError(f"IMAGE {arg}: names {len(paths)} images; a figure is drawn for one image")
+    return paths[0]
 
-    return open_engine(args, Manifest.load(args.model_dir).family)
+
+def check_view_options(args: argparse.Namespace) -> None:
+    """Refuse option combinations that would be ignored."""
+    if args.rollout and (args.layer is not None or args.head is not None):
+        raise UsageError("--rollout: combines every layer with the mean of the heads; leave out --layer and --head")
+    if args.head is not None and args.layer is None:
+        raise UsageError(f"--head {args.head}: needs --layer (without it every layer is drawn, each head included "
+                         f"in the text figure)")
+    if args.layer is not None and args.layer < 0:
+        raise UsageError(f"--layer {args.layer}: layers are numbered from 0")
 
 
 def cmd_viz_attention(args: argparse.Namespace) -> int:
     from .. import viz
 
-    engine = open_any_engine(args)
+    check_view_options(args)
+    out = Path(args.out)
+    text_out = out.with_name(f"{out.stem}-text{out.suffix}")
+    check_figure_paths(args.force, out, text_out)
+    image = one_image(args.image)
+    engine = open_engine(args)
+    head = "mean" if args.head is None else args.head
     note = viz.RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
-    weights = engine.image_attentions(args.image)  # (layers, heads, tokens, tokens)
-    image_fig = viz.image_attention_figure(engine.preprocess.view(args.image), weights,
-                                           engine.manifest.model["patch_grid"], layer=args.layer, head=args.head,
+    weights = engine.image_attentions(image)  # (layers, heads, tokens, tokens)
+    image_fig = viz.image_attention_figure(engine.preprocess.view(image), weights,
+                                           engine.manifest.model["patch_grid"], layer=args.layer, head=head,
                                            rollout=args.rollout, note=note)
-    save_figure(image_fig, args.out, args.force)
     text_fig = None
     if args.text is not None:
         if engine.manifest.family != "clip":
             raise UsageError("--text: token attention of a given text needs a CLIP folder (BLIP shows its caption's)")
         tokens, weights = engine.text_attentions(args.text)
-        text_fig = viz.token_attention_figure(weights, tokens, layer=args.layer, head=args.head,
+        text_fig = viz.token_attention_figure(weights, tokens, layer=args.layer, head=head,
                                               title="CLIP text self-attention", note=note)
     elif engine.manifest.family == "blip" and "caption" in engine.tasks:
-        explained = engine.caption_attentions(args.image)
+        explained = engine.caption_attentions(image)
         text_fig = viz.token_attention_figure(explained.self_attention, explained.tokens, layer=args.layer,
-                                              head=args.head, title="BLIP decoder self-attention", note=note)
+                                              head=head, title="BLIP decoder self-attention", note=note)
+    save_figure(image_fig, args.out, args.force)  # every figure is drawn (and every option checked) first
     if text_fig is not None:
-        out = Path(args.out)
-        save_figure(text_fig, out.with_name(f"{out.stem}-text{out.suffix}"), args.force)
+        save_figure(text_fig, text_out, args.force)
     return 0
 
 
 def cmd_viz_cross_attention(args: argparse.Namespace) -> int:
     from .. import viz
 
-    engine = open_engine(args, "blip")
-    explained = engine.caption_attentions(args.image, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+    check_figure_paths(args.force, args.out)
+    image = one_image(args.image)
+    engine = open_engine(args, "blip", "caption")
+    explained = engine.caption_attentions(image, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
     note = viz.RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
-    fig = viz.cross_attention_figure(engine.preprocess.view(args.image), explained.words, explained.cross_attention,
+    fig = viz.cross_attention_figure(engine.preprocess.view(image), explained.words, explained.cross_attention,
                                      engine.manifest.model["patch_grid"], caption=explained.generation.text, note=note)
     save_figure(fig, args.out, args.force)
     print(explained.generation.text)

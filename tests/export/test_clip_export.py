@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from clipblip.errors import ModelSourceError, OutputExistsError, ParityError
+from clipblip.errors import ModelSourceError, OutputError, OutputExistsError, ParityError
 from clipblip.export import clip as clip_export
 from clipblip.export import export_model
 from clipblip.manifest import Manifest, sha256_of
@@ -36,9 +36,14 @@ def test_refuses_to_overwrite_without_force(tiny_clip, tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="--force"):
         export_model(str(tiny_clip.checkpoint), out)
-    assert (out / "keep.txt").read_text() == "mine"
-    export_model(str(tiny_clip.checkpoint), out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+    with pytest.raises(OutputError, match="never replaced, even with --force"):  # not a folder clipblip wrote
+        export_model(str(tiny_clip.checkpoint), out, force=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    export_model(str(tiny_clip.checkpoint), out, force=True)  # an empty folder holds nothing of the user's...
+    first = (out / "manifest.json").stat().st_mtime_ns
+    export_model(str(tiny_clip.checkpoint), out, force=True)  # ...and clipblip's own export is replaced
+    assert (out / "manifest.json").stat().st_mtime_ns >= first and (out / "image_tower.onnx").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folders left behind
 
 

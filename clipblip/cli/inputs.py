@@ -1,0 +1,77 @@
+"""Image arguments: files, folders (searched recursively) and quoted glob patterns, in a stable order."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import UsageError
+
+__all__ = ["IMAGE_SUFFIXES", "ImageArgs", "expand_images"]
+
+# what Pillow decodes and people keep photos in; other files under a folder are skipped and counted
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".webp", ".tif",
+                            ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".avif",
+                            ".heic", ".heif"})
+GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class ImageArgs:
+    """The image files an argument list names, and how many other files its folders and patterns held."""
+
+    paths: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+    def report_skipped(self) -> None:
+        if self.skipped:
+            print(f"clipblip: skipped {self.skipped} file{'s' * (self.skipped != 1)} that are not images "
+                  f"(by their extension)", file=sys.stderr)
+
+
+def is_image_name(path: str) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def folder_images(folder: str, found: ImageArgs) -> list[str]:
+    """Image files under ``folder``, recursively, sorted; hidden files and folders are left out."""
+    images = []
+    for root, dirs, files in os.walk(folder, onerror=None):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            if is_image_name(name):
+                images.append(path)
+            else:
+                found.skipped += 1
+    return images
+
+
+def expand_images(args: Sequence[str], option: str = "IMAGE") -> ImageArgs:
+    """Files as given (a missing or broken one fails as its own item later), folders expanded to their
+    image files, glob patterns (quoted, so the shell left them alone; ``**`` recurses) to the image
+    files they match. A folder or pattern with no image is a UsageError naming it."""
+    found = ImageArgs()
+    for arg in args:
+        arg = os.fspath(arg)
+        if os.path.isdir(arg):
+            images = folder_images(arg, found)
+            if not images:
+                raise UsageError(f"{option} {arg}: a folder with no image files in it")
+        elif not os.path.lexists(arg) and GLOB_CHARS & set(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            files = [m for m in matches if os.path.isfile(m)]
+            images = [m for m in files if is_image_name(m)]
+            found.skipped += len(files) - len(images)
+            if not images:
+                raise UsageError(f"{option} {arg}: the pattern matches no image file")
+        else:
+            images = [arg]
+        found.paths.extend(images)
+    return found
