@@ -119,7 +119,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
         for i in ok:
             print(images[i])
             for hit in ranked_texts(run.results[i], args.texts, k):
-                print(f"  {hit['score']:7.3f}  {hit['text']}")
+                print(f"  {hit['score']:7.3f}  {hit['text'] if hit['text'].strip() else repr(hit['text'])}")
     elif ok:
         print(format_table([names[i] for i in ok], args.texts, [run.results[i] for i in ok]))
     report_errors(run, images, args.debug)

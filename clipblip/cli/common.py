@@ -26,7 +26,8 @@ def open_engine(args: argparse.Namespace, family: str | None = None, task: str |
     held = Manifest.load(args.model_dir).family
     if family is not None and held != family:
         wanted = f"a {family.upper()}{' ' + task if task else ''} folder"
-        raise WrongModelError(f"{args.model_dir}: holds a {held.upper()} model; `{args.command}` needs {wanted}: "
+        command = " ".join(filter(None, (args.command, getattr(args, "figure", None))))
+        raise WrongModelError(f"{args.model_dir}: holds a {held.upper()} model; `{command}` needs {wanted}: "
                               f"{wanted_export(family, task)}")
     cls = load_engine_class(family or held)
     engine = cls.from_dir(args.model_dir, provider=args.provider, threads=args.threads, max_batch=args.max_batch,
