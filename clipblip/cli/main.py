@@ -15,12 +15,14 @@ from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS, PROVIDER_CHOICES
 from ..errors import ClipblipError, MissingExtraError
 from .commands import (cmd_caption, cmd_classify, cmd_demo, cmd_embed, cmd_export, cmd_match, cmd_similarity,
                        cmd_vqa)
+from .serve import cmd_serve
 from .viz import cmd_viz_attention, cmd_viz_cross_attention, cmd_viz_toy, parse_head
 
 IMAGES_HELP = "image files, folders (searched recursively for image files) or quoted glob patterns"
 # the extra that installs each optional top-level package (`pip install clipblip[EXTRA]`)
 EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "safetensors": "export",
-          "matplotlib": "viz", "onnxruntime": "cpu"}
+          "matplotlib": "viz", "onnxruntime": "cpu", "fastapi": "serve", "uvicorn": "serve",
+          "prometheus_client": "serve", "ray": "ray", "yaml": "ray"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -153,6 +155,32 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-new-tokens", type=int, default=30)
     q.add_argument("--out", required=True, metavar="FILE.png")
     q.set_defaults(run=cmd_viz_cross_attention)
+
+    p = command(sub, "serve", help="serve model folders over HTTP with dynamic batching (FastAPI; or Ray Serve)")
+    p.add_argument("folders", nargs="+", metavar="DIR", help="model folders, served under their names (NAME=DIR to "
+                                                             "choose another)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads per model (default: ORT's choice)")
+    p.add_argument("--max-batch", type=int, default=MAX_BATCH, help="most items in one engine call")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="how long a lone request waits for others to batch with (default 5)")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="items a model may hold waiting; past it, 503 with Retry-After (default 1024)")
+    p.add_argument("--max-request-bytes", type=int, default=32 << 20, help="larger bodies get 413 (default 32 MiB)")
+    p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help="images with more pixels get 413, refused before decoding")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: the "
+                                                   "CLIPBLIP_API_KEY environment variable, if set)")
+    p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (the `ray` extra)")
+    p.add_argument("--replicas", type=int, default=None, help="with --ray: replicas per model (default 1)")
+    p.add_argument("--ray-address", default=None, help="with --ray: the cluster to join (default: RAY_ADDRESS, "
+                                                       "else a local cluster)")
+    p.add_argument("--emit-config", metavar="FILE.yaml", default=None,
+                   help="write a Ray Serve config (serve deploy, KubeRay) for these folders, and exit")
+    p.add_argument("--force", action="store_true", help="replace a config file that clipblip wrote before")
+    p.set_defaults(run=cmd_serve)
 
     p = command(sub, "demo", help="export CLIP and BLIP, run them on real photos; results and report.html into --out")
     p.add_argument("--out", default="demo-output", help="a new or empty folder, or one an earlier demo wrote")

@@ -208,18 +208,43 @@ class BlipEngine(FolderEngine):
 
     # --- retrieval -----------------------------------------------------------------------------------
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of the ITC embeddings (retrieval folders)."""
+        return int(self.manifest.graphs["itc_text"].outputs[0].shape[-1])
+
+    def embed_images(self, images: Sequence[ImageInput] | ImageInput, *, return_errors: bool = False):
+        """Images → ITC embeddings, float32 (N, D), L2-normalised (NaN rows for failed items); retrieval folders."""
+        self.require("match")
+        images = as_images(images)
+        out = np.full((len(images), self.embed_dim), np.nan, dtype=np.float32)
+        errors: dict = {}
+        for rows, pixel_values in self.usable_images(images, errors):
+            image_embeds = self._run("image_tower", pixel_values=pixel_values)[0]  # (usable, tokens, width)
+            out[rows] = self._run("itc_image", image_embeds=image_embeds)[0]  # (usable, dim)
+            check_finite(out[rows], rows, errors, "image embedding")
+        return finish(out, errors, len(images), return_errors)
+
+    def embed_texts(self, texts: Sequence[str] | str, *, return_errors: bool = False):
+        """Texts → ITC embeddings, float32 (M, D), L2-normalised; retrieval folders."""
+        self.require("match")
+        texts = as_texts(texts)
+        out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
+        for part in batches(len(texts), self.max_batch):
+            input_ids, attention_mask = self.tokenizer(texts[part])  # (batch, sequence)
+            out[part] = self._run("itc_text", input_ids=input_ids, attention_mask=attention_mask)[0]
+        errors: dict = {}
+        check_finite(out, range(len(texts)), errors, "text embedding")
+        return finish(out, errors, len(texts), return_errors)
+
     def match(self, images: Sequence[ImageInput] | ImageInput, texts: Sequence[str] | str, *,
               return_errors: bool = False):
         """ITM match probabilities and ITC cosine similarities, each (N images, M texts); NaN rows for
         images that failed."""
         self.require("match")
         images, texts = as_images(images), as_texts(texts)
-        text_batches = [(part, *self.tokenizer.pad(rows)) for part in batches(len(texts), self.max_batch)
-                        for rows in [self.tokenizer.ids(texts[part])]]  # (part, input_ids, attention_mask)
-        dim = int(self.manifest.graphs["itc_text"].outputs[0].shape[-1])
-        text_feat = np.zeros((len(texts), dim), dtype=np.float32)
-        for part, input_ids, attention_mask in text_batches:
-            text_feat[part] = self._run("itc_text", input_ids=input_ids, attention_mask=attention_mask)[0]
+        text_batches = [(part, *self.tokenizer(texts[part])) for part in batches(len(texts), self.max_batch)]
+        text_feat = self.embed_texts(texts)  # (texts, dim); a text that fails fails the call
         itm = np.full((len(images), len(texts)), np.nan, dtype=np.float32)
         itc = np.full((len(images), len(texts)), np.nan, dtype=np.float32)
         errors: dict = {}
@@ -228,7 +253,7 @@ class BlipEngine(FolderEngine):
             image_feat = self._run("itc_image", image_embeds=image_embeds)[0]  # (usable, dim)
             for row, index in enumerate(indices):
                 itc[index] = image_feat[row] @ text_feat.T
-                for text_part, input_ids, attention_mask in text_batches:
+                for text_part, input_ids, attention_mask in text_batches:  # (texts in part, sequence)
                     repeated = np.repeat(image_embeds[row : row + 1], len(input_ids), axis=0)  # (texts, tokens, w)
                     logits = self._run("itm_head", input_ids=input_ids, attention_mask=attention_mask,
                                        image_embeds=repeated)[0]  # (texts, 2)

@@ -1,0 +1,355 @@
+"""The HTTP API (FastAPI): routes, validation, errors, API key, metrics. No model logic lives here.
+
+Routes turn a request into jobs (see :mod:`.service`) and hand them to a backend — the in-process
+batcher, or Ray Serve deployments — then shape the answer. Every failure is ``{"error": {"type",
+"message", "index"}}`` with a status that says whose fault it is; never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..engine.items import softmax
+from ..errors import ImageTooLargeError
+from .batching import QueueFull, ShuttingDown
+from .service import Job, JobResult
+
+__all__ = ["Backend", "Settings", "Metrics", "ApiError", "create_app"]
+
+DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+MiB = 1 << 20
+
+
+class Backend(Protocol):
+    """Who runs the jobs: the in-process batcher or Ray Serve."""
+
+    def models(self) -> dict[str, dict[str, Any]]: ...  # name -> ModelService.describe()
+
+    async def submit(self, model: str, job: Job) -> JobResult: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Settings:
+    api_key: str | None = None
+    max_request_bytes: int = 32 * MiB
+
+
+class ApiError(Exception):
+    """An answer other than 200: status, error type, message, and the failing item's index (or None)."""
+
+    def __init__(self, status: int, type_: str, message: str, index: int | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.type, self.message, self.index, self.headers = status, type_, message, index, headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"type": self.type, "message": self.message, "index": self.index}},
+                            status_code=self.status, headers=self.headers)
+
+    @classmethod
+    def of(cls, error: Exception, index: int | None = None) -> ApiError:
+        """The answer for an engine error (413 for an image over the pixel limit, else 422), or a full queue."""
+        if isinstance(error, (QueueFull, ShuttingDown)):
+            return cls(503, type(error).__name__, str(error), None, {"Retry-After": "1"})
+        status = 413 if isinstance(error, ImageTooLargeError) else 422
+        return cls(status, type(error).__name__, str(error), index)
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so that several apps can live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("clipblip_requests", "HTTP requests by route and status", ["route", "status"],
+                                registry=self.registry)
+        self.seconds = Histogram("clipblip_request_seconds", "Request latency by route", ["route"],
+                                 registry=self.registry)
+        self.batch_size = Histogram("clipblip_batch_size", "Items per engine call, by model", ["model"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.queue_depth = Gauge("clipblip_queue_depth", "Items waiting or running, by model", ["model"],
+                                 registry=self.registry)
+
+    def batch(self, model: str, items: int) -> None:
+        self.batch_size.labels(model).observe(items)
+
+    def depth(self, model: str, depth: int) -> None:
+        self.queue_depth.labels(model).set(depth)
+
+
+# --- request bodies ----------------------------------------------------------------------------------
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: str
+
+
+class EmbeddingsBody(Body):
+    input: list[str] = Field(min_length=1)
+    modality: Literal["text", "image"] = "text"
+
+
+class ImagesBody(Body):
+    images: list[str] = Field(min_length=1, description="base64, plain or as a data:image/...;base64, URI")
+
+
+class SimilarityBody(ImagesBody):
+    texts: list[str] = Field(min_length=1)
+
+
+class ClassifyBody(ImagesBody):
+    labels: list[str] = Field(min_length=1)
+    template: str = "a photo of a {}."
+
+
+class CaptionBody(ImagesBody):
+    prompt: str | None = None
+    max_new_tokens: int | None = None
+
+
+class VqaBody(ImagesBody):
+    question: str
+    max_new_tokens: int | None = None
+
+
+class MatchBody(ImagesBody):
+    texts: list[str] = Field(min_length=1)
+
+
+def decode_images(images: list[str]) -> list[bytes]:
+    """base64 (plain or data URI) → the encoded image files; 400 naming the first item that is not base64."""
+    decoded = []
+    for i, text in enumerate(images):
+        try:
+            decoded.append(base64.b64decode(DATA_URI.sub("", text.strip()), validate=True))
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "InvalidBase64", f"images[{i}]: not base64 (plain or a data:image/...;base64, URI)",
+                           i) from None
+    return decoded
+
+
+# --- the app -----------------------------------------------------------------------------------------
+
+def create_app(backend: Backend, settings: Settings | None = None, metrics: Metrics | None = None) -> FastAPI:
+    """The FastAPI app over ``backend``; ``backend.start``/``close`` run with the app's lifespan."""
+    settings = settings or Settings()
+    metrics = metrics or Metrics()
+
+    async def lifespan(app: FastAPI):
+        await backend.start()
+        app.state.ready = True
+        yield
+        app.state.ready = False
+        await backend.close()  # after the server has answered every accepted request
+
+    app = FastAPI(title="clipblip", version=__version__, lifespan=lifespan,
+                  description="CLIP and BLIP with ONNX Runtime: embeddings, similarity, zero-shot classification, "
+                              "captions, VQA and image–text matching, batched on the fly.")
+    app.state.ready = False
+    app.add_middleware(MeteredAndBounded, metrics=metrics, max_request_bytes=settings.max_request_bytes)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError):
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        problems = error.errors()
+        if any(p.get("type") == "json_invalid" or tuple(p.get("loc", ())) == ("body",) for p in problems):
+            return ApiError(400, "InvalidJSON", "the body is not a JSON object").response()
+        first = problems[0] if problems else {}
+        where = ".".join(str(part) for part in first.get("loc", ())[1:])
+        index = next((part for part in first.get("loc", ())[2:] if isinstance(part, int)), None)
+        return ApiError(422, "InvalidRequest", f"{where}: {first.get('msg', 'invalid')}".strip(": "), index).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        return ApiError(error.status_code, "NotFound" if error.status_code == 404 else "HTTPError",
+                        f"{request.method} {request.url.path}: {error.detail}").response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):  # a bug: say so without a traceback
+        return ApiError(500, "InternalError", f"internal error ({type(error).__name__}); see the server log").response()
+
+    def check_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
+            raise ApiError(401, "Unauthorized", "missing or wrong API key (Authorization: Bearer KEY)",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    def model_of(name: str, op: str | None = None) -> dict[str, Any]:
+        models = backend.models()
+        if name not in models:
+            raise ApiError(404, "ModelNotFound", f"model {name!r} is not served (serving: {', '.join(models)})")
+        info = models[name]
+        if op is not None and op not in info["ops"]:
+            raise ApiError(422, "UnsupportedTask", f"model {name!r} ({info['family']}, {', '.join(info['tasks'])}) "
+                                                   f"does not do {op} (it does: {', '.join(info['ops'])})")
+        return info
+
+    async def run(model: str, job: Job) -> list:
+        """The job's results; an ApiError for the job, or for its first failed item (with its index)."""
+        try:
+            result = await backend.submit(model, job)
+        except (QueueFull, ShuttingDown) as e:
+            raise ApiError.of(e) from None
+        if result.error is not None:
+            raise ApiError.of(result.error)
+        if result.errors:
+            index = min(result.errors)
+            raise ApiError.of(result.errors[index], index)
+        return result.results
+
+    async def embeddings(model: str, images: list[bytes] | None = None, texts: list[str] | None = None):
+        """(image rows, text rows), the two jobs run concurrently."""
+        jobs = []
+        if images is not None:
+            jobs.append(run(model, Job("embed_image", images)))
+        if texts is not None:
+            jobs.append(run(model, Job("embed_text", texts)))
+        rows = await asyncio.gather(*jobs)
+        return [np.stack(r) for r in rows]
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
+
+    @v1.get("/models")
+    async def list_models():
+        return {"object": "list", "data": list(backend.models().values())}
+
+    @v1.post("/embeddings")
+    async def embed(body: EmbeddingsBody):
+        model_of(body.model, "embed_" + body.modality)
+        if body.modality == "image":
+            (rows,) = await embeddings(body.model, images=decode_images(body.input))
+        else:
+            (rows,) = await embeddings(body.model, texts=body.input)
+        return {"object": "list", "model": body.model,
+                "data": [{"object": "embedding", "index": i, "embedding": row.tolist()} for i, row in enumerate(rows)]}
+
+    @v1.post("/similarity")
+    async def similarity(body: SimilarityBody):
+        model_of(body.model, "embed_image")
+        image_rows, text_rows = await embeddings(body.model, decode_images(body.images), body.texts)
+        return {"model": body.model, "similarity": (image_rows @ text_rows.T).tolist()}
+
+    @v1.post("/classify")
+    async def classify(body: ClassifyBody):
+        info = model_of(body.model, "embed_image")
+        if info.get("logit_scale") is None:
+            raise ApiError(422, "UnsupportedTask", f"model {body.model!r}: zero-shot classification needs a CLIP model")
+        if "{}" not in body.template:
+            raise ApiError(422, "InvalidRequest", f"template {body.template!r}: must contain '{{}}' where the label goes")
+        image_rows, text_rows = await embeddings(body.model, decode_images(body.images),
+                                                 [body.template.format(label) for label in body.labels])
+        probs = softmax(info["logit_scale"] * (image_rows @ text_rows.T))
+        return {"model": body.model, "results": [
+            [{"label": label, "probability": float(p)} for label, p in sorted(zip(body.labels, row), key=lambda lp: -lp[1])]
+            for row in probs]}
+
+    def generations(results) -> list[dict[str, Any]]:
+        return [{"text": g.text, "token_ids": g.token_ids, "prompt_ids": g.prompt_ids} for g in results]
+
+    @v1.post("/caption")
+    async def caption(body: CaptionBody):
+        info = model_of(body.model, "caption")
+        max_new_tokens = info["max_new_tokens"]["caption"] if body.max_new_tokens is None else body.max_new_tokens
+        results = await run(body.model, Job("caption", decode_images(body.images), (body.prompt, max_new_tokens)))
+        return {"model": body.model, "results": generations(results)}
+
+    @v1.post("/vqa")
+    async def vqa(body: VqaBody):
+        info = model_of(body.model, "vqa")
+        max_new_tokens = info["max_new_tokens"]["vqa"] if body.max_new_tokens is None else body.max_new_tokens
+        images = decode_images(body.images)
+        results = await run(body.model, Job("vqa", images, (max_new_tokens,), [body.question] * len(images)))
+        return {"model": body.model, "results": generations(results)}
+
+    @v1.post("/match")
+    async def match(body: MatchBody):
+        model_of(body.model, "match")
+        results = await run(body.model, Job("match", decode_images(body.images), tuple(body.texts)))
+        return {"model": body.model, "itm": [itm.tolist() for itm, _ in results],
+                "itc": [itc.tolist() for _, itc in results]}
+
+    app.include_router(v1)
+
+    @app.get("/health")
+    async def health():
+        if not app.state.ready:
+            raise ApiError(503, "NotReady", "the models are still loading", headers={"Retry-After": "1"})
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus():
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class MeteredAndBounded:
+    """ASGI middleware: a 413 for bodies over the limit (before the app reads them), and per-route
+    request counts and latencies."""
+
+    def __init__(self, app, metrics: Metrics, max_request_bytes: int):
+        self.app, self.metrics, self.limit = app, metrics, max_request_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            declared = int(dict(scope.get("headers", [])).get(b"content-length", b"0") or 0)
+        except ValueError:
+            declared = 0
+        if declared > self.limit:
+            too_large = ApiError(413, "RequestTooLarge", f"the body has {declared:,} bytes; the limit is "
+                                                         f"{self.limit:,} (--max-request-bytes)")
+            await too_large.response()(scope, receive, sending)
+        else:
+            await self.app(scope, self.bounded(receive, scope, sending), sending)
+        route = scope.get("route")
+        name = getattr(route, "path", None) or ("unmatched" if status[0] == 404 else scope.get("path", ""))
+        self.metrics.requests.labels(name, str(status[0])).inc()
+        self.metrics.seconds.labels(name).observe(time.perf_counter() - start)
+
+    def bounded(self, receive, scope, send):
+        """``receive`` that stops a body without a Content-Length once it passes the limit."""
+        seen = [0]
+
+        async def receiving():
+            message = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > self.limit:
+                    raise ApiError(413, "RequestTooLarge", f"the body passes the limit of {self.limit:,} bytes "
+                                                           f"(--max-request-bytes)")
+            return message
+
+        return receiving

@@ -1,0 +1,99 @@
+"""Load model folders and run the HTTP server in this process (uvicorn), as `clipblip serve` does."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from pathlib import Path
+from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
+from ..errors import UsageError
+from .service import ModelService
+
+__all__ = ["parse_folders", "load_services", "is_loopback", "serve_folders", "API_KEY_ENV"]
+
+API_KEY_ENV = "CLIPBLIP_API_KEY"
+NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+def parse_folders(specs: list[str]) -> dict[str, Path]:
+    """``DIR`` or ``NAME=DIR`` → {name: folder}; a model is served under its folder's name unless named."""
+    import re
+
+    folders: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or Path(spec).exists():
+            name, folder = Path(spec).resolve().name, spec
+        if not re.fullmatch(NAME, name):
+            raise UsageError(f"{spec}: {name!r} cannot name a model (letters, digits, '.', '_', '-'); use NAME=DIR")
+        if name in folders:
+            raise UsageError(f"{spec}: two models named {name!r}; name one of them with NAME=DIR")
+        folders[name] = Path(folder)
+    return folders
+
+
+def load_services(folders: dict[str, Path], provider: str = "auto", threads: int | None = None,
+                  max_batch: int = MAX_BATCH, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> dict[str, ModelService]:
+    """An engine per folder (its family from the manifest), wrapped as a service."""
+    from ..families import load_engine_class
+    from ..manifest import Manifest
+
+    services = {}
+    for name, folder in folders.items():
+        engine = load_engine_class(Manifest.load(folder).family).from_dir(
+            folder, provider=provider, threads=threads, max_batch=max_batch, max_image_pixels=max_image_pixels)
+        services[name] = ModelService(name, engine)
+    return services
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key(given: str | None) -> str | None:
+    """The key from --api-key, else from the environment; None: no key asked."""
+    key = given if given is not None else os.environ.get(API_KEY_ENV)
+    return key or None
+
+
+def serve_folders(folders: dict[str, Path], *, host: str = "127.0.0.1", port: int = 8000, provider: str = "auto",
+                  threads: int | None = None, max_batch: int = MAX_BATCH, batch_wait_ms: float = 5.0,
+                  max_queue: int = 1024, max_request_bytes: int = 32 << 20, key: str | None = None,
+                  max_image_pixels: int | None = MAX_IMAGE_PIXELS, say=print) -> None:
+    """Load the folders and serve them until SIGTERM or Ctrl-C (then every accepted request is answered)."""
+    import uvicorn
+
+    from .app import Metrics, Settings, create_app
+    from .local import LocalBackend
+
+    for name, value in (("--max-batch", max_batch), ("--max-queue", max_queue), ("--max-request-bytes", max_request_bytes)):
+        if value < 1:
+            raise UsageError(f"{name} {value}: must be at least 1")
+    if batch_wait_ms < 0:
+        raise UsageError(f"--batch-wait-ms {batch_wait_ms}: must be 0 or more")
+    services = load_services(folders, provider, threads, max_batch, max_image_pixels)
+    metrics = Metrics()
+    backend = LocalBackend(services, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
+                           metrics=metrics)
+    app = create_app(backend, Settings(api_key=key, max_request_bytes=max_request_bytes), metrics)
+    announce(services, host, port, key, say)
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=60,
+                                  lifespan="on")).run()
+
+
+def announce(services: dict[str, ModelService], host: str, port: int, key: str | None, say) -> None:
+    for name, service in services.items():
+        random = "  (RANDOM weights: outputs show plumbing, not meaning)" if service.engine.manifest.random_weights else ""
+        say(f"model {name}: {service.family} {', '.join(service.tasks)} → {', '.join(service.ops())}{random}")
+    if key is None and not is_loopback(host):
+        print(f"clipblip: warning: serving on {host} without an API key: anyone who reaches this port can use it "
+              f"(set --api-key or {API_KEY_ENV})", file=sys.stderr)
+    shown = f"[{host}]" if ":" in host else host
+    say(f"serving on http://{shown}:{port} (API docs at /docs; Ctrl-C or SIGTERM to stop)")
+

@@ -1,0 +1,75 @@
+"""The batcher and the service without HTTP: grouping by options, each job its own rows, a failing
+job isolated from its batch, a bounded queue; and the serving package never imports torch."""
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the `serve` extra (fastapi, uvicorn, prometheus-client) is not installed")
+
+from clipblip.errors import TextInputError  # noqa: E402
+from clipblip.serve.batching import Batcher, QueueFull  # noqa: E402
+from clipblip.serve.service import Job, JobResult  # noqa: E402
+
+
+class FakeService:
+    """Records each engine call; items are numbers, results their doubles; the item "bad" fails the call."""
+
+    name = "fake"
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, jobs):
+        self.calls.append([(job.key, list(job.items)) for job in jobs])
+        if any("bad" in job.items for job in jobs):
+            if len(jobs) > 1:  # as ModelService does: a failed call is retried job by job
+                return [self.run([job])[0] for job in jobs]
+            return [JobResult([None] * len(jobs[0].items), error=TextInputError("bad item"))]
+        return [JobResult([2 * x for x in job.items]) for job in jobs]
+
+
+def run_jobs(batcher, jobs):
+    async def main():
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(job) for job in jobs), return_exceptions=True)
+        finally:
+            await batcher.close()
+
+    return asyncio.run(main())
+
+
+def test_jobs_with_equal_options_share_a_call_and_get_their_own_rows():
+    service = FakeService()
+    jobs = [Job("op", [i, i + 100], key=("k", i % 2)) for i in range(6)]
+    results = run_jobs(Batcher(service, max_batch=8, wait_ms=50, max_queue=100), jobs)
+    assert [r.results for r in results] == [[2 * i, 2 * (i + 100)] for i in range(6)]
+    for call in service.calls:
+        assert len({key for key, _ in call}) == 1  # never two options in one call
+        assert sum(len(items) for _, items in call) <= 8
+    assert len(service.calls) < 6  # batched
+
+
+def test_a_failing_job_fails_alone():
+    service = FakeService()
+    jobs = [Job("op", [1]), Job("op", ["bad"]), Job("op", [3])]
+    results = run_jobs(Batcher(service, max_batch=8, wait_ms=50, max_queue=100), jobs)
+    assert results[0].results == [2] and results[2].results == [6]
+    assert isinstance(results[1].error, TextInputError)
+
+
+def test_a_full_queue_refuses_at_once():
+    results = run_jobs(Batcher(FakeService(), max_batch=8, wait_ms=200, max_queue=2),
+                       [Job("op", [1, 2]), Job("op", [3])])
+    assert results[0].results == [2, 4] and isinstance(results[1], QueueFull)
+
+
+def test_the_server_imports_no_torch():
+    code = ("import sys, clipblip.serve, clipblip.serve.app, clipblip.serve.server, clipblip.cli; "
+            "bad = [m for m in ('torch', 'transformers', 'onnx', 'ray') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr + result.stdout
