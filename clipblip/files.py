@@ -39,7 +39,7 @@ def figure_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def written_by_clipblip(path: Path) -> bool:
-    """Whether the file at ``path`` carries clipblip's mark."""
+    """Whether the file at ``path`` carries clipblip's mark (for a YAML file: its first line, a comment)."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -50,9 +50,13 @@ def written_by_clipblip(path: Path) -> bool:
 
             with Image.open(path) as image:
                 return str(image.info.get("Software", "")).startswith("clipblip ")
-        if suffix in (".svg", ".pdf"):
+        if suffix in (".svg", ".pdf"):  # matplotlib's Creator field: <dc:title>…</dc:title> or /Creator (…)
             with open(path, "rb") as f:
-                return MARK.encode().split(b" ")[0] + b" " in f.read(1 << 16)
+                head = f.read(1 << 16)
+            return b"<dc:title>clipblip " in head or b"/Creator (clipblip " in head
+        if suffix in (".yaml", ".yml"):  # a config: its first line says who wrote it
+            with open(path, "rb") as f:
+                return f.readline(1 << 10).startswith(b"# written by clipblip ")
     except (OSError, zipfile.BadZipFile, ValueError, SyntaxError):
         return False
     return False

@@ -186,3 +186,14 @@ def test_the_json_document_of_embed(clip_with_attentions, tmp_path, capsys):
     doc = json.loads(out)
     assert code == 0 and doc["modality"] == "text" and [r["text"] for r in doc["results"]] == ["a cat", ""]
     assert len(doc["results"][0]["embedding"]) == doc["dim"]
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".pdf", ".png"])
+def test_figures_in_every_format_carry_the_mark(clip_with_attentions, photos, tmp_path, capsys, suffix):
+    plot = tmp_path / f"s{suffix}"
+    argv = ["similarity", clip_with_attentions.exported, "--images", photos[0], "--texts", "a", "--plot", plot]
+    assert run_cli(capsys, *argv)[0] == 0 and written_by_clipblip(plot)
+    assert run_cli(capsys, *argv, "--force")[0] == 0
+    users = tmp_path / f"mine{suffix}"
+    users.write_bytes(b"<svg><text>made without clipblip </text></svg>" if suffix == ".svg" else b"%PDF-1.4 clipblip ")
+    assert not written_by_clipblip(users)
