@@ -32,7 +32,7 @@ from ray import serve
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
 from ..errors import UsageError
 from .batching import QueueFull, ShuttingDown
-from .server import API_KEY_ENV, is_loopback
+from .server import API_KEY_ENV, announce
 from .service import Job, JobResult
 
 __all__ = ["ModelDeployment", "RayBackend", "build_app", "emit_config", "serve_on_ray", "APP_NAME", "INGRESS"]
@@ -282,15 +282,9 @@ def serve_on_ray(folders: dict[str, Path], *, address: str | None = None, say: C
             serve.start(http_options={"host": host, "port": port})
             say(f"deploying {len(folders)} model(s), {args['replicas']} replica(s) each")
             serve.run(app, name=APP_NAME, route_prefix="/")
-            for name in folders:
-                info = serve.get_deployment_handle(name, app_name=APP_NAME).describe.remote().result()
-                random = "  (RANDOM weights: outputs show plumbing, not meaning)" if info["random_weights"] else ""
-                say(f"model {name}: {info['family']} {', '.join(info['tasks'])} → {', '.join(info['ops'])}{random}")
-            if key is None and not is_loopback(host):
-                print(f"clipblip: warning: serving on {host} without an API key: anyone who reaches this port can "
-                      f"use it (set --api-key or {API_KEY_ENV})", file=sys.stderr)
-            shown = f"[{host}]" if ":" in host else host
-            say(f"serving on http://{shown}:{port} with Ray Serve (API docs at /docs; Ctrl-C or SIGTERM to stop)")
+            models = [serve.get_deployment_handle(name, app_name=APP_NAME).describe.remote().result()
+                      for name in folders]
+            announce(models, host, port, key, say, " with Ray Serve")
             while not stop.wait(1.0):
                 pass
             say("stopping")

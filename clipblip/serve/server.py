@@ -82,18 +82,19 @@ def serve_folders(folders: dict[str, Path], *, host: str = "127.0.0.1", port: in
     backend = LocalBackend(services, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
                            metrics=metrics)
     app = create_app(backend, Settings(api_key=key, max_request_bytes=max_request_bytes), metrics)
-    announce(services, host, port, key, say)
+    announce([service.describe() for service in services.values()], host, port, key, say)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=60,
                                   lifespan="on")).run()
 
 
-def announce(services: dict[str, ModelService], host: str, port: int, key: str | None, say) -> None:
-    for name, service in services.items():
-        random = "  (RANDOM weights: outputs show plumbing, not meaning)" if service.engine.manifest.random_weights else ""
-        say(f"model {name}: {service.family} {', '.join(service.tasks)} → {', '.join(service.ops())}{random}")
+def announce(models: list[dict], host: str, port: int, key: str | None, say, how: str = "") -> None:
+    """What is served where (``models``: ModelService.describe() of each), and a warning for an open port."""
+    for info in models:
+        random = "  (RANDOM weights: outputs show plumbing, not meaning)" if info["random_weights"] else ""
+        say(f"model {info['id']}: {info['family']} {', '.join(info['tasks'])} → {', '.join(info['ops'])}{random}")
     if key is None and not is_loopback(host):
         print(f"clipblip: warning: serving on {host} without an API key: anyone who reaches this port can use it "
               f"(set --api-key or {API_KEY_ENV})", file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
-    say(f"serving on http://{shown}:{port} (API docs at /docs; Ctrl-C or SIGTERM to stop)")
+    say(f"serving on http://{shown}:{port}{how} (API docs at /docs; Ctrl-C or SIGTERM to stop)")
 
