@@ -344,6 +344,7 @@ def manifest_sections(source: SourceModel) -> dict[str, Any]:
             "default_max_new_tokens": tasks[0].max_new_tokens,
             "prompt_layout": "[DEC] + prompt tokens ([CLS] replaced by [DEC], trailing [SEP] dropped)"
             if task == "caption" else "[DEC]; the decoder cross-attends to the question encoding",
+            "config": generation_defaults(model),
         }
     return {
         "tasks": [t.name for t in tasks],
@@ -351,6 +352,21 @@ def manifest_sections(source: SourceModel) -> dict[str, Any]:
         "tokenizer": tokenizer_facts(source),
         "model": facts,
     }
+
+
+# the decoding settings of a checkpoint's generation_config.json that the engine takes as its defaults
+GENERATION_KEYS = ("max_length", "max_new_tokens", "min_length", "min_new_tokens", "num_beams", "length_penalty",
+                   "early_stopping", "repetition_penalty", "no_repeat_ngram_size", "do_sample", "temperature",
+                   "top_k", "top_p")
+
+
+def generation_defaults(model) -> dict[str, Any]:
+    """The checkpoint's own decoding settings (those it sets; transformers' defaults are left out).
+    ``max_length`` / ``min_length`` count the decoder's prompt too, as transformers counts them."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return {}
+    return {key: value for key, value in config.to_diff_dict().items() if key in GENERATION_KEYS and value is not None}
 
 
 # --- loading ----------------------------------------------------------------------------------------
