@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from ..families import task_graphs
 from ..manifest import Manifest
 from .base import FolderEngine
 from .decoder import DeviceDecoder, HostDecoder
-from .generate import Generation, greedy_decode, trim
+from .generate import OPTION_NAMES, Generation, GenerationOptions, beam_decode, greedy_decode, sample_decode, trim
 from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
 from .items import as_texts, attention_names, batches, check_finite, finish, finite_attention, softmax
 
@@ -133,29 +133,41 @@ class BlipEngine(FolderEngine):
                 f"{limit} positions (at most {limit - prompt_len})"
             )
 
-    def _generate(self, prompt: np.ndarray, encoder_states: np.ndarray, max_new_tokens: int) -> list[list[int] | None]:
-        """Token ids per row, or None for a row whose logits went NaN/Inf."""
+    def _generate(self, prompt: np.ndarray, encoder_states: np.ndarray, options: GenerationOptions,
+                  rng: np.random.Generator) -> tuple[list[list[int] | None], list[float | None]]:
+        """Token ids per row, or None for a row whose logits went NaN/Inf: greedy, beam search or sampling;
+        and each row's beam score (None unless beam search)."""
         cross = self.decoder.cross(encoder_states)  # 2 x layers of (batch, heads, encoder_sequence, head_dim)
-        out, broken = greedy_decode(self.decoder, prompt, cross, max_new_tokens=max_new_tokens,
-                                    eos_id=self.generation["eos_id"], pad_id=self.generation["pad_id"])
-        return [None if bad else trim(row, self.generation["eos_id"]) for row, bad in zip(out, broken)]
+        ends = {"eos_id": self.generation["eos_id"], "pad_id": self.generation["pad_id"]}
+        scores: list[float | None] = [None] * len(prompt)
+        if options.num_beams > 1:
+            out, broken, best = beam_decode(self.decoder, prompt, cross, options, **ends)
+            scores = [float(b) for b in best]
+        elif options.do_sample:
+            out, broken = sample_decode(self.decoder, prompt, cross, options, rng=rng, **ends)
+        else:
+            out, broken = greedy_decode(self.decoder, prompt, cross, max_new_tokens=options.max_new_tokens,
+                                        options=options, **ends)
+        return [None if bad else trim(row, self.generation["eos_id"]) for row, bad in zip(out, broken)], scores
 
-    def _each_image(self, images: list, make_prompt, encode, max_new_tokens: int,
+    def _each_image(self, images: list, make_prompt, encode, options: GenerationOptions,
                     return_errors: bool) -> list[Generation | None]:
         """Shared by captions and answers: per chunk, the usable images are encoded and decoded; every
         failure (image, NaN/Inf encoding or logits) becomes that item's error, under its index."""
         results: list[Generation | None] = [None] * len(images)
         errors: dict = {}
+        rng = options.rng()  # one random stream per call, across chunks
         for indices, pixel_values in self.usable_images(images, errors):
             image_embeds = self._run("image_tower", pixel_values=pixel_values)[0]  # (usable, tokens, width)
             check_finite(image_embeds, indices, errors, "image encoding")
             encoder_states, prompt = encode(image_embeds, indices), make_prompt(len(indices))
-            for row, (index, ids) in enumerate(zip(indices, self._generate(prompt, encoder_states, max_new_tokens))):
+            generated, scores = self._generate(prompt, encoder_states, options, rng)
+            for row, (index, ids) in enumerate(zip(indices, generated)):
                 if ids is None:
                     errors.setdefault(index, NumericalError(f"item {index}: next-token logits have NaN/Inf"))
                 elif index not in errors:
                     prompt_ids = [int(i) for i in prompt[row]]
-                    results[index] = Generation(self.tokenizer.decode(prompt_ids + ids), ids, prompt_ids)
+                    results[index] = Generation(self.tokenizer.decode(prompt_ids + ids), ids, prompt_ids, scores[row])
         return finish(results, errors, len(images), return_errors)
 
     def caption_prompt(self, prompt: str | None) -> list[int]:
@@ -167,31 +179,74 @@ class BlipEngine(FolderEngine):
         ids = self.tokenizer.ids([prompt])[0]
         return [self.generation["bos_id"]] + ids[1:-1]
 
+    def generation_options(self, prompt_len: int, max_new_tokens: int | None = None,
+                           **given: Any) -> GenerationOptions:
+        """The decoding options of a call: each given value, else the checkpoint's own (its
+        generation_config.json, recorded in the manifest; ``max_length``/``min_length`` count the prompt,
+        as in transformers), else GenerationOptions' defaults (the task's max_new_tokens)."""
+        unknown = set(given) - set(OPTION_NAMES)
+        if unknown:
+            raise TypeError(f"unknown decoding options: {', '.join(sorted(unknown))} (known: {', '.join(OPTION_NAMES)})")
+        config = self.generation.get("config", {})
+        settled: dict[str, Any] = {name: config[name] for name in OPTION_NAMES if name in config}
+        if "max_new_tokens" in config:
+            settled["max_new_tokens"] = config["max_new_tokens"]
+        elif "max_length" in config:
+            settled["max_new_tokens"] = config["max_length"] - prompt_len
+        if "min_new_tokens" not in config and "min_length" in config:
+            settled["min_new_tokens"] = max(0, config["min_length"] - prompt_len)
+        settled.setdefault("max_new_tokens", self.generation["default_max_new_tokens"])
+        settled.update({name: value for name, value in given.items() if value is not None})
+        if max_new_tokens is not None:
+            settled["max_new_tokens"] = max_new_tokens
+        self.check_max_new_tokens(settled["max_new_tokens"], prompt_len)
+        return GenerationOptions(**settled)
+
     def generate_captions(self, images: Sequence[ImageInput] | ImageInput, prompt: str | None = None,
-                          max_new_tokens: int = 30, *, return_errors: bool = False):
-        """Greedy captions with their token ids (None for a failed image); with a prompt the text
-        starts with the prompt."""
+                          max_new_tokens: int | None = None, *, return_errors: bool = False,
+                          num_beams: int | None = None, min_new_tokens: int | None = None,
+                          length_penalty: float | None = None, early_stopping: bool | str | None = None,
+                          repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
+                          do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
+                          top_p: float | None = None, seed: int | None = None):
+        """Captions with their token ids (None for a failed image); with a prompt the text starts with
+        the prompt. The keyword options are transformers' ``generate()`` options (see GenerationOptions),
+        with the same tokens for beam search; unset ones come from the checkpoint's generation config,
+        else greedy decoding of the task's default length. ``seed`` makes sampling repeatable."""
         self.require("caption")
         prompt_ids = np.asarray(self.caption_prompt(prompt), dtype=np.int64)
-        self.check_max_new_tokens(max_new_tokens, len(prompt_ids))
+        options = self.generation_options(
+            len(prompt_ids), max_new_tokens, num_beams=num_beams, min_new_tokens=min_new_tokens,
+            length_penalty=length_penalty, early_stopping=early_stopping, repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size, do_sample=do_sample, temperature=temperature, top_k=top_k,
+            top_p=top_p, seed=seed)
         return self._each_image(as_images(images), lambda n: np.tile(prompt_ids, (n, 1)),
-                                lambda image_embeds, indices: image_embeds, max_new_tokens, return_errors)
+                                lambda image_embeds, indices: image_embeds, options, return_errors)
 
     def caption(self, images: Sequence[ImageInput] | ImageInput, prompt: str | None = None,
-                max_new_tokens: int = 30) -> list[str]:
-        """One caption per image."""
-        return [g.text for g in self.generate_captions(images, prompt, max_new_tokens)]
+                max_new_tokens: int | None = None, **options) -> list[str]:
+        """One caption per image; ``options`` as generate_captions."""
+        return [g.text for g in self.generate_captions(images, prompt, max_new_tokens, **options)]
 
     def generate_answers(self, images: Sequence[ImageInput] | ImageInput, questions: str | Sequence[str],
-                         max_new_tokens: int = 10, *, return_errors: bool = False):
-        """Greedy answers with their token ids (None for a failed image); one question for all images,
-        or one per image."""
+                         max_new_tokens: int | None = None, *, return_errors: bool = False,
+                         num_beams: int | None = None, min_new_tokens: int | None = None,
+                         length_penalty: float | None = None, early_stopping: bool | str | None = None,
+                         repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
+                         do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
+                         top_p: float | None = None, seed: int | None = None):
+        """Answers with their token ids (None for a failed image); one question for all images, or one
+        per image. Decoding options as generate_captions."""
         self.require("vqa")
         images = as_images(images)
         questions = [questions] * len(images) if isinstance(questions, str) else list(questions)
         if len(questions) != len(images):
             raise TextInputError(f"questions: {len(questions)} given for {len(images)} images")
-        self.check_max_new_tokens(max_new_tokens, 1)
+        options = self.generation_options(
+            1, max_new_tokens, num_beams=num_beams, min_new_tokens=min_new_tokens, length_penalty=length_penalty,
+            early_stopping=early_stopping, repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size, do_sample=do_sample, temperature=temperature, top_k=top_k,
+            top_p=top_p, seed=seed)
 
         def encode(image_embeds, indices):
             input_ids, attention_mask = self.tokenizer([questions[i] for i in indices])  # (batch, question_len)
@@ -199,12 +254,12 @@ class BlipEngine(FolderEngine):
                              image_embeds=image_embeds)[0]  # (batch, question_len, width)
 
         return self._each_image(images, lambda n: np.full((n, 1), self.generation["bos_id"], dtype=np.int64),
-                                encode, max_new_tokens, return_errors)
+                                encode, options, return_errors)
 
     def answer(self, images: Sequence[ImageInput] | ImageInput, questions: str | Sequence[str],
-               max_new_tokens: int = 10) -> list[str]:
-        """One answer per image."""
-        return [g.text for g in self.generate_answers(images, questions, max_new_tokens)]
+               max_new_tokens: int | None = None, **options) -> list[str]:
+        """One answer per image; ``options`` as generate_answers."""
+        return [g.text for g in self.generate_answers(images, questions, max_new_tokens, **options)]
 
     # --- retrieval -----------------------------------------------------------------------------------
 
@@ -260,3 +315,12 @@ class BlipEngine(FolderEngine):
                     itm[index, text_part] = softmax(logits)[:, 1]
         check_finite(np.concatenate([itm, itc], axis=1), range(len(images)), errors, "match scores")
         return finish(MatchScores(itm, itc), errors, len(images), return_errors)
+
+    def rank_answers(self, images: Sequence[ImageInput] | ImageInput, question: str, candidates: Sequence[str], *,
+                     return_errors: bool = False):
+        """Rank candidate answers as BLIP's authors do (``inference: 'rank'``): per image a list of
+        ``(candidate, score)`` best first, the score being the log-likelihood of ``[DEC] candidate [SEP]``
+        teacher-forced over the question encoding (None for a failed image)."""
+        from .ranking import rank_answers
+
+        return rank_answers(self, images, question, candidates, return_errors)

@@ -7,6 +7,7 @@ step to the next; per step only the new token ids go in and the logits come out.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,13 +43,23 @@ class HostDecoder:
         """Only the batch rows selected by the boolean mask ``rows``."""
         return [t[rows] for t in tensors]
 
+    def gather(self, tensors: list[Any], rows: np.ndarray) -> list[Any]:
+        """The batch rows at the int indices ``rows``, in that order, repeats allowed (beam search)."""
+        return [t[rows] for t in tensors]
+
+
+GATHER_ROWS = Path(__file__).with_name("graphs") / "gather_rows.onnx"  # built by clipblip.export.kernels
+
 
 class DeviceDecoder(HostDecoder):
-    """Decoder step with IO binding: caches stay on ``device`` ("cuda" or "cpu") between steps."""
+    """Decoder step with IO binding: caches stay on ``device`` ("cuda" or "cpu") between steps; rows are
+    dropped or reordered (beam search) there too, by a one-node Gather graph on the step's providers."""
 
     def __init__(self, *args, device: str = "cuda", **kwargs):
         super().__init__(*args, **kwargs)
         self.device = device
+        self.gather_session = ort.InferenceSession(str(GATHER_ROWS), self.step_session.get_session_options(),
+                                                   providers=self.step_session.get_providers())
 
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
@@ -77,5 +88,18 @@ class DeviceDecoder(HostDecoder):
         return logits.numpy(), present
 
     def keep(self, tensors: list[Any], rows: np.ndarray) -> list[Any]:
-        # only when a row has just finished: a round trip through the host to gather the rows still going
-        return [self._to_device(t.numpy()[rows]) for t in tensors]
+        return self.gather(tensors, np.flatnonzero(rows))
+
+    def gather(self, tensors: list[Any], rows: np.ndarray) -> list[Any]:
+        # each tensor (batch, heads, seq, head_dim) → (len(rows), heads, seq, head_dim) on the device;
+        # only the indices cross from the host
+        indices = np.ascontiguousarray(rows, dtype=np.int64)
+        out = []
+        for tensor in tensors:
+            binding = self.gather_session.io_binding()
+            binding.bind_ortvalue_input("data", tensor)
+            binding.bind_cpu_input("indices", indices)
+            binding.bind_output("rows", self.device)
+            self.gather_session.run_with_iobinding(binding)
+            out.append(binding.get_outputs()[0])
+        return out
