@@ -34,6 +34,7 @@ test-all: $(STAMP) browser
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out bench-output
 	$(PY) benchmarks/blip_caption.py
+	$(PY) benchmarks/blip_beam.py
 
 clean:
 	rm -rf $(VENV) demo-output bench-output .pytest_cache

@@ -147,13 +147,43 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return run.exit_code
 
 
+# BLIP's own decoding (Li et al. 2022; configs/caption_coco.yaml and models/blip_vqa.py): beam search with
+# 3 beams; lengths as transformers counts them, the decoder's prompt included
+PAPER = {"caption": {"num_beams": 3, "max_length": 20, "min_length": 5},
+         "vqa": {"num_beams": 3, "max_length": 10, "min_length": 1}}
+
+
+def decoding(args: argparse.Namespace, engine, task: str, prompt_len: int) -> dict[str, Any]:
+    """The decoding keywords the command line gives (checked now, before any work): explicit options
+    over ``--preset``; what neither sets comes from the checkpoint's config in the engine."""
+    from ..engine.generate import OPTION_NAMES
+
+    given = {name: getattr(args, name) for name in OPTION_NAMES}
+    max_new_tokens = args.max_new_tokens
+    if args.preset == "paper":
+        paper = PAPER[task]
+        given["num_beams"] = given["num_beams"] or paper["num_beams"]
+        if given["min_new_tokens"] is None:
+            given["min_new_tokens"] = max(0, paper["min_length"] - prompt_len)
+        if max_new_tokens is None:
+            max_new_tokens = paper["max_length"] - prompt_len
+    engine.generation_options(prompt_len, max_new_tokens, **given)  # GenerationConfigError naming the option
+    return {"max_new_tokens": max_new_tokens, **given}
+
+
+def generation_fields(generation) -> dict[str, Any]:
+    fields = {"text": generation.text, "token_ids": generation.token_ids, "prompt_ids": generation.prompt_ids}
+    if generation.score is not None:
+        fields["score"] = generation.score
+    return fields
+
+
 def print_generations(args: argparse.Namespace, images: list[str], engine, run: ItemRun, extra: dict[str, Any]) -> int:
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights, **extra,
                     "interrupted": run.interrupted,
-                    "results": [{"image": str(image), **run.item(i, **(run.results[i] and {
-                        "text": run.results[i].text, "token_ids": run.results[i].token_ids,
-                        "prompt_ids": run.results[i].prompt_ids} or {}))} for i, image in enumerate(images)]})
+                    "results": [{"image": str(image), **run.item(i, **(run.results[i] and generation_fields(
+                        run.results[i]) or {}))} for i, image in enumerate(images)]})
     else:
         for i, image in enumerate(images[: run.done]):
             if i not in run.errors:
@@ -164,19 +194,52 @@ def print_generations(args: argparse.Namespace, images: list[str], engine, run: 
 
 def cmd_caption(args: argparse.Namespace) -> int:
     images = image_paths(args)
-    engine = open_engine(args, "blip", "caption")  # a wrong folder, prompt or max_new_tokens fails before any work
-    engine.check_max_new_tokens(args.max_new_tokens, len(engine.caption_prompt(args.prompt)))
+    engine = open_engine(args, "blip", "caption")  # a wrong folder, prompt or option fails before any work
+    options = decoding(args, engine, "caption", len(engine.caption_prompt(args.prompt)))
     run = run_items(images, args.max_batch, lambda part: engine.generate_captions(
-        part, prompt=args.prompt, max_new_tokens=args.max_new_tokens, return_errors=True), "caption")
+        part, prompt=args.prompt, return_errors=True, **options), "caption")
     return print_generations(args, images, engine, run, {"prompt": args.prompt})
+
+
+def print_rankings(args: argparse.Namespace, images: list[str], engine, run: ItemRun) -> int:
+    """vqa --candidates: per image its best answer, then every candidate with its log-likelihood."""
+    if args.json:
+        print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
+                    "question": args.question, "candidates": args.candidates, "interrupted": run.interrupted,
+                    "results": [{"image": str(image), **run.item(i, **(run.results[i] is not None and {
+                        "ranking": [{"answer": a, "score": s} for a, s in run.results[i]]} or {}))}
+                        for i, image in enumerate(images)]})
+    else:
+        for i, image in enumerate(images[: run.done]):
+            if i not in run.errors:
+                (best, score), width = run.results[i][0], max(len(a) for a, _ in run.results[i])
+                print(f"{image}: {best} ({score:.4f})")
+                for answer, score in run.results[i]:
+                    print(f"  {answer:<{width}}  {score:.4f}")
+    report_errors(run, images, args.debug)
+    return run.exit_code
 
 
 def cmd_vqa(args: argparse.Namespace) -> int:
     images = image_paths(args)
     engine = open_engine(args, "blip", "vqa")
-    engine.check_max_new_tokens(args.max_new_tokens, 1)
+    if args.candidates is not None:
+        from ..engine.generate import OPTION_NAMES
+        from ..engine.ranking import candidate_ids
+
+        ignored = ["--sample" if name == "do_sample" else f"--{name.replace('_', '-')}"
+                   for name in ("max_new_tokens", "preset", *OPTION_NAMES) if getattr(args, name) is not None]
+        if ignored:
+            raise UsageError(f"--candidates: ranks the given answers, so {', '.join(ignored)} would be ignored; "
+                             f"leave them out")
+
+        candidate_ids(engine, args.question, args.candidates)  # bad candidates fail before any work
+        run = run_items(images, args.max_batch, lambda part: engine.rank_answers(
+            part, args.question, args.candidates, return_errors=True), "vqa")
+        return print_rankings(args, images, engine, run)
+    options = decoding(args, engine, "vqa", 1)
     run = run_items(images, args.max_batch, lambda part: engine.generate_answers(
-        part, args.question, max_new_tokens=args.max_new_tokens, return_errors=True), "vqa")
+        part, args.question, return_errors=True, **options), "vqa")
     return print_generations(args, images, engine, run, {"question": args.question})
 
 

@@ -38,6 +38,32 @@ class Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+def early_stopping(value: str) -> bool | str:
+    choices = {"true": True, "false": False, "never": "never"}
+    if value.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"{value!r}: choose true, false or never")
+    return choices[value.lower()]
+
+
+def decoding_options(p: argparse.ArgumentParser, default_length: str) -> None:
+    """transformers' generate() options; unset ones come from the checkpoint's generation config."""
+    g = p.add_argument_group("decoding (default: greedy, or what the checkpoint's generation config says)")
+    g.add_argument("--max-new-tokens", type=int, default=None, help=f"(default {default_length}, or the checkpoint's)")
+    g.add_argument("--num-beams", type=int, default=None, help="beam search with N beams")
+    g.add_argument("--min-new-tokens", type=int, default=None)
+    g.add_argument("--length-penalty", type=float, default=None, help="beam scores / length ** X")
+    g.add_argument("--early-stopping", type=early_stopping, default=None, metavar="{true,false,never}")
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--no-repeat-ngram-size", type=int, default=None)
+    g.add_argument("--sample", dest="do_sample", action="store_true", default=None, help="sample instead of searching")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="the same seed gives the same sampled text")
+    g.add_argument("--preset", choices=["paper"], default=None,
+                   help="paper: BLIP's published settings (3 beams; caption 5-20 tokens, VQA 1-10, prompt included)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="clipblip", description="Export CLIP and BLIP to ONNX once; run them with ONNX Runtime alone.")
@@ -111,15 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     engine_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGES_HELP)
     p.add_argument("--prompt", default=None, help="text the caption starts with")
-    p.add_argument("--max-new-tokens", type=int, default=30)
-    p.add_argument("--json", action="store_true", help="print one JSON document, with token ids")
+    decoding_options(p, "30")
+    p.add_argument("--json", action="store_true", help="print one JSON document, with token ids (and beam scores)")
     p.set_defaults(run=cmd_caption)
 
     p = command(sub, "vqa", help="BLIP visual question answering")
     engine_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGES_HELP)
     p.add_argument("--question", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=10)
+    decoding_options(p, "10")
+    p.add_argument("--candidates", nargs="+", default=None, metavar="ANSWER",
+                   help="rank these answers by the decoder's log-likelihood instead of generating one")
     p.add_argument("--json", action="store_true", help="print one JSON document, with token ids")
     p.set_defaults(run=cmd_vqa)
 

@@ -121,14 +121,34 @@ class ClassifyBody(ImagesBody):
     template: str = "a photo of a {}."
 
 
-class CaptionBody(ImagesBody):
+class Decoding(BaseModel):
+    """transformers' generate() options; unset ones come from the checkpoint's generation config."""
+
+    max_new_tokens: int | None = None
+    num_beams: int | None = None
+    min_new_tokens: int | None = None
+    length_penalty: float | None = None
+    early_stopping: bool | Literal["never"] | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def options(self) -> tuple:
+        """The set options other than max_new_tokens, hashable (a batching key)."""
+        return tuple(sorted((name, value) for name, value in self.model_dump(exclude={"max_new_tokens"}).items()
+                            if value is not None and name in Decoding.model_fields))
+
+
+class CaptionBody(ImagesBody, Decoding):
     prompt: str | None = None
-    max_new_tokens: int | None = None
 
 
-class VqaBody(ImagesBody):
+class VqaBody(ImagesBody, Decoding):
     question: str
-    max_new_tokens: int | None = None
 
 
 class MatchBody(ImagesBody):
@@ -268,22 +288,21 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
             for row in probs]}
 
     def generations(results) -> list[dict[str, Any]]:
-        return [{"text": g.text, "token_ids": g.token_ids, "prompt_ids": g.prompt_ids} for g in results]
+        return [{"text": g.text, "token_ids": g.token_ids, "prompt_ids": g.prompt_ids,
+                 **({} if g.score is None else {"score": g.score})} for g in results]
 
     @v1.post("/caption")
     async def caption(body: CaptionBody):
-        info = model_of(body.model, "caption")
-        max_new_tokens = info["max_new_tokens"]["caption"] if body.max_new_tokens is None else body.max_new_tokens
-        results = await run(body.model, Job("caption", decode_images(body.images), (body.prompt, max_new_tokens)))
-        return {"model": body.model, "results": generations(results)}
+        model_of(body.model, "caption")
+        job = Job("caption", decode_images(body.images), (body.prompt, body.max_new_tokens, body.options()))
+        return {"model": body.model, "results": generations(await run(body.model, job))}
 
     @v1.post("/vqa")
     async def vqa(body: VqaBody):
-        info = model_of(body.model, "vqa")
-        max_new_tokens = info["max_new_tokens"]["vqa"] if body.max_new_tokens is None else body.max_new_tokens
+        model_of(body.model, "vqa")
         images = decode_images(body.images)
-        results = await run(body.model, Job("vqa", images, (max_new_tokens,), [body.question] * len(images)))
-        return {"model": body.model, "results": generations(results)}
+        job = Job("vqa", images, (body.max_new_tokens, body.options()), [body.question] * len(images))
+        return {"model": body.model, "results": generations(await run(body.model, job))}
 
     @v1.post("/match")
     async def match(body: MatchBody):

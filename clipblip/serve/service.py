@@ -28,7 +28,8 @@ OPS = {
 @dataclass
 class Job:
     """One request's share of an engine call: ``items`` (bytes or texts), ``key`` the options that must
-    be equal for jobs to run together, ``per_item`` values that travel with each item (VQA questions)."""
+    be equal for jobs to run together (hashable: decoding options as sorted (name, value) pairs),
+    ``per_item`` values that travel with each item (VQA questions)."""
 
     op: str
     items: list
@@ -76,10 +77,11 @@ class ModelService:
             raise UsageError(f"model {self.name!r} ({self.family}, {', '.join(self.tasks)}) cannot do {op}; "
                              f"it does {', '.join(self.ops())}")
         if op == "caption":
-            prompt, max_new_tokens = key
-            self.engine.check_max_new_tokens(max_new_tokens, len(self.engine.caption_prompt(prompt)))
+            prompt, max_new_tokens, options = key
+            self.engine.generation_options(len(self.engine.caption_prompt(prompt)), max_new_tokens, **dict(options))
         elif op == "vqa":
-            self.engine.check_max_new_tokens(key[0], 1)
+            max_new_tokens, options = key
+            self.engine.generation_options(1, max_new_tokens, **dict(options))
 
     def run(self, jobs: Sequence[Job]) -> list[JobResult]:
         """Jobs of one op and key as one engine call; each gets its own rows back. If that call fails as
@@ -121,10 +123,11 @@ class ModelService:
             rows, errors = engine.embed_texts(items, return_errors=True)
             return list(rows), errors
         if op == "caption":
-            prompt, max_new_tokens = key
-            return engine.generate_captions(items, prompt, max_new_tokens, return_errors=True)
+            prompt, max_new_tokens, options = key
+            return engine.generate_captions(items, prompt, max_new_tokens, return_errors=True, **dict(options))
         if op == "vqa":
-            return engine.generate_answers(items, per_item, key[0], return_errors=True)
+            max_new_tokens, options = key
+            return engine.generate_answers(items, per_item, max_new_tokens, return_errors=True, **dict(options))
         if op == "match":
             texts = list(key)
             scores, errors = engine.match(items, texts, return_errors=True)

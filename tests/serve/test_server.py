@@ -247,3 +247,26 @@ def test_sigterm_answers_every_accepted_request(blip_caption, photos):
     assert [a.status_code for a in answers] == [200] * 8 and code == 0, err[-2000:]
     with pytest.raises(httpx.TransportError):
         httpx.get(server.url + "/health", timeout=2)
+
+
+def test_decoding_options_pass_through_and_batch_only_with_their_like(server, engines, photos):
+    images = [b64(p) for p in photos]
+    bodies = [{"model": "caption", "images": images, "max_new_tokens": 6, "num_beams": 3, "length_penalty": 2.0},
+              {"model": "caption", "images": images, "max_new_tokens": 6},
+              {"model": "caption", "images": images, "max_new_tokens": 6, "do_sample": True, "seed": 3,
+               "temperature": 1.5}]
+    with ThreadPoolExecutor(max_workers=3) as pool:  # sent together: each must still get its own decoding
+        answers = list(pool.map(lambda body: server.post("/v1/caption", body).json(), bodies, timeout=120))
+    for body, answer in zip(bodies, answers):
+        options = {k: v for k, v in body.items() if k not in ("model", "images")}
+        expected = engines["caption"].generate_captions(photos, **options)
+        assert [r["token_ids"] for r in answer["results"]] == [g.token_ids for g in expected]
+    assert all("score" in r for r in answers[0]["results"]) and "score" not in answers[1]["results"][0]
+    got = server.post("/v1/vqa", {"model": "vqa", "images": images, "question": "what?", "num_beams": 2,
+                                  "max_new_tokens": 4}).json()
+    expected = engines["vqa"].generate_answers(photos, "what?", 4, num_beams=2)
+    assert [r["token_ids"] for r in got["results"]] == [g.token_ids for g in expected]
+    for bad, name in [({"num_beams": 0}, "num_beams"), ({"top_p": 1.5, "do_sample": True}, "top_p"),
+                      ({"early_stopping": "maybe"}, "early_stopping")]:
+        answer = server.post("/v1/caption", {"model": "caption", "images": images[:1], **bad})
+        assert answer.status_code == 422 and name in answer.json()["error"]["message"]
