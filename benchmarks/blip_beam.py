@@ -10,33 +10,11 @@ before timing). Random-weight presets have the real architecture: timings are ho
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image
-
-
-def median_ms(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from common import cpu_name, median_ms  # benchmarks/common.py
 
 
 def exported(models: Path, preset: str, precision: str) -> Path:

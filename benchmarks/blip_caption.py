@@ -10,23 +10,11 @@ Random-weight presets have the real architecture: timings are honest about speed
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import tempfile
-import time
 
 import torch
 from PIL import Image
-
-
-def median_ms(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+from common import cpu_name, median_ms  # benchmarks/common.py
 
 
 def main() -> None:
@@ -63,7 +51,7 @@ def main() -> None:
             results[("eager", n)] = median_ms(lambda: eager(n), args.repeat)
             results[("clipblip", n)] = median_ms(lambda: engine.caption([image], max_new_tokens=n), args.repeat)
 
-    print(f"random:{args.preset} (random weights), {platform.machine()}, {args.threads} threads, "
+    print(f"random:{args.preset} (random weights), {cpu_name()}, {args.threads} threads, "
           f"median of {args.repeat}, torch {torch.__version__}; {len(ours.token_ids)} tokens generated at cap 20")
     print("| work | PyTorch eager ms | clipblip ONNX ms | ratio |")
     print("|---|---|---|---|")

@@ -29,19 +29,10 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
+from common import cpu_name  # benchmarks/common.py
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "cold_start.py"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(threads: int) -> dict:

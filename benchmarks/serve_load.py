@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import cpu_name  # benchmarks/common.py
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -55,15 +56,6 @@ RAY_REPLICAS = 2
 
 
 # --- environment ---------------------------------------------------------------------------------------
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def version_of(package: str) -> str | None:

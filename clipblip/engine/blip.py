@@ -203,25 +203,18 @@ class BlipEngine(FolderEngine):
         return GenerationOptions(**settled)
 
     def generate_captions(self, images: Sequence[ImageInput] | ImageInput, prompt: str | None = None,
-                          max_new_tokens: int | None = None, *, return_errors: bool = False,
-                          num_beams: int | None = None, min_new_tokens: int | None = None,
-                          length_penalty: float | None = None, early_stopping: bool | str | None = None,
-                          repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
-                          do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
-                          top_p: float | None = None, seed: int | None = None):
+                          max_new_tokens: int | None = None, *, return_errors: bool = False, **options: Any):
         """Captions with their token ids (None for a failed image); with a prompt the text starts with
-        the prompt. The keyword options are transformers' ``generate()`` options (see GenerationOptions),
-        with the same tokens for beam search; unset ones come from the checkpoint's generation config,
-        else greedy decoding of the task's default length. ``seed`` makes sampling repeatable."""
+        the prompt. ``options`` are transformers' ``generate()`` options (GenerationOptions: num_beams,
+        min_new_tokens, length_penalty, early_stopping, repetition_penalty, no_repeat_ngram_size, do_sample,
+        temperature, top_k, top_p, seed), with the same tokens for beam search; unset ones come from the
+        checkpoint's generation config, else greedy decoding of the task's default length. ``seed`` makes
+        sampling repeatable."""
         self.require("caption")
         prompt_ids = np.asarray(self.caption_prompt(prompt), dtype=np.int64)
-        options = self.generation_options(
-            len(prompt_ids), max_new_tokens, num_beams=num_beams, min_new_tokens=min_new_tokens,
-            length_penalty=length_penalty, early_stopping=early_stopping, repetition_penalty=repetition_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size, do_sample=do_sample, temperature=temperature, top_k=top_k,
-            top_p=top_p, seed=seed)
+        settled = self.generation_options(len(prompt_ids), max_new_tokens, **options)
         return self._each_image(as_images(images), lambda n: np.tile(prompt_ids, (n, 1)),
-                                lambda image_embeds, indices: image_embeds, options, return_errors)
+                                lambda image_embeds, indices: image_embeds, settled, return_errors)
 
     def caption(self, images: Sequence[ImageInput] | ImageInput, prompt: str | None = None,
                 max_new_tokens: int | None = None, **options) -> list[str]:
@@ -229,12 +222,7 @@ class BlipEngine(FolderEngine):
         return [g.text for g in self.generate_captions(images, prompt, max_new_tokens, **options)]
 
     def generate_answers(self, images: Sequence[ImageInput] | ImageInput, questions: str | Sequence[str],
-                         max_new_tokens: int | None = None, *, return_errors: bool = False,
-                         num_beams: int | None = None, min_new_tokens: int | None = None,
-                         length_penalty: float | None = None, early_stopping: bool | str | None = None,
-                         repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
-                         do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
-                         top_p: float | None = None, seed: int | None = None):
+                         max_new_tokens: int | None = None, *, return_errors: bool = False, **options: Any):
         """Answers with their token ids (None for a failed image); one question for all images, or one
         per image. Decoding options as generate_captions."""
         self.require("vqa")
@@ -242,11 +230,7 @@ class BlipEngine(FolderEngine):
         questions = [questions] * len(images) if isinstance(questions, str) else list(questions)
         if len(questions) != len(images):
             raise TextInputError(f"questions: {len(questions)} given for {len(images)} images")
-        options = self.generation_options(
-            1, max_new_tokens, num_beams=num_beams, min_new_tokens=min_new_tokens, length_penalty=length_penalty,
-            early_stopping=early_stopping, repetition_penalty=repetition_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size, do_sample=do_sample, temperature=temperature, top_k=top_k,
-            top_p=top_p, seed=seed)
+        settled = self.generation_options(1, max_new_tokens, **options)
 
         def encode(image_embeds, indices):
             input_ids, attention_mask = self.tokenizer([questions[i] for i in indices])  # (batch, question_len)
@@ -254,7 +238,7 @@ class BlipEngine(FolderEngine):
                              image_embeds=image_embeds)[0]  # (batch, question_len, width)
 
         return self._each_image(images, lambda n: np.full((n, 1), self.generation["bos_id"], dtype=np.int64),
-                                encode, options, return_errors)
+                                encode, settled, return_errors)
 
     def answer(self, images: Sequence[ImageInput] | ImageInput, questions: str | Sequence[str],
                max_new_tokens: int | None = None, **options) -> list[str]:
