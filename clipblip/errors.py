@@ -22,6 +22,7 @@ __all__ = [
     "ImageTooLargeError",
     "NumericalError",
     "PartialFailure",
+    "DatabaseError",
     "raise_item_errors",
     "EXIT_CODES",
 ]
@@ -145,6 +146,13 @@ class PartialFailure(ClipblipError):
         self.errors = dict(errors or {})
 
 
+class DatabaseError(ClipblipError):
+    """A search database (`clipblip index --db`) that is missing, damaged, not clipblip's, or built with
+    another model than the one given."""
+
+    exit_code = 17
+
+
 def raise_item_errors(errors: dict[int, ClipblipError], count: int, results) -> None:
     """Nothing if no item failed; the item's own error for a single item; else PartialFailure."""
     if not errors:
@@ -160,5 +168,5 @@ EXIT_CODES = {cls.__name__: cls.exit_code for cls in (
     ClipblipError, UsageError, MissingExtraError, WrongModelError, ModelSourceError, ExportError, ParityError,
     OutputError, OutputExistsError,
     ModelLoadError, ProviderError, ImageError, TextInputError, GenerationConfigError, UnsafeArtifactError,
-    CompatibilityError, ImageTooLargeError, NumericalError, PartialFailure,
+    CompatibilityError, ImageTooLargeError, NumericalError, PartialFailure, DatabaseError,
 )}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 import signal
 import sys
@@ -15,6 +16,7 @@ from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS, PROVIDER_CHOICES
 from ..errors import ClipblipError, MissingExtraError
 from .commands import (cmd_caption, cmd_classify, cmd_demo, cmd_embed, cmd_export, cmd_match, cmd_similarity,
                        cmd_vqa)
+from .search import cmd_index, cmd_search
 from .serve import cmd_serve
 from .viz import cmd_viz_attention, cmd_viz_cross_attention, cmd_viz_toy, parse_head
 
@@ -210,6 +212,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a config file that clipblip wrote before")
     p.set_defaults(run=cmd_serve)
 
+    p = command(sub, "index", help="embed the images under PATHs into a search database (new and changed files only)")
+    p.add_argument("model_dir", metavar="DIR", help="a CLIP folder, or a BLIP retrieval (itm) folder")
+    p.add_argument("paths", nargs="+", metavar="PATH", help=IMAGES_HELP)
+    p.add_argument("--db", required=True, metavar="DB", help="the database file (created if missing), e.g. photos.db")
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's choice)")
+    p.add_argument("--max-batch", type=int, default=MAX_BATCH,
+                   help=f"images embedded and committed per batch (default {MAX_BATCH})")
+    p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help=f"refuse images with more pixels, before decoding them (default {MAX_IMAGE_PIXELS:,})")
+    p.add_argument("--json", action="store_true", help="print what the run did as one JSON document")
+    p.set_defaults(run=cmd_index)
+
+    p = command(sub, "search", help="the images of a search database nearest to a text or an image")
+    p.add_argument("--db", required=True, metavar="DB", help="a database written by `clipblip index`")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", metavar="T")
+    query.add_argument("--image", metavar="IMG")
+    p.add_argument("-k", type=int, default=10, help="how many images (default 10)")
+    p.add_argument("--rerank", nargs="?", const="", default=None, metavar="ITM_DIR",
+                   help="order the best k x 4 (at least 20) by BLIP's ITM match probability (default ITM_DIR: "
+                        "the database's model, when it is a BLIP retrieval folder)")
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help="embed the query with this folder (default: the database's own; must be the same model)")
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(run=cmd_search)
+
     p = command(sub, "demo", help="export CLIP and BLIP, run them on real photos; results and report.html into --out")
     p.add_argument("--out", default="demo-output", help="a new or empty folder, or one an earlier demo wrote")
     p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
@@ -270,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clipblip: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`clipblip ... --json | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as e:  # anything unexpected: still one line unless --debug
         if args.debug:
             raise

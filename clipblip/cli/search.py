@@ -1,0 +1,73 @@
+"""`clipblip index` and `clipblip search`: a photo collection in an SQLite database, searched by text or image."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import PartialFailure
+from .common import RANDOM_BANNER, print_json
+from .progress import ProgressBar
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from ..search.indexer import Indexer
+
+    indexer = Indexer(args.db, args.model_dir, max_batch=args.max_batch, provider=args.provider,
+                      threads=args.threads, max_image_pixels=args.max_image_pixels)
+    with ProgressBar(0, "index") as bar:
+        try:
+            report = indexer.run(args.paths, progress=lambda done, total: bar.update(done, total))
+        except KeyboardInterrupt:
+            report = indexer.report
+    if indexer.engine is not None and indexer.engine.manifest.random_weights:
+        print(RANDOM_BANNER, file=sys.stderr)
+    if args.json:
+        print_json({**report.to_dict(), **({"interrupted": True} if report.interrupted else {})})
+    else:
+        print(f"{args.db}: {report.embedded} embedded, {report.unchanged} unchanged, {report.removed} removed, "
+              f"{report.skipped} skipped (not images), {len(report.failed)} failed")
+    for failure in report.failed:
+        print(f"clipblip: error: {failure['error']}", file=sys.stderr)
+    if report.interrupted:
+        print("clipblip: interrupted; the batches written are kept, run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    return PartialFailure.exit_code if report.failed else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..search import search
+
+    if (args.text is None) == (args.image is None):
+        from ..errors import UsageError
+
+        raise UsageError("search: give either --text or --image")
+
+    def skipped(path: str, error) -> None:
+        message = str(error)
+        print(f"clipblip: warning: left out of the re-ranking: {message if path in message else f'{path}: {message}'}",
+              file=sys.stderr)
+
+    hits = search(args.db, text=args.text, image=args.image, k=args.k, model_dir=args.model,
+                  rerank=args.rerank is not None, itm_dir=args.rerank or None, provider=args.provider,
+                  threads=args.threads, on_error=skipped)
+    random_weights_note(args.db, args.model, args.rerank)
+    if args.json:
+        query = {"text": args.text} if args.text is not None else {"image": args.image}
+        print_json({"query": query, "hits": [hit.to_dict() for hit in hits]})
+    else:
+        for hit in hits:
+            print(f"{hit.score:.4f}  {hit.path}")
+    return 0
+
+
+def random_weights_note(db: str, model: str | None, itm_dir: str | None) -> None:
+    """The random-weights banner when the query's model (or the re-ranking one) has random weights."""
+    from ..manifest import Manifest
+    from ..search.store import Store
+
+    with Store.open(db) as store:
+        folders = [model or store.meta.model_dir] + ([itm_dir] if itm_dir else [])
+    if any(Manifest.load(folder).random_weights for folder in folders):
+        print(RANDOM_BANNER, file=sys.stderr)

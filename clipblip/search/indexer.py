@@ -1,0 +1,256 @@
+"""Index image files into a search database, incrementally, committing batch by batch.
+
+A file is embedded when it is new, or when its size or mtime changed *and* its sha256 changed; a file
+whose size/mtime changed but whose content did not just gets its size and mtime updated. Entries under
+the paths given whose file is gone are removed. Each batch is committed on its own, so an interruption
+loses at most the batch in flight, and the next run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
+from ..errors import ClipblipError, DatabaseError, ImageError, UsageError
+from ..manifest import MANIFEST_NAME, Manifest, sha256_of
+from .store import Entry, Meta, Store, iter_chunks
+
+__all__ = ["IndexReport", "Indexer", "index_paths", "open_model", "model_sha256"]
+
+
+@dataclass
+class IndexReport:
+    """What one indexing run did. ``failed`` holds ``{"path", "error"}`` for each file that could not be
+    embedded (it has no entry afterwards); ``skipped`` counts files that are not images by their extension."""
+
+    embedded: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"embedded": self.embedded, "unchanged": self.unchanged, "removed": self.removed,
+                "skipped": self.skipped, "failed": list(self.failed)}
+
+
+def model_sha256(model_dir: str | os.PathLike) -> str:
+    """sha256 of the folder's manifest.json (after checking it is a readable manifest)."""
+    Manifest.load(model_dir)
+    return sha256_of(Path(model_dir) / MANIFEST_NAME)
+
+
+def open_model(model_dir: str | os.PathLike, provider: str = "auto", threads: int | None = None,
+               max_batch: int = MAX_BATCH, max_image_pixels: int | None = MAX_IMAGE_PIXELS):
+    """The engine that embeds images for a database: CLIP, or a BLIP retrieval folder's ITC projection."""
+    from ..families import load_engine_class
+
+    family = Manifest.load(model_dir).family
+    engine = load_engine_class(family).from_dir(model_dir, provider=provider, threads=threads, max_batch=max_batch,
+                                                max_image_pixels=max_image_pixels)
+    if family == "blip":
+        engine.require("match")  # WrongModelError naming the export that makes a retrieval folder
+    return engine
+
+
+class Scope:
+    """The paths one run covers: entries under them whose file is gone are removed."""
+
+    def __init__(self, args: Sequence[str]):
+        self.exact: set[str] = set()
+        self.prefixes: list[str] = []
+        self.patterns: list[re.Pattern] = []
+        for arg in args:
+            absolute = os.path.abspath(arg)
+            if not os.path.lexists(arg) and set("*?[") & set(arg):
+                self.patterns.append(re.compile(glob_regex(absolute)))
+            else:  # a file or a folder, or one that is gone: either
+                self.exact.add(absolute)
+                self.prefixes.append(absolute.rstrip(os.sep) + os.sep)
+
+    def covers(self, path: str) -> bool:
+        return (path in self.exact or any(path.startswith(p) for p in self.prefixes)
+                or any(p.fullmatch(path) for p in self.patterns))
+
+
+def glob_regex(pattern: str) -> str:
+    """A regular expression for a glob pattern as ``glob.glob(recursive=True)`` reads it."""
+    out, i = [], 0
+    sep = re.escape(os.sep)
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern.startswith(os.sep, i):  # `**/`: any folders, or none
+                i += 1
+                out.append(f"(?:.*{sep})?")
+            else:
+                out.append(".*")
+        elif pattern[i] == "*":
+            out.append(f"[^{sep}]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append(f"[^{sep}]")
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                out.append(re.escape("["))
+                i += 1
+            else:
+                body = pattern[i + 1 : end]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+                i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+def expand(args: Sequence[str]) -> tuple[list[str], int]:
+    """Absolute image paths under ``args`` (files, folders, patterns), each once, and the count of skipped
+    files. A folder or pattern that holds no image gives none (its old entries are then removed)."""
+    from ..cli.inputs import ImageArgs, expand_images, folder_images
+
+    paths, skipped = [], 0
+    for arg in args:
+        if os.path.isdir(arg):  # a folder left with no image is not an error here: its entries go
+            found = ImageArgs()
+            found.paths = folder_images(arg, found)
+        else:
+            try:
+                found = expand_images([arg], "PATH")
+            except UsageError:  # a pattern that matches no image
+                found = ImageArgs(skipped=len([m for m in glob.glob(arg, recursive=True) if os.path.isfile(m)]))
+        paths.extend(os.path.abspath(p) for p in found.paths)
+        skipped += found.skipped
+    return list(dict.fromkeys(paths)), skipped
+
+
+class Indexer:
+    """One indexing run; ``report`` holds what it did so far (also after an interruption)."""
+
+    def __init__(self, db: str | os.PathLike, model_dir: str | os.PathLike, *, engine=None, max_batch: int = MAX_BATCH,
+                 provider: str = "auto", threads: int | None = None,
+                 max_image_pixels: int | None = MAX_IMAGE_PIXELS):
+        if max_batch < 1:
+            raise UsageError(f"--max-batch {max_batch}: must be at least 1")
+        self.db, self.model_dir = Path(db), Path(model_dir)
+        self.max_batch = max_batch
+        self.engine_options = {"provider": provider, "threads": threads, "max_image_pixels": max_image_pixels}
+        self.engine = engine
+        self.report = IndexReport()
+
+    def open_store(self) -> Store:
+        manifest = Manifest.load(self.model_dir)
+        sha = model_sha256(self.model_dir)
+        if self.db.exists() or self.db.is_symlink():
+            store = Store.open(self.db, writable=True)
+            if store.meta.model_sha256 != sha:
+                store.close()
+                raise DatabaseError(f"{self.db}: was indexed with another model ({store.meta.model_dir}, manifest "
+                                    f"sha256 {store.meta.model_sha256[:12]}); {self.model_dir} has manifest sha256 "
+                                    f"{sha[:12]}; index into a new database")
+            absolute = os.path.abspath(self.model_dir)
+            if store.meta.model_dir != absolute:  # the same model, moved or copied: remember where it is now
+                store.set_model_dir(absolute)
+                store.commit()
+            return store
+        if self.engine is None:
+            self.engine = open_model(self.model_dir, max_batch=self.max_batch, **self.engine_options)
+        meta = Meta(model_dir=os.path.abspath(self.model_dir), model_sha256=sha, family=manifest.family,
+                    dim=int(self.engine.embed_dim))
+        return Store.create(self.db, meta)
+
+    def run(self, paths: Sequence[str], progress: Callable[[int, int], None] | None = None) -> IndexReport:
+        """Index the images under ``paths``; ``progress(done, total)`` after each batch of changed files.
+        KeyboardInterrupt passes through after the batch in flight is rolled back (``report.interrupted``)."""
+        if not paths:
+            raise UsageError("index: give at least one PATH")
+        files, self.report.skipped = expand(paths)
+        with self.open_store() as store:
+            known = store.entries()
+            scope = Scope(paths)
+            gone = [p for p in known if scope.covers(p) and p not in files and not os.path.isfile(p)]
+            store.remove(gone)
+            store.commit()
+            self.report.removed = len(gone)
+            candidates = []  # (path, stat) of files that are new or whose size/mtime changed
+            for path in files:
+                try:
+                    st = os.stat(path)
+                except OSError as e:
+                    self.fail(store, known, path, ImageError(f"{path}: cannot be read ({e.strerror or e})"))
+                    continue
+                entry = known.get(path)
+                if entry is not None and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                    self.report.unchanged += 1
+                else:
+                    candidates.append((path, st))
+            store.commit()
+            if candidates and self.engine is None:
+                self.engine = open_model(self.model_dir, max_batch=self.max_batch, **self.engine_options)
+            done = 0
+            try:
+                for batch in iter_chunks(candidates, self.max_batch):
+                    self.index_batch(store, known, batch)
+                    store.commit()
+                    done += len(batch)
+                    if progress is not None:
+                        progress(done, len(candidates))
+            except KeyboardInterrupt:
+                store.connection.rollback()
+                self.report.interrupted = True
+                raise
+        return self.report
+
+    def index_batch(self, store: Store, known: dict[str, Entry], batch: list) -> None:
+        to_embed: list[Entry] = []
+        for path, st in batch:
+            try:
+                sha = sha256_of(path)
+            except OSError as e:
+                self.fail(store, known, path, ImageError(f"{path}: cannot be read ({e.strerror or e})"))
+                continue
+            entry = Entry(path, st.st_size, st.st_mtime_ns, sha)
+            old = known.get(path)
+            if old is not None and old.sha256 == sha:
+                store.touch(entry)  # touched, or copied over with the same bytes
+                self.report.unchanged += 1
+            else:
+                to_embed.append(entry)
+        if not to_embed:
+            return
+        vectors, errors = self.engine.embed_images([e.path for e in to_embed], return_errors=True)
+        for i, entry in enumerate(to_embed):
+            if i in errors:
+                self.fail(store, known, entry.path, errors[i])
+            else:
+                store.put(entry, vectors[i])
+                self.report.embedded += 1
+
+    def fail(self, store: Store, known: dict[str, Entry], path: str, error: ClipblipError) -> None:
+        """Record a file that cannot be embedded; an older entry of it (now stale) is removed."""
+        message = str(error)
+        self.report.failed.append({"path": path, "error": message if path in message else f"{path}: {message}"})
+        if path in known:
+            store.remove([path])
+
+
+def index_paths(db: str | os.PathLike, model_dir: str | os.PathLike, paths: Sequence[str] | str, *,
+                max_batch: int = MAX_BATCH, provider: str = "auto", threads: int | None = None,
+                max_image_pixels: int | None = MAX_IMAGE_PIXELS, engine=None,
+                progress: Callable[[int, int], None] | None = None) -> IndexReport:
+    """Embed every image under ``paths`` (files, folders searched recursively, glob patterns) with the model
+    folder ``model_dir`` and store the vectors in the database file ``db`` (created if missing). Runs again
+    embed only new and changed files and drop entries whose file is gone. Returns an :class:`IndexReport`."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    indexer = Indexer(db, model_dir, engine=engine, max_batch=max_batch, provider=provider, threads=threads,
+                      max_image_pixels=max_image_pixels)
+    return indexer.run([os.fspath(p) for p in paths], progress)

@@ -1,0 +1,104 @@
+"""Queries: exact cosine search over every stored vector, and optional re-ranking with BLIP's ITM head."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
+from ..errors import ClipblipError, DatabaseError, UsageError, WrongModelError
+from ..manifest import Manifest
+from .indexer import model_sha256, open_model
+from .store import Store
+
+__all__ = ["SearchHit", "search", "rerank_count"]
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One image found: ``score`` is the cosine similarity, or with re-ranking BLIP's ITM match probability
+    (the cosine then in ``itc``)."""
+
+    path: str
+    score: float
+    itc: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "score": self.score, **({} if self.itc is None else {"itc": self.itc})}
+
+
+def rerank_count(k: int) -> int:
+    """How many cosine candidates re-ranking scores: k × 4, at least 20."""
+    return max(4 * k, 20)
+
+
+def query_model_dir(store: Store, model_dir: str | os.PathLike | None) -> Path:
+    """The folder that embeds queries: ``model_dir`` or the database's own; refused when its manifest is
+    not the one the database was built with."""
+    folder = Path(model_dir) if model_dir is not None else Path(store.meta.model_dir)
+    if model_dir is None and not folder.is_dir():
+        raise DatabaseError(f"{store.path}: its model folder {folder} is not here; give --model DIR (a copy of "
+                            f"that folder) to embed the query")
+    sha = model_sha256(folder)
+    if sha != store.meta.model_sha256:
+        raise DatabaseError(f"{store.path}: was indexed with another model ({store.meta.model_dir}, manifest sha256 "
+                            f"{store.meta.model_sha256[:12]}); {folder} has manifest sha256 {sha[:12]}, so its "
+                            f"vectors are not comparable: query with the model that built the database")
+    return folder
+
+
+def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 10, *,
+           model_dir: str | os.PathLike | None = None, rerank: bool = False,
+           itm_dir: str | os.PathLike | None = None, provider: str = "auto", threads: int | None = None,
+           max_batch: int = MAX_BATCH, max_image_pixels: int | None = MAX_IMAGE_PIXELS, engine=None,
+           itm_engine=None, on_error: Callable[[str, ClipblipError], None] | None = None) -> list[SearchHit]:
+    """The ``k`` images of database ``db`` nearest to a text or an image (a path, PIL image, array or bytes),
+    best first by cosine similarity (k above the count gives every image).
+
+    The query is embedded with the database's own model folder, or ``model_dir`` (which must hold the same
+    manifest). ``rerank``: the ``rerank_count(k)`` best by cosine are ordered by BLIP's ITM match
+    probability, with ``itm_dir`` (a BLIP retrieval folder; default: the database's model when it is one);
+    a candidate whose file cannot be read is left out and passed to ``on_error(path, error)``.
+    """
+    if (text is None) == (image is None):
+        raise UsageError("search: give either a text or an image query")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UsageError(f"-k {k}: must be a whole number, at least 1")
+    if rerank and text is None:
+        raise UsageError("--rerank: BLIP's ITM head scores an image against a text; give --text")
+    options = {"provider": provider, "threads": threads, "max_batch": max_batch, "max_image_pixels": max_image_pixels}
+    with Store.open(db) as store:
+        if rerank and itm_dir is None and itm_engine is None and store.meta.family != "blip":
+            raise UsageError(f"--rerank: {db} holds {store.meta.family.upper()} embeddings; give --rerank ITM_DIR, "
+                             f"a BLIP retrieval folder (clipblip export Salesforce/blip-itm-base-coco --out DIR)")
+        if engine is None:
+            engine = open_model(query_model_dir(store, model_dir), **options)
+        paths, vectors = store.vectors()
+        own_model = store.meta.model_dir
+    query = (engine.embed_texts([text]) if text is not None else engine.embed_images([image]))[0]
+    query = query / max(float(np.linalg.norm(query)), 1e-12)
+    scores = vectors @ query.astype(np.float32) if len(paths) else np.zeros(0, np.float32)
+    order = np.argsort(-scores, kind="stable")
+    if not rerank:
+        return [SearchHit(paths[i], float(scores[i])) for i in order[:k]]
+    candidates = [int(i) for i in order[: rerank_count(k)]]
+    if not candidates:
+        return []
+    if itm_engine is None:
+        folder = itm_dir if itm_dir is not None else own_model
+        family = Manifest.load(folder).family
+        if family != "blip":
+            raise WrongModelError(f"{folder}: holds a {family.upper()} model; --rerank needs a BLIP retrieval "
+                                  f"folder (clipblip export Salesforce/blip-itm-base-coco --out DIR)")
+        itm_engine = open_model(folder, **options)
+    match, errors = itm_engine.match([paths[i] for i in candidates], [text], return_errors=True)
+    for j, error in sorted(errors.items()):
+        if on_error is not None:
+            on_error(paths[candidates[j]], error)
+    kept = [j for j in range(len(candidates)) if j not in errors]
+    kept.sort(key=lambda j: -float(match.itm[j, 0]))  # stable: ties keep the cosine order
+    return [SearchHit(paths[candidates[j]], float(match.itm[j, 0]), float(scores[candidates[j]])) for j in kept[:k]]
