@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images with more pixels get 413, refused before decoding")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: the "
                                                    "CLIPBLIP_API_KEY environment variable, if set)")
+    p.add_argument("--db", default=None, help="also answer POST /v1/search over this `clipblip index` database")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (the `ray` extra)")
     p.add_argument("--replicas", type=int, default=None, help="with --ray: replicas per model (default 1)")
     p.add_argument("--ray-address", default=None, help="with --ray: the cluster to join (default: RAY_ADDRESS, "

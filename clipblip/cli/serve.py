@@ -17,6 +17,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.emit_config is not None or args.ray:
         from ..serve import ray_app
 
+        if args.db is not None:
+            raise UsageError("--db: search is served by the single-process server only (leave out --ray)")
+
         options = dict(host=args.host, port=args.port, provider=args.provider, threads=args.threads,
                        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
                        max_request_bytes=args.max_request_bytes, key=key, replicas=args.replicas,
@@ -35,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve_folders(folders, host=args.host, port=args.port, provider=args.provider, threads=args.threads,
                       max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
                       max_request_bytes=args.max_request_bytes, key=key, max_image_pixels=args.max_image_pixels,
-                      say=progress)
+                      db=args.db, say=progress)
     except KeyboardInterrupt:  # uvicorn has answered every accepted request, then passed the signal on
         pass
     progress("server stopped")

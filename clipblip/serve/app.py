@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..engine.items import softmax
-from ..errors import ImageTooLargeError
+from ..errors import ClipblipError, ImageTooLargeError
 from .batching import QueueFull, ShuttingDown
 from .service import Job, JobResult
 
@@ -155,6 +155,15 @@ class MatchBody(ImagesBody):
     texts: list[str] = Field(min_length=1)
 
 
+class SearchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    image: str | None = Field(None, description="base64, plain or as a data:image/...;base64, URI")
+    k: int = Field(10, ge=1)
+    rerank: bool = False
+    rerank_model: str | None = None
+
+
 def decode_images(images: list[str]) -> list[bytes]:
     """base64 (plain or data URI) → the encoded image files; 400 naming the first item that is not base64."""
     decoded = []
@@ -169,8 +178,10 @@ def decode_images(images: list[str]) -> list[bytes]:
 
 # --- the app -----------------------------------------------------------------------------------------
 
-def create_app(backend: Backend, settings: Settings | None = None, metrics: Metrics | None = None) -> FastAPI:
-    """The FastAPI app over ``backend``; ``backend.start``/``close`` run with the app's lifespan."""
+def create_app(backend: Backend, settings: Settings | None = None, metrics: Metrics | None = None,
+               search: Any = None) -> FastAPI:
+    """The FastAPI app over ``backend``; ``backend.start``/``close`` run with the app's lifespan.
+    ``search``: a :class:`~clipblip.serve.search.SearchService` answering ``POST /v1/search``."""
     settings = settings or Settings()
     metrics = metrics or Metrics()
 
@@ -310,6 +321,20 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
         results = await run(body.model, Job("match", decode_images(body.images), tuple(body.texts)))
         return {"model": body.model, "itm": [itm.tolist() for itm, _ in results],
                 "itc": [itc.tolist() for _, itc in results]}
+
+    @v1.post("/search")
+    async def search_route(body: SearchBody):
+        if search is None:
+            raise ApiError(404, "NoDatabase", "no search database is served (start the server with --db DB)")
+        if (body.text is None) == (body.image is None):
+            raise ApiError(422, "InvalidRequest", "give either text or image")
+        image = decode_images([body.image])[0] if body.image is not None else None
+        try:
+            hits = await asyncio.to_thread(search.query, body.text, image, body.k, body.rerank, body.rerank_model)
+        except ClipblipError as e:
+            raise ApiError.of(e) from None
+        query = {"text": body.text} if body.text is not None else {"image": f"{len(image):,} bytes"}
+        return {"query": query, "hits": hits}
 
     app.include_router(v1)
 

@@ -65,8 +65,9 @@ def api_key(given: str | None) -> str | None:
 def serve_folders(folders: dict[str, Path], *, host: str = "127.0.0.1", port: int = 8000, provider: str = "auto",
                   threads: int | None = None, max_batch: int = MAX_BATCH, batch_wait_ms: float = 5.0,
                   max_queue: int = 1024, max_request_bytes: int = 32 << 20, key: str | None = None,
-                  max_image_pixels: int | None = MAX_IMAGE_PIXELS, say=print) -> None:
-    """Load the folders and serve them until SIGTERM or Ctrl-C (then every accepted request is answered)."""
+                  max_image_pixels: int | None = MAX_IMAGE_PIXELS, db: str | Path | None = None, say=print) -> None:
+    """Load the folders (and the search database ``db``) and serve them until SIGTERM or Ctrl-C (then every
+    accepted request is answered)."""
     import uvicorn
 
     from .app import Metrics, Settings, create_app
@@ -81,7 +82,14 @@ def serve_folders(folders: dict[str, Path], *, host: str = "127.0.0.1", port: in
     metrics = Metrics()
     backend = LocalBackend(services, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
                            metrics=metrics)
-    app = create_app(backend, Settings(api_key=key, max_request_bytes=max_request_bytes), metrics)
+    search = None
+    if db is not None:
+        from .search import SearchService
+
+        search = SearchService(db, services, provider=provider, threads=threads, max_batch=max_batch,
+                               max_image_pixels=max_image_pixels)
+        say(f"search database {db}: {search.family} embeddings (POST /v1/search)")
+    app = create_app(backend, Settings(api_key=key, max_request_bytes=max_request_bytes), metrics, search)
     announce([service.describe() for service in services.values()], host, port, key, say)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=60,
                                   lifespan="on")).run()
