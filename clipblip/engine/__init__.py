@@ -2,9 +2,10 @@
 
 from .blip import BlipEngine, CaptionAttention, MatchScores
 from .clip import ClipEngine
-from .generate import Generation
+from .generate import Generation, GenerationOptions
 from .images import ImagePreprocessor, load_image
 from .session import resolve_providers
 from .text import TextTokenizer
 
-__all__ = ["BlipEngine", "CaptionAttention", "ClipEngine", "Generation", "MatchScores", "ImagePreprocessor", "TextTokenizer", "load_image", "resolve_providers"]
+__all__ = ["BlipEngine", "CaptionAttention", "ClipEngine", "Generation", "GenerationOptions", "MatchScores",
+           "ImagePreprocessor", "TextTokenizer", "load_image", "resolve_providers"]
