@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[cpu,export,viz,test,serve,ray]" "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[cpu,export,viz,test,serve,ray,search]" "$(TORCH)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -12,6 +12,7 @@ import numpy as np
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
 from ..errors import ClipblipError, DatabaseError, UsageError, WrongModelError
 from ..manifest import Manifest
+from . import ann
 from .indexer import model_sha256, open_model
 from .store import Store
 
@@ -77,12 +78,22 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
                              f"a BLIP retrieval folder (clipblip export Salesforce/blip-itm-base-coco --out DIR)")
         if engine is None:
             engine = open_model(query_model_dir(store, model_dir), **options)
-        paths, vectors = store.vectors()
+        index = None  # above ann.EXACT_LIMIT vectors (and with faiss): the HNSW index, cached beside the db
+        if store.count() > ann.EXACT_LIMIT and ann.available(warn=True):
+            index = ann.load_or_build(store)
+            paths = index.paths
+        else:
+            paths, vectors = store.vectors()
         own_model = store.meta.model_dir
     query = (engine.embed_texts([text]) if text is not None else engine.embed_images([image]))[0]
     query = query / max(float(np.linalg.norm(query)), 1e-12)
-    scores = vectors @ query.astype(np.float32) if len(paths) else np.zeros(0, np.float32)
-    order = np.argsort(-scores, kind="stable")
+    if index is not None:
+        order, found = index.search(query, rerank_count(k) if rerank else k)
+        scores = np.zeros(len(paths), np.float32)
+        scores[order] = found
+    else:
+        scores = vectors @ query.astype(np.float32) if len(paths) else np.zeros(0, np.float32)
+        order = np.argsort(-scores, kind="stable")
     if not rerank:
         return [SearchHit(paths[i], float(scores[i])) for i in order[:k]]
     candidates = [int(i) for i in order[: rerank_count(k)]]
