@@ -78,14 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     def command(parent, name: str, **kwargs) -> argparse.ArgumentParser:
         return parent.add_parser(name, parents=[common], **kwargs)
 
-    def engine_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("model_dir", metavar="DIR", help="a model folder written by `clipblip export`")
+    def runtime_options(p: argparse.ArgumentParser, batch_help: str) -> None:
         p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
         p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's choice)")
-        p.add_argument("--max-batch", type=int, default=MAX_BATCH,
-                       help=f"largest batch one graph run takes (default {MAX_BATCH})")
+        p.add_argument("--max-batch", type=int, default=MAX_BATCH, help=f"{batch_help} (default {MAX_BATCH})")
         p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
                        help=f"refuse images with more pixels, before decoding them (default {MAX_IMAGE_PIXELS:,})")
+
+    def engine_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model_dir", metavar="DIR", help="a model folder written by `clipblip export`")
+        runtime_options(p, "largest batch one graph run takes")
         p.add_argument("--force", action="store_true", help="replace output files that clipblip wrote before")
 
     p = command(sub, "export", help="export a model to an ONNX model folder")
@@ -217,12 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="DIR", help="a CLIP folder, or a BLIP retrieval (itm) folder")
     p.add_argument("paths", nargs="+", metavar="PATH", help=IMAGES_HELP)
     p.add_argument("--db", required=True, metavar="DB", help="the database file (created if missing), e.g. photos.db")
-    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's choice)")
-    p.add_argument("--max-batch", type=int, default=MAX_BATCH,
-                   help=f"images embedded and committed per batch (default {MAX_BATCH})")
-    p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
-                   help=f"refuse images with more pixels, before decoding them (default {MAX_IMAGE_PIXELS:,})")
+    runtime_options(p, "images embedded and committed per batch")
     p.add_argument("--json", action="store_true", help="print what the run did as one JSON document")
     p.set_defaults(run=cmd_index)
 
