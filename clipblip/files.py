@@ -20,7 +20,8 @@ from . import __version__
 from .errors import ClipblipError, OutputError, OutputExistsError
 
 __all__ = ["MARK", "NPZ_MARK", "atomic_output", "staged_folder", "check_output", "written_by_clipblip",
-           "figure_metadata", "is_model_folder"]
+           "figure_metadata", "is_model_folder",
+           "replaced_atomically", "umask"]
 
 MARK = f"clipblip {__version__}"  # written into the metadata of every figure and archive clipblip writes
 NPZ_MARK = "clipblip"  # the key of that mark inside an .npz archive
@@ -118,6 +119,25 @@ def check_output(path: str | os.PathLike, force: bool, folder: bool = False) -> 
 
 
 @contextmanager
+def replaced_atomically(path: Path, error: type[Exception] = OutputError) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds it gets the umask's permissions and
+    takes the place of ``path``; otherwise it is removed. No ownership check: callers decide what ``path``
+    may be. ``error(message)`` is raised when the temporary file cannot be made."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    except OSError as e:
+        raise error(f"{path}: cannot be written ({e.strerror or e})") from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; the result is an ordinary file
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
 def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; it replaces ``path`` only when the block succeeds.
 
@@ -127,17 +147,10 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path
     path = check_output(path, force)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     except OSError as e:
         raise OutputError(f"{path}: cannot be written ({e.strerror or e})") from None
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; the result is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replaced_atomically(path) as tmp:
+        yield tmp
 
 
 @contextmanager

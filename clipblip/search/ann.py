@@ -20,10 +20,11 @@ import hashlib
 import os
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..files import replaced_atomically
 
 __all__ = ["EXACT_LIMIT", "M", "EF_CONSTRUCTION", "EF_SEARCH", "available", "cache_path", "stamp", "AnnIndex",
            "load_or_build"]
@@ -123,18 +124,11 @@ class AnnIndex:
         """Writes the index and its stamp to a temporary file beside ``path`` and renames it into place."""
         import faiss
 
-        parent = path.parent if str(path.parent) else Path(".")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        os.close(fd)
-        try:
-            faiss.write_index(self.index, tmp)
+        with replaced_atomically(path, OSError) as tmp:
+            faiss.write_index(self.index, os.fspath(tmp))
             data = rows_stamp.encode("ascii")
             with open(tmp, "ab") as f:
                 f.write(data + struct.pack("<I", len(data)) + MAGIC)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 def stored_rows(store) -> list[tuple[str, str]]:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
+from ..engine.items import batches
 from ..errors import ClipblipError, DatabaseError, ImageError, UsageError
 from ..manifest import MANIFEST_NAME, Manifest, sha256_of
-from .store import Entry, Meta, Store, iter_chunks
+from .store import Entry, Meta, Store
 
 __all__ = ["IndexReport", "Indexer", "index_paths", "open_model", "model_sha256"]
 
@@ -197,7 +198,7 @@ class Indexer:
                 self.engine = open_model(self.model_dir, max_batch=self.max_batch, **self.engine_options)
             done = 0
             try:
-                for batch in iter_chunks(candidates, self.max_batch):
+                for batch in (candidates[part] for part in batches(len(candidates), self.max_batch)):
                     self.index_batch(store, known, batch)
                     store.commit()
                     done += len(batch)

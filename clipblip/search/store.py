@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
 from .. import __version__
 from ..errors import DatabaseError
+from ..files import replaced_atomically
 
 __all__ = ["APP", "SCHEMA_VERSION", "Entry", "Meta", "Store"]
 
@@ -86,12 +86,7 @@ class Store:
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise DatabaseError(f"{path}: cannot be created: {parent} is not a folder")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        except OSError as e:
-            raise DatabaseError(f"{path}: cannot be created ({e.strerror or e})") from None
-        os.close(fd)
-        try:
+        with replaced_atomically(parent / path.name, DatabaseError) as tmp:
             connection = sqlite3.connect(tmp)
             try:
                 connection.execute("PRAGMA journal_mode=DELETE")
@@ -100,11 +95,6 @@ class Store:
                 connection.commit()
             finally:
                 connection.close()
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return cls.open(path, writable=True)
 
     @classmethod
@@ -224,14 +214,3 @@ def read_meta(path: Path, connection: sqlite3.Connection) -> Meta:
                     schema_version=int(version))
     except (KeyError, ValueError) as e:
         raise DatabaseError(f"{path}: damaged search database (bad or missing meta entry {e})") from None
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def iter_chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
