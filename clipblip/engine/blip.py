@@ -14,6 +14,7 @@ from ..errors import GenerationConfigError, NumericalError, TextInputError
 from ..families import task_graphs
 from ..manifest import Manifest
 from .base import FolderEngine
+from .cache import TextCache
 from .decoder import DeviceDecoder, HostDecoder
 from .generate import OPTION_NAMES, Generation, GenerationOptions, beam_decode, greedy_decode, sample_decode, trim
 from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
@@ -61,6 +62,7 @@ class BlipEngine(FolderEngine):
                  io_binding: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
         super().__init__(folder, manifest, sessions, max_batch, max_image_pixels)
         self.generation = manifest.model.get("generation", {})
+        self.text_cache = TextCache()
         self.decoder = None
         if "decoder_step" in sessions:
             dims = manifest.model["decoder"]
@@ -268,13 +270,15 @@ class BlipEngine(FolderEngine):
         """Texts → ITC embeddings, float32 (M, D), L2-normalised; retrieval folders."""
         self.require("match")
         texts = as_texts(texts)
+        out, errors = self.text_cache.embed(texts, self._itc_text, self.embed_dim, "text embedding")
+        return finish(out, errors, len(texts), return_errors)
+
+    def _itc_text(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
         for part in batches(len(texts), self.max_batch):
             input_ids, attention_mask = self.tokenizer(texts[part])  # (batch, sequence)
             out[part] = self._run("itc_text", input_ids=input_ids, attention_mask=attention_mask)[0]
-        errors: dict = {}
-        check_finite(out, range(len(texts)), errors, "text embedding")
-        return finish(out, errors, len(texts), return_errors)
+        return out
 
     def match(self, images: Sequence[ImageInput] | ImageInput, texts: Sequence[str] | str, *,
               return_errors: bool = False):

@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ..families import task_graphs
 from ..manifest import Manifest
 from .base import FolderEngine
+from .cache import TextCache
 from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
 from .items import (as_texts, attention_names, batches, check_finite, finish, finite_attention, l2_normalize,
                     softmax)
@@ -36,6 +37,7 @@ class ClipEngine(FolderEngine):
         super().__init__(folder, manifest, sessions, max_batch, max_image_pixels)
         self.logit_scale = float(manifest.model["logit_scale"])
         self.embed_dim = int(manifest.model["embed_dim"])
+        self.text_cache = TextCache()
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike, provider: str = "auto", threads: int | None = None,
@@ -62,17 +64,20 @@ class ClipEngine(FolderEngine):
         return finish(l2_normalize(out), errors, len(images), return_errors)
 
     def embed_texts(self, texts: Sequence[str] | str, *, return_errors: bool = False):
-        """Texts → float32 (M, D), rows L2-normalised; long texts are truncated keeping end-of-text."""
+        """Texts → float32 (M, D), rows L2-normalised; long texts are truncated keeping end-of-text.
+        Each text's embedding is kept in ``text_cache``, so repeated texts (labels) cost nothing."""
         texts = as_texts(texts)
+        out, errors = self.text_cache.embed(texts, self._text_tower, self.embed_dim, "text embedding")
+        return finish(out, errors, len(texts), return_errors)
+
+    def _text_tower(self, texts: list[str]) -> np.ndarray:
         rows = self.tokenizer.ids(texts)
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
         for part in batches(len(texts), self.max_batch):
             input_ids, attention_mask = self.tokenizer.pad(rows[part])  # (batch, sequence)
             feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
             out[part] = self.sessions["text_tower"].run(["text_embeds"], feeds)[0]
-        errors: dict = {}
-        check_finite(out, range(len(texts)), errors, "text embedding")
-        return finish(l2_normalize(out), errors, len(texts), return_errors)
+        return l2_normalize(out)
 
     def image_attentions(self, image: ImageInput) -> np.ndarray:
         """Attention weights of the image tower, float32 (layers, heads, tokens, tokens); class token first."""

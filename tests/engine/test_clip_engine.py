@@ -88,3 +88,41 @@ def test_cuda_without_cuda_is_a_provider_error(tiny_clip):
         pytest.skip("this machine's ONNX Runtime offers CUDA; the no-CUDA error cannot be provoked here")
     with pytest.raises(ProviderError, match="cuda"):
         ClipEngine.from_dir(tiny_clip.exported, provider="cuda")
+
+
+class CountingSession:
+    """Wraps a session and counts the texts its runs were given."""
+
+    def __init__(self, session):
+        self.session, self.texts = session, 0
+
+    def run(self, names, feeds):
+        self.texts += len(feeds["input_ids"])
+        return self.session.run(names, feeds)
+
+
+def test_a_label_set_runs_the_text_tower_once(tiny_clip, photos):
+    engine = ClipEngine.from_dir(tiny_clip.exported, provider="cpu")
+    counter = engine.sessions["text_tower"] = CountingSession(engine.sessions["text_tower"])
+    first = engine.classify(photos, ["cat", "dog", "car"])
+    assert counter.texts == 3
+    again = engine.classify(photos[:1], ["dog", "cat", "car"])  # same texts, other order
+    assert counter.texts == 3 and dict(again[0]) == pytest.approx(dict(first[0]), abs=1e-6)
+    engine.embed_texts(["a photo of a cat.", "a new text", "a new text"])  # one new text, given twice
+    assert counter.texts == 4
+    engine.text_cache.clear()
+    after = engine.classify(photos[:1], ["cat", "dog", "car"])[0]
+    assert dict(after) == pytest.approx(dict(first[0]), abs=1e-6) and counter.texts == 7
+
+
+def test_the_text_cache_is_bounded_and_keeps_only_finite_rows():
+    from clipblip.engine.cache import TextCache
+
+    cache = TextCache(max_items=2)
+
+    def compute(texts):
+        return np.array([[np.nan, 0.0] if t == "bad" else [len(t), 1.0] for t in texts], dtype=np.float32)
+
+    rows, errors = cache.embed(["a", "bb", "ccc", "bad"], compute, 2, "text embedding")
+    assert rows[:3, 0].tolist() == [1, 2, 3] and list(errors) == [3] and "item 3" in str(errors[3])
+    assert len(cache) == 2 and "bad" not in cache._rows and "a" not in cache._rows  # least recent dropped
