@@ -11,14 +11,15 @@ import json
 import mmap
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError
 
-__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "TensorInfo", "GraphInfo", "Manifest", "sha256_of", "external_data_paths",
-           "folder_files"]
+__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "TensorInfo", "GraphInfo", "Manifest", "sha256_of", "has_sha256",
+           "cache_root", "external_data_paths", "folder_files"]
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -38,7 +39,8 @@ class GraphInfo:
     """One exported graph: where it is, what it takes and gives, and the parity it reached.
 
     ``parity`` compares the fp32 graph with PyTorch; ``optimization`` records the fused operators;
-    ``accuracy`` the lower-precision gate (cosine to fp32 per output) when ``precision`` is not fp32.
+    ``accuracy`` the lower-precision gate (cosine to fp32 per output) when ``precision`` is not fp32;
+    ``backends`` copies of the graph for another runtime than ONNX Runtime, each with its own gate.
     """
 
     file: str
@@ -49,6 +51,8 @@ class GraphInfo:
     parity: dict[str, Any] = field(default_factory=dict)
     optimization: dict[str, Any] = field(default_factory=dict)
     accuracy: dict[str, Any] = field(default_factory=dict)
+    # the same graph for another runtime: {"openvino": {"file", "files": {name: sha256}, "weights", "accuracy"}}
+    backends: dict[str, Any] = field(default_factory=dict)
 
     @property
     def attention_outputs(self) -> list[str]:
@@ -71,6 +75,7 @@ class GraphInfo:
             parity=d.get("parity", {}),
             optimization=d.get("optimization", {}),
             accuracy=d.get("accuracy", {}),
+            backends=d.get("backends", {}),
         )
 
 
@@ -155,6 +160,58 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def cache_root() -> Path:
+    """clipblip's folder in the user's cache: ``$CLIPBLIP_CACHE``, else ``$XDG_CACHE_HOME/clipblip``, else
+    ``~/.cache/clipblip``."""
+    if os.environ.get("CLIPBLIP_CACHE"):
+        return Path(os.environ["CLIPBLIP_CACHE"])
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "clipblip"
+
+
+VERIFIED_NAME = "verified.json"
+VERIFIED_LIMIT = 1000  # files remembered
+
+
+def _identity(path: Path) -> list:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+
+
+def has_sha256(path: str | os.PathLike, sha256: str) -> bool:
+    """Whether the file's sha256 is ``sha256``, hashing it only when it changed since it last matched.
+
+    As git's index does, a file whose size, modification time, inode and device equal those recorded
+    when its hash last matched is not read again (``$XDG_CACHE_HOME/clipblip/verified.json``): a cold
+    start then skips hashing hundreds of MB, while a damaged, replaced or rewritten file is hashed.
+    """
+    path = Path(path).resolve()
+    record = cache_root() / VERIFIED_NAME
+    try:
+        known = json.loads(record.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    if known.get(str(path)) == [*_identity(path), sha256]:
+        return True
+    if sha256_of(path) != sha256:
+        return False
+    known.pop(str(path), None)
+    known[str(path)] = [*_identity(path), sha256]
+    temporary = None
+    try:  # best effort: without a writable cache, every load hashes
+        record.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=record.parent, delete=False, encoding="utf-8") as f:
+            temporary = f.name
+            json.dump(dict(list(known.items())[-VERIFIED_LIMIT:]), f)
+        os.replace(temporary, record)
+    except OSError:
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
+    return True
+
+
 LOCATION_ENTRY = b"\n\x08location\x12"  # StringStringEntryProto(key="location", value=...) as protobuf bytes
 
 
@@ -188,6 +245,8 @@ def folder_files(folder: str | os.PathLike, manifest: Manifest) -> set[str]:
     names = {MANIFEST_NAME, str(manifest.tokenizer.get("file", ""))}
     for graph in manifest.graphs.values():
         names.add(graph.file)
+        for backend in graph.backends.values():
+            names.update(backend.get("files", {}))
         if (folder / graph.file).is_file():
             names.update(external_data_paths(folder / graph.file))
     return names

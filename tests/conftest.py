@@ -5,9 +5,15 @@ Plain values and functions that test modules import live in tests/helpers.py, no
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# clipblip's user cache (verified graph hashes, compiled OpenVINO graphs): the session's own, removed after
+os.environ["CLIPBLIP_CACHE"] = tempfile.mkdtemp(prefix="clipblip-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CLIPBLIP_CACHE"], True)
 
 from dataclasses import dataclass
 from pathlib import Path

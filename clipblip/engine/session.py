@@ -11,7 +11,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from ..errors import CompatibilityError, ModelLoadError, ProviderError, UnsafeArtifactError, UsageError
-from ..manifest import GraphInfo, external_data_paths, sha256_of
+from ..manifest import GraphInfo, external_data_paths, has_sha256
+from . import openvino
 
 __all__ = ["PROVIDERS", "resolve_providers", "open_graph", "installed_runtimes", "external_data_paths"]
 
@@ -47,7 +48,7 @@ def resolve_providers(provider: str) -> list[str]:
     if provider == "auto":
         return [PROVIDERS["cuda"], PROVIDERS["cpu"]] if PROVIDERS["cuda"] in available else [PROVIDERS["cpu"]]
     if provider not in PROVIDERS:
-        raise UsageError(f"provider {provider!r}: choose auto, cpu or cuda")
+        raise UsageError(f"provider {provider!r}: choose auto, cpu, cuda or openvino")
     if PROVIDERS[provider] not in available:
         raise ProviderError(
             f"provider {provider!r}: ONNX Runtime here offers only {', '.join(available)} "
@@ -93,21 +94,49 @@ def compatibility_error(path: Path, name: str, message: str) -> CompatibilityErr
     return None
 
 
-def open_graph(folder: Path, name: str, info: GraphInfo, provider: str, threads: int | None,
-               verify: bool = True) -> ort.InferenceSession:
-    """Open one graph of a model folder, checking its hash, its I/O names and the provider it got.
+def backend_for(info: GraphInfo, provider: str) -> str:
+    """"openvino" or "onnxruntime" for this graph: OpenVINO when asked for (``provider="openvino"``) and
+    the folder holds the graph for it, or with "auto" where it was measured faster: an OpenVINO copy of
+    the graph, OpenVINO installed, a CPU with AMX, and no CUDA."""
+    if "files" not in info.backends.get(openvino.BACKEND, {}):
+        return "onnxruntime"
+    if provider == "openvino":
+        return openvino.BACKEND
+    if (provider == "auto" and openvino.cpu_has_amx() and openvino.available()
+            and PROVIDERS["cuda"] not in ort.get_available_providers()):
+        return openvino.BACKEND
+    return "onnxruntime"
 
-    Files are checked before ONNX Runtime sees them: the graph and any external data it names must
-    lie inside the model folder.
-    """
-    path = check_inside(folder, info.file, "graph file")
+
+def checked_file(folder: Path, name: str, file: str, sha256: str, verify: bool) -> Path:
+    """``folder / file`` if it lies inside the folder, exists and (``verify``) has the manifest's hash."""
+    path = check_inside(folder, file, "graph file")
     if not path.is_file():
         raise ModelLoadError(f"{path}: graph '{name}' is missing from the model folder")
-    if verify and sha256_of(path) != info.sha256:
+    if verify and not has_sha256(path, sha256):
         raise ModelLoadError(f"{path}: sha256 differs from the manifest (file damaged or replaced)")
+    return path
+
+
+def open_graph(folder: Path, name: str, info: GraphInfo, provider: str, threads: int | None,
+               verify: bool = True) -> ort.InferenceSession | openvino.OpenVinoGraph:
+    """Open one graph of a model folder, checking its hash, its I/O names and the provider it got.
+
+    Files are checked before a runtime sees them: the graph and any external data it names must
+    lie inside the model folder. ``provider="openvino"`` runs the graphs the folder holds for OpenVINO
+    there and the others on ONNX Runtime's CPU provider.
+    """
+    if backend_for(info, provider) == openvino.BACKEND:
+        entry = info.backends[openvino.BACKEND]
+        paths = [checked_file(folder, name, file, sha, verify) for file, sha in entry["files"].items()]
+        names = ([t.name for t in info.inputs], [t.name for t in info.outputs])
+        session = openvino.open_openvino(paths[0], threads, names)
+        check_names(paths[0], name, info, session)
+        return session
+    path = checked_file(folder, name, info.file, info.sha256, verify)
     for location in external_data_paths(path):
         check_inside(folder, location, f"external data of graph '{name}'")
-    providers = resolve_providers(provider)
+    providers = resolve_providers("cpu" if provider == "openvino" else provider)
     try:
         session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
     except Exception as e:  # ORT raises its own exception types; report one line
@@ -116,6 +145,12 @@ def open_graph(folder: Path, name: str, info: GraphInfo, provider: str, threads:
             f"{path}: ONNX Runtime cannot load graph '{name}': {message.splitlines()[0]}") from None
     if provider != "auto" and session.get_providers()[0] != providers[0]:
         raise ProviderError(f"{path}: asked for {providers[0]}, ONNX Runtime gave {session.get_providers()[0]}")
+    check_names(path, name, info, session)
+    return session
+
+
+def check_names(path: Path, name: str, info: GraphInfo, session) -> None:
+    """ModelLoadError unless the opened graph has the manifest's input and output names, in order."""
     found = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     expected = ([t.name for t in info.inputs], [t.name for t in info.outputs])
     if found != expected:
@@ -123,4 +158,3 @@ def open_graph(folder: Path, name: str, info: GraphInfo, provider: str, threads:
             f"{path}: graph '{name}' has inputs {found[0]} and outputs {found[1]}, "
             f"the manifest says inputs {expected[0]} and outputs {expected[1]}"
         )
-    return session

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -138,3 +139,21 @@ def test_newer_opset_is_a_compatibility_error(folder):
     rehash(folder)
     with pytest.raises(CompatibilityError, match="newer ONNX Runtime"):
         ClipEngine.from_dir(folder)
+
+
+def test_a_verified_graph_is_not_hashed_again_until_it_changes(folder, monkeypatch):
+    import clipblip.manifest as manifest
+
+    ClipEngine.from_dir(folder)  # hashes and records each graph
+    hashed = []
+    real = manifest.sha256_of
+    monkeypatch.setattr(manifest, "sha256_of", lambda path, *a: hashed.append(Path(path).name) or real(path, *a))
+    ClipEngine.from_dir(folder)
+    assert hashed == []
+    path = graph_file(folder)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))  # same size, new modification time
+    with pytest.raises(ModelLoadError, match=f"{path.name}: sha256 differs"):
+        ClipEngine.from_dir(folder)
+    assert hashed == [path.name]
