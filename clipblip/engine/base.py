@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import UsageError, WrongModelError
+from ..errors import ProviderError, UsageError, WrongModelError
 from ..manifest import Manifest
 from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor
 from .items import batches
-from .session import open_graph
+from . import openvino
+from .session import backend_for, open_graph
 from .text import TextTokenizer
 
 __all__ = ["FolderEngine"]
@@ -43,9 +44,13 @@ class FolderEngine:
         if manifest.family != cls.family:
             raise WrongModelError(f"{folder}: holds a {manifest.family.upper()} model, not {cls.family.upper()}; "
                                   f"{wanted_export(cls.family)}")
-        names: Iterable[str] = graphs(manifest)
+        names = sorted(set(graphs(manifest)))
+        if provider == "openvino" and all(backend_for(manifest.graph(folder, n), provider) != openvino.BACKEND
+                                          for n in names):
+            raise ProviderError(f"{folder}: holds no graph for OpenVINO; export the model (int8 or int4) with "
+                                f"OpenVINO installed ({openvino.INSTALL}) to get one")
         sessions = {name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
-                    for name in sorted(set(names))}
+                    for name in names}
         return folder, manifest, sessions
 
     @property
