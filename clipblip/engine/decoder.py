@@ -2,7 +2,9 @@
 
 ``HostDecoder`` passes numpy arrays. ``DeviceDecoder`` uses IO binding: cross-attention K/V and
 the self-attention cache stay as OrtValues where the session runs (GPU memory on CUDA) from one
-step to the next; per step only the new token ids go in and the logits come out.
+step to the next; per step only the new token ids go in and the logits come out — or, for greedy
+decoding without logits processors (``step_argmax``), only each row's next token id and a finiteness
+flag: the argmax runs on the device too.
 """
 
 from __future__ import annotations
@@ -49,17 +51,28 @@ class HostDecoder:
 
 
 GATHER_ROWS = Path(__file__).with_name("graphs") / "gather_rows.onnx"  # built by clipblip.export.kernels
+ARGMAX_ROWS = Path(__file__).with_name("graphs") / "argmax_rows.onnx"  # likewise
 
 
 class DeviceDecoder(HostDecoder):
     """Decoder step with IO binding: caches stay on ``device`` ("cuda" or "cpu") between steps; rows are
-    dropped or reordered (beam search) there too, by a one-node Gather graph on the step's providers."""
+    dropped or reordered (beam search) there too, by a one-node Gather graph on the step's providers.
+    Greedy decoding takes each row's argmax there as well (``step_argmax``, the argmax_rows graph), so
+    that only token ids cross to the host; ``device_argmax`` says whether it can (float32 logits)."""
 
     def __init__(self, *args, device: str = "cuda", **kwargs):
         super().__init__(*args, **kwargs)
         self.device = device
-        self.gather_session = ort.InferenceSession(str(GATHER_ROWS), self.step_session.get_session_options(),
-                                                   providers=self.step_session.get_providers())
+        options, providers = self.step_session.get_session_options(), self.step_session.get_providers()
+        self.gather_session = ort.InferenceSession(str(GATHER_ROWS), options, providers=providers)
+        types = {o.name: o.type for o in self.step_session.get_outputs()}
+        self.argmax_session = (ort.InferenceSession(str(ARGMAX_ROWS), options, providers=providers)
+                               if self.outputs and types.get(self.outputs[0]) == "tensor(float)" else None)
+
+    @property
+    def device_argmax(self) -> bool:
+        """Whether ``step_argmax`` is available: the argmax graph takes float32 logits."""
+        return self.argmax_session is not None
 
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
@@ -75,17 +88,34 @@ class DeviceDecoder(HostDecoder):
     def empty_cache(self, batch: int) -> list[Any]:
         return [self._to_device(a) for a in super().empty_cache(batch)]
 
-    def step(self, input_ids: np.ndarray, past: list[Any], cross: list[Any]) -> tuple[np.ndarray, list[Any]]:
+    def _run_step(self, input_ids: np.ndarray, past: list[Any], cross: list[Any], logits_on: str) -> list[Any]:
         binding = self.step_session.io_binding()
         binding.bind_cpu_input("input_ids", input_ids)
         for name, value in zip(self.past_names + self.cross_names, past + cross):
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output(self.outputs[0], "cpu")  # logits come to the host for the argmax
+        binding.bind_output(self.outputs[0], logits_on)
         for name in self.outputs[1:]:
             binding.bind_output(name, self.device)  # the new cache stays where it is
         self.step_session.run_with_iobinding(binding)
-        logits, *present = binding.get_outputs()
+        return binding.get_outputs()
+
+    def step(self, input_ids: np.ndarray, past: list[Any], cross: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        logits, *present = self._run_step(input_ids, past, cross, "cpu")  # logits come to the host
         return logits.numpy(), present
+
+    def step_argmax(self, input_ids: np.ndarray, past: list[Any],
+                    cross: list[Any]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+        """One greedy step with the logits kept on the device: each row's next token (int64 (rows,), its
+        first maximum, as ``argmax``), whether the row's logits were all finite (bool (rows,)), and the
+        new cache. Only those two small vectors cross to the host."""
+        logits, *present = self._run_step(input_ids, past, cross, self.device)
+        binding = self.argmax_session.io_binding()
+        binding.bind_ortvalue_input("logits", logits)
+        binding.bind_output("ids", "cpu")
+        binding.bind_output("finite", "cpu")
+        self.argmax_session.run_with_iobinding(binding)
+        ids, finite = (value.numpy() for value in binding.get_outputs())
+        return ids, finite, present
 
     def keep(self, tensors: list[Any], rows: np.ndarray) -> list[Any]:
         return self.gather(tensors, np.flatnonzero(rows))

@@ -127,10 +127,11 @@ OPTION_NAMES = tuple(name for name in GenerationOptions.__dataclass_fields__ if 
 
 
 def _row_loop(decoder: Decoder, prompt: np.ndarray, cross: list[Any], options: GenerationOptions, eos_id: int,
-              pad_id: int, pick) -> tuple[np.ndarray, np.ndarray]:
+              pad_id: int, pick, on_device: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Greedy and sampling: every row picks its own next token, ``pick(scores)`` → (rows,), and leaves the
-    batch at its own end. Returns (int64 (batch, max_new_tokens), pad after each end; bool (batch,) rows
-    stopped by NaN/Inf logits)."""
+    batch at its own end; ``on_device``: the decoder's ``step_argmax`` picks instead (greedy without
+    processors), and the logits never reach the host. Returns (int64 (batch, max_new_tokens), pad after
+    each end; bool (batch,) rows stopped by NaN/Inf logits)."""
     batch, steps = prompt.shape[0], options.max_new_tokens
     out = np.full((batch, steps), pad_id, dtype=np.int64)
     broken = np.zeros(batch, dtype=bool)
@@ -138,13 +139,16 @@ def _row_loop(decoder: Decoder, prompt: np.ndarray, cross: list[Any], options: G
     past = decoder.empty_cache(batch)  # 2 x layers of (rows, heads, 0, head_dim)
     tokens = prompt.astype(np.int64)  # the first step reads the whole prompt
     for t in range(steps):
-        logits, past = decoder.step(tokens, past, cross)  # logits (rows, vocab); past (rows, heads, seen, hd)
-        finite = np.isfinite(logits).all(axis=-1)
+        if on_device:  # next ids (rows,) and finite (rows,) from the device; the logits stay there
+            next_ids, finite, past = decoder.step_argmax(tokens, past, cross)
+        else:
+            logits, past = decoder.step(tokens, past, cross)  # logits (rows, vocab); past (rows, heads, seen, hd)
+            finite = np.isfinite(logits).all(axis=-1)
+            if options.processes:  # the ids seen so far, prompt included: (rows, prompt_len + t)
+                seen = np.concatenate([prompt[rows], out[rows, :t]], axis=1)
+                logits = options.process(logits, seen, t, eos_id)
+            next_ids = pick(logits)
         broken[rows[~finite]] = True
-        if options.processes:  # the ids seen so far, prompt included: (rows, prompt_len + t)
-            seen = np.concatenate([prompt[rows], out[rows, :t]], axis=1)
-            logits = options.process(logits, seen, t, eos_id)
-        next_ids = pick(logits)
         out[rows[finite], t] = next_ids[finite]
         ended = (next_ids == eos_id) | ~finite
         if ended.all():
@@ -169,8 +173,10 @@ def greedy_decode(decoder: Decoder, prompt: np.ndarray, cross: list[Any], *, max
     options = options or GenerationOptions(max_new_tokens=max_new_tokens)
     if options.max_new_tokens != max_new_tokens:
         options = replace(options, max_new_tokens=max_new_tokens)
+    # a device decoder takes the argmax where the logits are, unless a processor needs them on the host
+    on_device = not options.processes and bool(getattr(decoder, "device_argmax", False))
     return _row_loop(decoder, prompt, cross, options, eos_id, pad_id,
-                     lambda scores: scores.argmax(axis=-1))  # first maximum, as torch.argmax
+                     lambda scores: scores.argmax(axis=-1), on_device)  # first maximum, as torch.argmax
 
 
 def sample_decode(decoder: Decoder, prompt: np.ndarray, cross: list[Any], options: GenerationOptions, *,
