@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[cpu,export,viz,test,serve,ray,search]" "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[cpu,export,viz,test,serve,ray,search,openvino]" "$(TORCH)"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -38,3 +38,22 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-output bench-output .pytest_cache
+
+# optimum-onnx, the peer of benchmarks/peers/, in its own virtual environment: it pins transformers<4.58.
+# torch goes in first and pinned (the CPU build); benchmarks/peers/requirements.txt pins the rest.
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+.PHONY: peers-venv bench-peers
+
+$(PEERS_STAMP): benchmarks/peers/requirements.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r benchmarks/peers/requirements.txt "$(TORCH)"
+	touch $(PEERS_STAMP)
+
+peers-venv: $(PEERS_STAMP)
+
+# transformers eager, optimum-onnx and clipblip on one zero-shot classification, side by side
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/peers/classify.py --out bench-output/peers
