@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/blip_beam.py
 
 clean:
-	rm -rf $(VENV) demo-output bench-output .pytest_cache
+	rm -rf $(VENV) .venv-peers demo-output bench-output .pytest_cache
 
 # optimum-onnx, the peer of benchmarks/peers/, in its own virtual environment: it pins transformers<4.58.
 # torch goes in first and pinned (the CPU build); benchmarks/peers/requirements.txt pins the rest.
