@@ -36,6 +36,8 @@ class TextCache:
     def embed(self, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray], dim: int,
               what: str) -> tuple[np.ndarray, dict]:
         """Rows for ``texts`` (M, dim), computing only the texts not cached; errors by the caller's index."""
+        if not all(isinstance(t, str) for t in texts):
+            return self._checked(compute(list(texts)), what)  # the tokenizer names the item that is no text
         out = np.empty((len(texts), dim), dtype=np.float32)
         with self._lock:
             cached = {t: self._rows[t] for t in dict.fromkeys(texts) if t in self._rows}
@@ -45,8 +47,6 @@ class TextCache:
         fresh = dict(zip(missing, compute(missing))) if missing else {}
         for i, text in enumerate(texts):
             out[i] = cached[text] if text in cached else fresh[text]
-        errors: dict = {}
-        check_finite(out, range(len(texts)), errors, what)
         with self._lock:
             for text, row in fresh.items():
                 if self.max_items and np.isfinite(row).all():
@@ -54,4 +54,10 @@ class TextCache:
                     self._rows.move_to_end(text)
             while len(self._rows) > self.max_items:
                 self._rows.popitem(last=False)
-        return out, errors
+        return self._checked(out, what)
+
+    @staticmethod
+    def _checked(rows: np.ndarray, what: str) -> tuple[np.ndarray, dict]:
+        errors: dict = {}
+        check_finite(rows, range(len(rows)), errors, what)
+        return rows, errors
