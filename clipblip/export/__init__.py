@@ -11,7 +11,8 @@ from ..errors import ExportError, UsageError
 from ..files import check_output, staged_folder
 from ..manifest import Manifest
 from .convert import check_parity, export_graph, graph_info
-from .optimize import PRECISIONS, fuse_graph, lower_precision
+from .openvino import openvino_copy
+from .optimize import PRECISIONS, fuse_graph, lower_precision, precision_chain
 from .sources import load_source
 
 __all__ = ["export_model", "DEFAULT_OPSET", "PRECISIONS"]
@@ -27,6 +28,15 @@ def _library_versions() -> dict[str, str]:
 
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _gate_summary(gate: dict) -> str:
+    text = f"least cosine to fp32 {gate['least']}"
+    if teacher := gate.get("teacher_forced"):
+        text += (f", teacher-forced top-1 agreement {teacher['top1_agreement']} and least logit cosine "
+                 f"{teacher['least_cosine']} (need {teacher['threshold']['top1_agreement']} and "
+                 f"{teacher['threshold']['least_cosine']})")
+    return text
 
 
 def export_model(
@@ -49,7 +59,10 @@ def export_model(
     CLIP text tower and the BLIP decoder step (for visualisation; lean graphs without it).
     ``optimize`` applies ONNX Runtime's transformer fusions where they keep parity. ``precision``
     "int8" (CPU) or "fp16" (CUDA) converts each graph that has an accuracy gate and keeps it only if
-    it passes; a graph that fails stays fp32 and the manifest says why.
+    it passes; a graph that fails stays fp32 and the manifest says why. "int4" gives the graphs bound by
+    reading their weights (the BLIP decoder step) 4-bit weight-only MatMuls and the others int8; a graph
+    whose int4 fails its gate tries int8 next. A decoder step must also pass a teacher-forced decoding gate
+    (top-1 agreement and logit cosine against fp32, thresholds in its spec and the manifest).
     Every graph passes the parity gate before the folder appears; on any failure nothing is left.
     ``out`` must be new, or (with ``force``) a model folder that clipblip exported: nothing else is
     ever replaced. ``progress(message)`` reports each stage, ``steps(done, total)`` counts graphs.
@@ -63,6 +76,7 @@ def export_model(
 
     say(f"loading {model}")
     source = load_source(model, task, allow_pickle)
+    family = families.family(source.family)
     exporter = families.load_exporter(source.family)  # looked up per call: tests may patch its functions
     sections = exporter.manifest_sections(source)
     specs = exporter.graph_specs(source, attentions)
@@ -88,18 +102,35 @@ def export_model(
                     f"{fusion['parity']['max_abs_diff']:.2e}")
             info = graph_info(spec, path, parity)
             info.optimization = fusion
+            openvino = {}
+            # lossy folders only: an fp32 folder promises fp32 answers, which bf16 would not keep
+            if precision in ("int8", "int4") and spec.gate and spec.name in family.openvino_graphs:
+                say(f"{spec.name}: writing and gating its OpenVINO copy")
+                openvino = openvino_copy(spec, path)  # from the fp32 graph, before it is replaced
+                kept = "files" in openvino
+                say(f"{spec.name}: OpenVINO copy " + (f"kept, {_gate_summary(openvino['accuracy'])}" if kept
+                                                      else f"not written: {openvino['reason']}"))
             if precision != "fp32" and spec.gate:
-                low_path, gate = lower_precision(spec, path, precision)
-                if gate["passed"]:
-                    path.unlink()
-                    info = graph_info(spec, low_path, parity)
-                    info.optimization, info.precision = fusion, precision
-                    say(f"{spec.name}: {precision} kept, least cosine to fp32 {gate['least']}")
-                else:
+                tries = []
+                # int4 only where weights dominate (int8 elsewhere); a graph that fails int4's gate tries int8
+                for target in precision_chain(spec, precision):
+                    low_path, gate = lower_precision(spec, path, target)
+                    reached = gate.get("reason") or _gate_summary(gate)
+                    tries.append({"precision_tried": target, **gate})
+                    if gate["passed"]:
+                        path.unlink()
+                        info = graph_info(spec, low_path, parity)
+                        info.optimization, info.precision = fusion, target
+                        say(f"{spec.name}: {target} kept, {reached}")
+                        break
                     low_path.unlink()
-                    say(f"{spec.name}: {precision} failed its gate ({gate.get('reason') or gate['least']}); "
-                        f"keeping fp32")
-                info.accuracy = {"precision_tried": precision, **gate}
+                    say(f"{spec.name}: {target} failed its gate ({reached})")
+                else:
+                    say(f"{spec.name}: keeping fp32")
+                # the attempt that decided, and before it any rejected one
+                info.accuracy = {**tries[-1], "rejected": tries[:-1]} if len(tries) > 1 else tries[-1]
+            if openvino:
+                info.backends["openvino"] = openvino
             graphs[spec.name] = info
         if steps is not None:
             steps(len(specs), len(specs))

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["TensorSpec", "GraphSpec"]
+__all__ = ["TensorSpec", "GraphSpec", "TeacherForcing"]
 
 Axes = dict[str, int]
 
@@ -28,6 +28,28 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class TeacherForcing:
+    """The decoder-step gate of a lower precision, on whole decodes instead of single random inputs.
+
+    ``cross(generator)`` gives cross-attention K/V (name → tensor, batch first) computed by the model from
+    check inputs. The fp32 step decodes greedily for ``steps`` tokens from ``bos_id``; the candidate is fed
+    the same tokens, one per step, with its own KV cache (nothing else grows with the sequence). Per step and
+    row: whether both pick the same top-1 token (a different pick that fp32 rates within ``near_tie`` nats of
+    its own is a near-tie and not held against the candidate), and the cosine of their logits centred per
+    row (softmax ignores a row's offset, so the centred cosine is the stricter one). The candidate passes if
+    the top-1 agreement rate is at least ``min_top1`` and the least cosine at least ``min_cosine``.
+    """
+
+    bos_id: int
+    cross: Callable[[torch.Generator], dict[str, torch.Tensor]]
+    steps: int = 16
+    min_top1: float = 0.9
+    min_cosine: float = 0.99
+    near_tie: float = 0.05
+    logits: str = "logits"
+
+
+@dataclass(frozen=True)
 class GraphSpec:
     """One graph to export.
 
@@ -38,7 +60,9 @@ class GraphSpec:
 
     ``fusion`` names ONNX Runtime's transformer optimizer settings for the graph (model_type,
     num_heads, hidden_size), or None. ``gate`` gives, per output, the least cosine similarity to
-    fp32 that a lower precision must keep (outputs not named are not gated).
+    fp32 that a lower precision must keep (outputs not named are not gated); ``teacher`` adds the
+    teacher-forced decoding gate for a KV-cached decoder step. ``weight_bound`` marks a graph whose batch-1
+    run is bound by reading its weights (the decoder step): ``--precision int4`` gives it 4-bit weights.
     """
 
     name: str
@@ -51,6 +75,8 @@ class GraphSpec:
     atol: float = 1e-4
     fusion: dict | None = None
     gate: dict[str, float] = field(default_factory=dict)
+    teacher: TeacherForcing | None = None
+    weight_bound: bool = False
     file: str = field(default="")
 
     @property

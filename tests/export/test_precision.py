@@ -13,20 +13,27 @@ from tests.helpers import varied_images
 # Operators that only a quantised graph has (ONNX and ONNX Runtime's com.microsoft domain).
 QUANT_OPS = {"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger",
              "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QGemm", "QLinearMatMul", "QLinearConv",
-             "QEmbedLayerNormalization", "MatMulNBits"}
+             "QEmbedLayerNormalization", "MatMulNBits", "GatherBlockQuantized"}
 EIGHT_BIT = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
 FLOATS = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16",
           onnx.TensorProto.DOUBLE: "fp64"}
 
 
 def stored_precision(path) -> str:
-    """What the .onnx file really holds: "int8" (8-bit weights and quantisation operators), "fp16" (every
-    float weight float16, nothing quantised), "fp32" (every float weight float32, nothing quantised), or a
-    description of anything else."""
+    """What the .onnx file really holds: "int4" (every weighted MatMul a 4-bit MatMulNBits), "int8" (8-bit
+    weights and quantisation operators), "fp16" (every float weight float16, nothing quantised), "fp32" (every
+    float weight float32, nothing quantised), or a description of anything else."""
     graph = onnx.load(str(path), load_external_data=False).graph
     types = {t.data_type for t in graph.initializer}
     ops = {n.op_type for n in graph.node} & QUANT_OPS
     floats = sorted(FLOATS.get(t, str(t)) for t in types - EIGHT_BIT if t in FLOATS)
+    bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    weights = {t.name for t in graph.initializer}
+    float_matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
+    if bits == {4} and ops <= {"MatMulNBits", "GatherBlockQuantized"} and not float_matmuls:
+        return "int4"
+    if bits - {8}:
+        return f"mixed: MatMulNBits of {sorted(bits)} bits, quantisation ops {sorted(ops)}"
     if types & EIGHT_BIT and ops:
         return "int8"
     if not types & EIGHT_BIT and not ops and len(floats) == 1:
@@ -108,6 +115,10 @@ def test_blip_int8_decoder_is_stored_as_recorded_and_picks_fp32s_first_token(tmp
     for name, graph in manifest.graphs.items():
         assert stored_precision(tmp_path / "m" / graph.file) == graph.precision, name
     assert manifest.graphs["decoder_step"].precision == "int8"  # this seeded model passes the logits gate
+    # and the teacher-forced one: 16 greedy steps of fp32 fed to both (measured 1.0 agreement, cosine 0.9998)
+    teacher = manifest.graphs["decoder_step"].accuracy["teacher_forced"]
+    assert teacher["passed"] and teacher["threshold"] == {"top1_agreement": 0.9, "least_cosine": 0.99}
+    assert teacher["top1_agreement"] >= 0.9 and teacher["least_cosine"] >= 0.99
     want = blip_fp32.generate_captions(photos, max_new_tokens=4)
     got = BlipEngine.from_dir(tmp_path / "m").generate_captions(photos, max_new_tokens=4)
     # The first token's lead over the runner-up is 3x int8's logit error for these photos (and held for

@@ -1,0 +1,89 @@
+"""OpenVINO as a second CPU backend: the export writes a gated copy of the BLIP image tower, and
+``provider="openvino"`` (or "auto" on a CPU with AMX) runs it there, ONNX Runtime running the rest."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino", reason="OpenVINO (the openvino extra) is not installed")
+
+from clipblip.engine import BlipEngine  # noqa: E402
+from clipblip.engine import openvino as backend  # noqa: E402
+from clipblip.errors import MissingExtraError, ModelLoadError, ProviderError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def int8_caption(blip_caption, tmp_path_factory):
+    from clipblip.export import export_model
+
+    folder = tmp_path_factory.mktemp("openvino") / "caption-int8"
+    export_model(str(blip_caption.checkpoint), folder, precision="int8")
+    return folder
+
+
+def test_export_writes_a_gated_openvino_copy_of_the_image_tower(int8_caption):
+    manifest = json.loads((int8_caption / "manifest.json").read_text())
+    entry = manifest["graphs"]["image_tower"]["backends"]["openvino"]
+    assert entry["accuracy"]["passed"] and entry["accuracy"]["least"]["image_embeds"] >= 0.999
+    assert set(entry["files"]) == {"image_tower.openvino.xml", "image_tower.openvino.bin"}
+    assert all((int8_caption / name).stat().st_size > 0 for name in entry["files"])
+    # only the graph OpenVINO measured faster on gets a copy
+    assert not manifest["graphs"]["decoder_step"].get("backends")
+
+
+def test_openvino_runs_the_image_tower_and_onnx_runtime_the_rest(int8_caption, photos):
+    ov = BlipEngine.from_dir(int8_caption, provider="openvino", threads=2)
+    ort = BlipEngine.from_dir(int8_caption, provider="cpu", threads=2)
+    assert isinstance(ov.sessions["image_tower"], backend.OpenVinoGraph)
+    assert ov.providers[0].startswith("OpenVINO CPU (")
+    assert ov.sessions["decoder_step"].get_providers() == ["CPUExecutionProvider"]
+    a, b = ov.image_embeds(photos), ort.image_embeds(photos)  # (images, tokens, width)
+    a, b = a.reshape(len(photos), -1), b.reshape(len(photos), -1)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.999
+    assert all(isinstance(c, str) for c in ov.caption(photos, max_new_tokens=5))
+
+
+def test_auto_chooses_openvino_only_on_a_cpu_with_amx(int8_caption, monkeypatch):
+    monkeypatch.setattr(backend, "cpu_has_amx", lambda: False)
+    assert not isinstance(BlipEngine.from_dir(int8_caption).sessions["image_tower"], backend.OpenVinoGraph)
+    monkeypatch.setattr(backend, "cpu_has_amx", lambda: True)
+    assert isinstance(BlipEngine.from_dir(int8_caption).sessions["image_tower"], backend.OpenVinoGraph)
+
+
+def test_a_folder_without_an_openvino_copy_is_refused_in_one_line(blip_caption):
+    with pytest.raises(ProviderError, match="holds no graph for OpenVINO") as e:
+        BlipEngine.from_dir(blip_caption.exported, provider="openvino")  # fp32: bf16 would change its answers
+    assert "\n" not in str(e.value)
+
+
+def test_openvino_missing_names_the_extra(int8_caption, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    backend._core.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    try:
+        with pytest.raises(MissingExtraError, match=r"clipblip\[openvino\]"):
+            BlipEngine.from_dir(int8_caption, provider="openvino")
+    finally:
+        backend._core.cache_clear()
+
+
+def test_a_damaged_openvino_copy_is_refused(int8_caption, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(int8_caption, copy)
+    with open(copy / "image_tower.openvino.bin", "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff\xfe")
+    with pytest.raises(ModelLoadError, match="sha256 differs"):
+        BlipEngine.from_dir(copy, provider="openvino")
