@@ -1,6 +1,6 @@
 """One cold start, run by benchmarks/run.py in a fresh process: imports, load, first caption.
 
-    python benchmarks/cold_start.py eager|clipblip MODEL_DIR PHOTO THREADS
+    python benchmarks/cold_start.py eager|clipblip MODEL_DIR PHOTO THREADS [PROVIDER]
 
 Prints one JSON line: seconds to the first caption (measured inside) and the peak resident memory.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 
 start = time.perf_counter()
 kind, model_dir, photo, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+provider = sys.argv[5] if len(sys.argv) > 5 else "cpu"
 
 if kind == "eager":
     import torch
@@ -27,7 +28,7 @@ if kind == "eager":
 else:
     from clipblip.engine import BlipEngine
 
-    BlipEngine.from_dir(model_dir, provider="cpu", threads=threads).caption([photo], max_new_tokens=20)
+    BlipEngine.from_dir(model_dir, provider=provider, threads=threads).caption([photo], max_new_tokens=20)
 
 # VmHWM: this process's own peak resident set (ru_maxrss would carry the parent's across fork + exec)
 status = Path("/proc/self/status").read_text().splitlines()

@@ -69,17 +69,33 @@ def summarise(times: dict[str, list[float]], items: int) -> dict[str, dict]:
 
 
 def export_all(tmp: Path, size: str) -> dict[str, Path]:
-    from clipblip.export import export_model
+    from clipblip.export import PRECISIONS, export_model
 
     folders = {}
     for name, preset, task in (("clip", f"random:clip-{size}", None), ("caption", f"random:blip-{size}", "caption"),
                                ("vqa", f"random:blip-{size}", "vqa"), ("itm", f"random:blip-{size}", "itm")):
-        for precision in ("fp32", "int8"):
+        # int4 touches only the decoder step (weights read every token): the generative tasks
+        for precision in ("fp32", "int8", "int4") if task in ("caption", "vqa") and "int4" in PRECISIONS else \
+                ("fp32", "int8"):
             folder = tmp / f"{name}-{precision}"
             print(f"exporting {preset} {task or ''} {precision}", file=sys.stderr, flush=True)
             export_model(preset, folder, task=task, precision=precision)
             folders[f"{name} {precision}"] = folder
     return folders
+
+
+def engine_variants(folders: dict[str, Path], threads: int) -> dict[str, object]:
+    """Engines by "<kind> <variant>": each folder on ONNX Runtime's CPU provider, and BLIP's lower-precision
+    folders that hold an OpenVINO copy of their image tower also with ``provider="openvino"``."""
+    from clipblip.engine import BlipEngine, ClipEngine
+
+    engines = {}
+    for key, folder in folders.items():
+        cls = ClipEngine if key.startswith("clip") else BlipEngine
+        engines[key] = cls.from_dir(folder, provider="cpu", threads=threads)
+        if engines_with_openvino(folder):
+            engines[f"{key} + OpenVINO"] = cls.from_dir(folder, provider="openvino", threads=threads)
+    return engines
 
 
 def eager_variants(fn: Callable[[], object]) -> dict[str, Callable[[], object]]:
@@ -93,12 +109,9 @@ def eager_variants(fn: Callable[[], object]) -> dict[str, Callable[[], object]]:
 
 
 def workloads(folders: dict[str, Path], size: str, threads: int, images: list[Image.Image]) -> dict:
-    from clipblip.engine import BlipEngine, ClipEngine
     from clipblip.export.sources import load_source
 
-    engines = {key: (ClipEngine if key.startswith("clip") else BlipEngine).from_dir(folder, provider="cpu",
-                                                                                   threads=threads)
-               for key, folder in folders.items()}
+    engines = engine_variants(folders, threads)
     clip = load_source(f"random:clip-{size}")
     blip = {task: load_source(f"random:blip-{size}", task) for task in ("caption", "vqa", "itm")}
     question, text = "what is in the picture?", ["a photo of a woman in uniform"]
@@ -112,9 +125,9 @@ def workloads(folders: dict[str, Path], size: str, threads: int, images: list[Im
         ids = clip.tokenizer(text, return_tensors="pt")
         return clip.model.get_text_features(**ids)
 
-    def caption():
+    def caption(beams=1):
         pixels = blip["caption"].image_processor(images=images[:1], return_tensors="pt")["pixel_values"]
-        return blip["caption"].model.generate(pixel_values=pixels, max_new_tokens=20, num_beams=1, do_sample=False)
+        return blip["caption"].model.generate(pixel_values=pixels, max_new_tokens=20, num_beams=beams, do_sample=False)
 
     def vqa():
         pixels = blip["vqa"].image_processor(images=images[:1], return_tensors="pt")["pixel_values"]
@@ -130,22 +143,35 @@ def workloads(folders: dict[str, Path], size: str, threads: int, images: list[Im
                                  attention_mask=ids.attention_mask).itm_score
 
     def ours(kind, call):
-        return {f"clipblip {p}": (lambda e=engines[f"{kind} {p}"]: call(e)) for p in ("fp32", "int8")}
+        return {f"clipblip {key.split(' ', 1)[1]}": (lambda e=engine: call(e))
+                for key, engine in engines.items() if key.split(" ", 1)[0] == kind}
 
     return {
         "CLIP image embedding, batch 1": (1, {**eager_variants(lambda: clip_images(images[:1])),
                                              **ours("clip", lambda e: e.embed_images(images[:1]))}),
         "CLIP image embedding, batch 32": (32, {**eager_variants(lambda: clip_images(batch)),
                                                **ours("clip", lambda e: e.embed_images(batch))}),
-        "CLIP text embedding, batch 1, short prompt": (1, {**eager_variants(clip_text),
-                                                          **ours("clip", lambda e: e.embed_texts(text))}),
+        # the engine caches text embeddings by text: cleared each call to time the text tower
+        "CLIP text embedding, batch 1, short prompt": (1, {**eager_variants(clip_text), **ours(
+            "clip", lambda e: (e.text_cache.clear(), e.embed_texts(text)))}),
         "BLIP caption, 20 new tokens, image → string": (1, {
             **eager_variants(caption), **ours("caption", lambda e: e.caption(images[:1], max_new_tokens=20))}),
+        "BLIP caption, beam search (3 beams), 20 new tokens": (1, {
+            **eager_variants(lambda: caption(3)),
+            **ours("caption", lambda e: e.caption(images[:1], max_new_tokens=20, num_beams=3))}),
         "BLIP VQA, image + question → answer": (1, {
             **eager_variants(vqa), **ours("vqa", lambda e: e.answer(images[:1], question))}),
         "BLIP ITM, image + text → match score": (1, {
             **eager_variants(itm), **ours("itm", lambda e: e.match(images[:1], text))}),
     }
+
+
+def engines_with_openvino(folder: Path) -> bool:
+    """Whether the folder holds an OpenVINO copy of a graph and OpenVINO is installed."""
+    from clipblip.engine.openvino import available
+    from clipblip.manifest import Manifest
+
+    return available() and any(g.backends.get("openvino", {}).get("files") for g in Manifest.load(folder).graphs.values())
 
 
 def cold_start(folders: dict[str, Path], size: str, threads: int, tmp: Path, photo: Path) -> dict:
@@ -158,13 +184,17 @@ def cold_start(folders: dict[str, Path], size: str, threads: int, tmp: Path, pho
     source.image_processor.save_pretrained(checkpoint)
     source.tokenizer.save_pretrained(checkpoint)
     results = {}
-    for name, args in (("eager fp32", ["eager", str(checkpoint)]),
-                       ("clipblip fp32", ["clipblip", str(folders["caption fp32"])]),
-                       ("clipblip int8", ["clipblip", str(folders["caption int8"])])):
+    runs_of = [("eager fp32", ["eager", str(checkpoint)])]
+    for key in ("caption fp32", "caption int8", "caption int4"):
+        if key in folders:
+            runs_of.append((f"clipblip {key.split()[1]}", ["clipblip", str(folders[key]), "cpu"]))
+            if engines_with_openvino(folders[key]):
+                runs_of.append((f"clipblip {key.split()[1]} + OpenVINO", ["clipblip", str(folders[key]), "openvino"]))
+    for name, args in runs_of:
         runs = []
         for _ in range(2):
             start = time.perf_counter()
-            child = subprocess.run([sys.executable, str(CHILD), *args, str(photo), str(threads)],
+            child = subprocess.run([sys.executable, str(CHILD), *args[:2], str(photo), str(threads), *args[2:]],
                                    capture_output=True, text=True, check=True)
             runs.append({"wall_s": time.perf_counter() - start, **json.loads(child.stdout.strip().splitlines()[-1])})
         best = min(runs, key=lambda r: r["wall_s"])  # the second run has a warm file cache on both sides
@@ -198,12 +228,12 @@ def chart(report: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
     works = list(report["latency"])
-    variants = [v for v in next(iter(report["latency"].values())) if v != "eager fp32"]
+    variants = [v for v in dict.fromkeys(v for w in works for v in report["latency"][w]) if v != "eager fp32"]
     fig = Figure(figsize=(11, 5), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(variants)
     for i, variant in enumerate(variants):
-        ratios = [report["latency"][w][variant]["ratio_to_eager_fp32"] for w in works]
+        ratios = [report["latency"][w].get(variant, {}).get("ratio_to_eager_fp32", 0.0) for w in works]
         bars = ax.bar(np.arange(len(works)) + i * width, ratios, width, label=variant)
         ax.bar_label(bars, fmt="%.1f×", fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)

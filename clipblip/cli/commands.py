@@ -30,6 +30,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if graph.accuracy:
             line += f"  {graph.accuracy['precision_tried']} gate {'passed' if graph.accuracy['passed'] else 'FAILED'}"
             line += f" {graph.accuracy.get('least') or graph.accuracy.get('reason')}"
+        for backend, entry in graph.backends.items():
+            line += (f"  {backend} copy {entry['file']} gate passed {entry['accuracy']['least']}" if "files" in entry
+                     else f"  no {backend} copy ({entry.get('reason')})")
         print(line)
     return 0
 

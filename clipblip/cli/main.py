@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         return parent.add_parser(name, parents=[common], **kwargs)
 
     def runtime_options(p: argparse.ArgumentParser, batch_help: str) -> None:
-        p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
+        p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES,
+                       help="auto: CUDA if usable, else CPU, with OpenVINO for the graphs it runs faster on a CPU "
+                            "with AMX; openvino: OpenVINO wherever the folder holds a graph for it")
         p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's choice)")
         p.add_argument("--max-batch", type=int, default=MAX_BATCH, help=f"{batch_help} (default {MAX_BATCH})")
         p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
@@ -98,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for BLIP: which head to export (default: from the checkpoint)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--force", action="store_true", help="replace a model folder that clipblip exported before")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
-                   help="int8 for CPU, fp16 for CUDA; each graph must pass an accuracy gate or stays fp32")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "int4", "fp16"],
+                   help="int8 for CPU; int4: 4-bit decoder-step weights, int8 elsewhere (int8 if int4 fails its "
+                        "gate); fp16 for CUDA; each graph must pass an accuracy gate or stays fp32. int8/int4 BLIP "
+                        "folders also get an OpenVINO copy of the image tower when OpenVINO is installed")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
                    help="skip ONNX Runtime's transformer fusions (on by default, kept only if parity holds)")
     p.add_argument("--allow-pickle", action="store_true",
