@@ -53,6 +53,7 @@ class GraphInfo:
     accuracy: dict[str, Any] = field(default_factory=dict)
     # the same graph for another runtime: {"openvino": {"file", "files": {name: sha256}, "weights", "accuracy"}}
     backends: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)  # the graph's external weight files: name → sha256
 
     @property
     def attention_outputs(self) -> list[str]:
@@ -76,6 +77,7 @@ class GraphInfo:
             optimization=d.get("optimization", {}),
             accuracy=d.get("accuracy", {}),
             backends=d.get("backends", {}),
+            data=d.get("data", {}),
         )
 
 

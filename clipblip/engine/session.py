@@ -136,6 +136,10 @@ def open_graph(folder: Path, name: str, info: GraphInfo, provider: str, threads:
     path = checked_file(folder, name, info.file, info.sha256, verify)
     for location in external_data_paths(path):
         check_inside(folder, location, f"external data of graph '{name}'")
+        if verify and location not in info.data:
+            raise ModelLoadError(f"{path}: names external data {location!r}, which the manifest does not list")
+        if verify:
+            checked_file(folder, name, location, info.data[location], verify)
     providers = resolve_providers("cpu" if provider == "openvino" else provider)
     try:
         session = ort.InferenceSession(str(path), session_options(threads), providers=providers)

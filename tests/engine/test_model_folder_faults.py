@@ -11,7 +11,7 @@ import pytest
 
 from clipblip.engine import ClipEngine
 from clipblip.errors import CompatibilityError, ModelLoadError, UnsafeArtifactError
-from clipblip.manifest import sha256_of
+from clipblip.manifest import external_data_paths, sha256_of
 
 
 @pytest.fixture
@@ -28,8 +28,13 @@ def edit_manifest(folder, change):
 
 
 def rehash(folder, graph="image_tower"):
+    """Record the graph's and its external weights' hashes in the manifest, as export does."""
     def change(data):
-        data["graphs"][graph]["sha256"] = sha256_of(folder / data["graphs"][graph]["file"])
+        path = folder / data["graphs"][graph]["file"]
+        data["graphs"][graph]["sha256"] = sha256_of(path)
+        inside = [name for name in external_data_paths(path)
+                  if (folder / name).resolve().is_relative_to(folder.resolve()) and (folder / name).is_file()]
+        data["graphs"][graph]["data"] = {name: sha256_of(folder / name) for name in inside}
     edit_manifest(folder, change)
 
 
@@ -93,6 +98,25 @@ def test_external_data_inside_the_folder_loads(folder, tiny_clip, photos):
     save_with_external_data(folder, "weights.bin")
     moved = ClipEngine.from_dir(folder).embed_images(photos)
     np.testing.assert_allclose(moved, ClipEngine.from_dir(tiny_clip.exported).embed_images(photos), atol=1e-6)
+
+
+def test_exported_weights_live_outside_the_graph_and_are_hashed(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for graph in manifest["graphs"].values():
+        assert list(graph["data"]) == [graph["file"] + ".data"]  # mapped from disk by ONNX Runtime
+    data = folder / manifest["graphs"]["image_tower"]["data"].popitem()[0]
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    data.write_bytes(bytes(damaged))
+    with pytest.raises(ModelLoadError, match=f"{data.name}: sha256 differs"):
+        ClipEngine.from_dir(folder)
+
+
+def test_external_data_the_manifest_does_not_list_is_refused(folder):
+    save_with_external_data(folder, "weights.bin")
+    edit_manifest(folder, lambda d: d["graphs"]["image_tower"].update(data={}))
+    with pytest.raises(ModelLoadError, match="names external data 'weights.bin', which the manifest does not list"):
+        ClipEngine.from_dir(folder)
 
 
 @pytest.mark.parametrize("location", ["../weights.bin", "/etc/passwd", "sub/../../weights.bin"])

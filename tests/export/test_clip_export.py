@@ -13,7 +13,8 @@ from tests.helpers import pickled_copy
 def test_folder_holds_manifest_graphs_and_tokenizer(tiny_clip):
     manifest = Manifest.load(tiny_clip.exported)
     names = sorted(p.name for p in tiny_clip.exported.iterdir())
-    assert names == ["image_tower.onnx", "manifest.json", "text_tower.onnx", "tokenizer.json"]
+    assert names == ["image_tower.onnx", "image_tower.onnx.data", "manifest.json", "text_tower.onnx",
+                     "text_tower.onnx.data", "tokenizer.json"]  # weights beside each graph, mapped from disk
     assert manifest.family == "clip" and not manifest.random_weights
     assert manifest.source["model"] == str(tiny_clip.checkpoint)
     for name, graph in manifest.graphs.items():

@@ -85,7 +85,7 @@ def test_a_graph_that_fails_its_gate_stays_fp32(monkeypatch, tmp_path):
     manifest = export_model("random:clip-tiny", tmp_path / "m", precision="int8")
     for name, graph in manifest.graphs.items():
         assert graph.precision == "fp32" and not graph.accuracy["passed"]
-        assert sorted(p.name for p in (tmp_path / "m").glob(f"{name}*")) == [f"{name}.onnx"]
+        assert sorted(p.name for p in (tmp_path / "m").glob(f"{name}*")) == [f"{name}.onnx", f"{name}.onnx.data"]
         assert stored_precision(tmp_path / "m" / graph.file) == "fp32", name  # not the int8 copy renamed
 
 
