@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from common import cpu_name  # benchmarks/common.py
+from common import cpu_flags, cpu_name  # benchmarks/common.py
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "cold_start.py"
@@ -39,7 +39,7 @@ def environment(threads: int) -> dict:
     import onnxruntime
     import transformers
 
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads, "provider": "CPUExecutionProvider",
+    return {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "threads": threads, "provider": "CPUExecutionProvider",
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
             "gpu": "none on this machine: no CUDA figures were measured"}
@@ -207,7 +207,8 @@ def cold_start(folders: dict[str, Path], size: str, threads: int, tmp: Path, pho
 
 def markdown(report: dict) -> str:
     env = report["environment"]
-    lines = [f"Measured {report['date']} on {env['cpu']} ({env['cores']} cores), {env['threads']} threads, "
+    lines = [f"Measured {report['date']} on {env['cpu']} ({env['cores']} cores; {' '.join(env.get('cpu_flags', []))}), "
+             f"{env['threads']} threads, "
              f"{env['provider']}; torch {env['torch']}, transformers {env['transformers']}, onnxruntime "
              f"{env['onnxruntime']}. Models: {report['models']} (random weights). Median (p50) and p95 of "
              f"{report['repeat']} interleaved runs after a warm-up. GPU: {env['gpu']}.", "",

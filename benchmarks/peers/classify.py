@@ -44,27 +44,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
-from common import cpu_name  # noqa: E402  benchmarks/common.py
+from common import CPU_FLAGS, cpu_flags, cpu_name  # noqa: E402  benchmarks/common.py
 
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 WORKER = HERE / "optimum_worker.py"
 LABELS = ("cat", "dog", "car")
 TEMPLATE = "a photo of a {}."
 EAGER = "transformers eager fp32"
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [flag for flag in CPU_FLAGS if flag in present]
-    except OSError:
-        pass
-    return []
-
-
 class OptimumWorker:
     """The optimum-onnx side: a long-lived process in the peers venv, one JSON request/answer a line."""
 
