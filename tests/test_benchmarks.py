@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The harness times six models four ways (~25 s alone, far more on a busy machine): `make test-all`, not `make test`.
+# The harness times seven works four to six ways (~50 s alone, far more on a busy machine): `make test-all`, not `make test`.
 pytestmark = pytest.mark.slow
 
 
@@ -18,16 +19,25 @@ def test_quick_benchmark_writes_json_table_and_chart(tmp_path):
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "results.json").read_text())
-    assert {"cpu", "threads", "provider", "torch", "onnxruntime", "transformers"} <= set(report["environment"])
-    assert len(report["latency"]) == 6
-    for variants in report["latency"].values():
-        assert list(variants) == ["eager fp32", "eager bf16 autocast", "clipblip fp32", "clipblip int8"]
+    assert {"cpu", "cpu_flags", "threads", "provider", "torch", "onnxruntime", "transformers"} <= set(report["environment"])
+    assert len(report["latency"]) == 7  # CLIP image bs1 and bs32, CLIP text, caption greedy and beam, VQA, ITM
+    base = ["eager fp32", "eager bf16 autocast", "clipblip fp32", "clipblip int8"]
+    openvino = importlib.util.find_spec("openvino") is not None
+    for work, variants in report["latency"].items():
+        assert list(variants)[:4] == base
+        if work.startswith("BLIP caption"):
+            assert "clipblip int4" in variants
+        if work.startswith("BLIP") and openvino:
+            assert "clipblip int8 + OpenVINO" in variants  # int8 BLIP folders carry the image tower's copy
+        if work.startswith("CLIP"):
+            assert list(variants) == base  # OpenVINO is not faster on CLIP: no copy, no variant
         assert variants["eager fp32"]["ratio_to_eager_fp32"] == 1.0
         assert all(v["p50_ms"] > 0 and v["p95_ms"] >= v["p50_ms"] * 0.999 for v in variants.values())
     cold = report["cold_start"]
-    assert set(cold) == {"eager fp32", "clipblip fp32", "clipblip int8"}
+    assert {"eager fp32", "clipblip fp32", "clipblip int8", "clipblip int4"} <= set(cold)
+    assert ("clipblip int8 + OpenVINO" in cold) == openvino
     assert all(r["peak_rss_mb"] > 10 and r["wall_s"] > 0 for r in cold.values())
     table = (tmp_path / "results.md").read_text()
-    assert table.count("\n| ") >= 24 + 3 and "random weights" in table
+    assert table.count("\n| ") >= 28 + 4 and "random weights" in table
     with Image.open(tmp_path / "chart.png") as chart:
         assert chart.size[0] > 600

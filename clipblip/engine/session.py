@@ -128,10 +128,12 @@ def open_graph(folder: Path, name: str, info: GraphInfo, provider: str, threads:
     """
     if backend_for(info, provider) == openvino.BACKEND:
         entry = info.backends[openvino.BACKEND]
-        paths = [checked_file(folder, name, file, sha, verify) for file, sha in entry["files"].items()]
+        for file, sha in entry["files"].items():  # the IR (``entry["file"]``) and its weights
+            checked_file(folder, name, file, sha, verify)
+        path = check_inside(folder, entry["file"], "graph file")
         names = ([t.name for t in info.inputs], [t.name for t in info.outputs])
-        session = openvino.open_openvino(paths[0], threads, names)
-        check_names(paths[0], name, info, session)
+        session = openvino.open_openvino(path, threads, names)
+        check_names(path, name, info, session)
         return session
     path = checked_file(folder, name, info.file, info.sha256, verify)
     for location in external_data_paths(path):
