@@ -243,6 +243,10 @@ def test_sigterm_answers_every_accepted_request(blip_caption, photos):
         time.sleep(0.5)  # the requests are accepted and wait in a 1.5 s batch window
         server.process.send_signal(signal.SIGTERM)
         answers = [f.result(timeout=120) for f in flying]
+    try:  # the one SIGTERM must be enough: stop() would send a second one to a server still draining
+        server.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
     code, err = server.stop()
     assert [a.status_code for a in answers] == [200] * 8 and code == 0, err[-2000:]
     with pytest.raises(httpx.TransportError):
