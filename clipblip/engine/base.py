@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import ProviderError, UsageError, WrongModelError
 from ..manifest import Manifest
+from .cache import TextCache
 from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor
 from .items import batches
 from . import openvino
@@ -34,6 +35,7 @@ class FolderEngine:
         self.max_batch = max_batch
         self.preprocess = ImagePreprocessor.from_manifest(manifest.image, max_image_pixels)
         self.tokenizer = TextTokenizer.from_manifest(folder, manifest.tokenizer)
+        self.text_cache = TextCache()  # text embeddings by exact text, for engines that make them
 
     @classmethod
     def open_folder(cls, folder: str | os.PathLike, graphs, provider: str, threads: int | None,

@@ -14,7 +14,6 @@ from ..errors import GenerationConfigError, NumericalError, TextInputError
 from ..families import task_graphs
 from ..manifest import Manifest
 from .base import FolderEngine
-from .cache import TextCache
 from .decoder import DeviceDecoder, HostDecoder
 from .generate import OPTION_NAMES, Generation, GenerationOptions, beam_decode, greedy_decode, sample_decode, trim
 from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
@@ -62,7 +61,6 @@ class BlipEngine(FolderEngine):
                  io_binding: bool | None = None, max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
         super().__init__(folder, manifest, sessions, max_batch, max_image_pixels)
         self.generation = manifest.model.get("generation", {})
-        self.text_cache = TextCache()
         self.decoder = None
         if "decoder_step" in sessions:
             dims = manifest.model["decoder"]

@@ -13,7 +13,6 @@ from ..errors import UsageError
 from ..families import task_graphs
 from ..manifest import Manifest
 from .base import FolderEngine
-from .cache import TextCache
 from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
 from .items import (as_texts, attention_names, batches, check_finite, finish, finite_attention, l2_normalize,
                     softmax)
@@ -37,7 +36,6 @@ class ClipEngine(FolderEngine):
         super().__init__(folder, manifest, sessions, max_batch, max_image_pixels)
         self.logit_scale = float(manifest.model["logit_scale"])
         self.embed_dim = int(manifest.model["embed_dim"])
-        self.text_cache = TextCache()
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike, provider: str = "auto", threads: int | None = None,

@@ -21,6 +21,8 @@ __all__ = ["HostDecoder", "DeviceDecoder"]
 class HostDecoder:
     """Decoder step on numpy arrays."""
 
+    device_argmax = False  # greedy picks on the host, from the logits
+
     def __init__(self, step: ort.InferenceSession, cross_kv: ort.InferenceSession, outputs: list[str],
                  layers: int, heads: int, head_dim: int):
         self.step_session, self.cross_session = step, cross_kv

@@ -20,6 +20,8 @@ __all__ = ["Generation", "GenerationOptions", "OPTION_NAMES", "greedy_decode", "
 class Decoder(Protocol):
     """What the loops need of a decoder: an empty cache, one step, and ways to drop or reorder rows."""
 
+    device_argmax: bool  # whether ``step_argmax`` picks greedy tokens where the logits are
+
     def empty_cache(self, batch: int) -> list[Any]: ...
 
     def step(self, input_ids: np.ndarray, past: list[Any], cross: list[Any]) -> tuple[np.ndarray, list[Any]]: ...
@@ -174,7 +176,7 @@ def greedy_decode(decoder: Decoder, prompt: np.ndarray, cross: list[Any], *, max
     if options.max_new_tokens != max_new_tokens:
         options = replace(options, max_new_tokens=max_new_tokens)
     # a device decoder takes the argmax where the logits are, unless a processor needs them on the host
-    on_device = not options.processes and bool(getattr(decoder, "device_argmax", False))
+    on_device = not options.processes and decoder.device_argmax
     return _row_loop(decoder, prompt, cross, options, eos_id, pad_id,
                      lambda scores: scores.argmax(axis=-1), on_device)  # first maximum, as torch.argmax
 

@@ -73,6 +73,7 @@ class OpenVinoGraph:
         # a port may carry several tensor names: call it by the one the manifest uses
         self._inputs, self._outputs = ([SimpleNamespace(name=_port_name(port, wanted, i)) for i, port in enumerate(ports)]
                                        for ports, wanted in zip((compiled.inputs, compiled.outputs), names))
+        self._index = {port.name: i for i, port in enumerate(self._outputs)}
         self._local = threading.local()  # one infer request per calling thread
 
     def get_inputs(self) -> list:
@@ -89,8 +90,7 @@ class OpenVinoGraph:
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
         request.infer({i: feeds[port.name] for i, port in enumerate(self._inputs)}, share_inputs=False)
-        index = {port.name: i for i, port in enumerate(self._outputs)}
-        return [np.array(request.get_output_tensor(index[name]).data)
+        return [np.array(request.get_output_tensor(self._index[name]).data)
                 for name in (names or [o.name for o in self._outputs])]
 
     def __repr__(self) -> str:

@@ -128,9 +128,8 @@ def open_graph(folder: Path, name: str, info: GraphInfo, provider: str, threads:
     """
     if backend_for(info, provider) == openvino.BACKEND:
         entry = info.backends[openvino.BACKEND]
-        for file, sha in entry["files"].items():  # the IR (``entry["file"]``) and its weights
-            checked_file(folder, name, file, sha, verify)
-        path = check_inside(folder, entry["file"], "graph file")
+        checked = {file: checked_file(folder, name, file, sha, verify) for file, sha in entry["files"].items()}
+        path = checked[entry["file"]]  # the IR; its weights beside it were checked too
         names = ([t.name for t in info.inputs], [t.name for t in info.outputs])
         session = openvino.open_openvino(path, threads, names)
         check_names(path, name, info, session)

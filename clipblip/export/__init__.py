@@ -9,7 +9,7 @@ from typing import Callable
 from .. import families
 from ..errors import ExportError, UsageError
 from ..files import check_output, staged_folder
-from ..manifest import Manifest, sha256_of
+from ..manifest import Manifest
 from .convert import check_parity, export_graph, graph_info, move_weights_out
 from .openvino import openvino_copy
 from .optimize import PRECISIONS, fuse_graph, lower_precision, precision_chain
@@ -131,8 +131,7 @@ def export_model(
                 info.accuracy = {**tries[-1], "rejected": tries[:-1]} if len(tries) > 1 else tries[-1]
             if openvino:
                 info.backends["openvino"] = openvino
-            info.data = move_weights_out(staging / info.file)
-            info.sha256 = sha256_of(staging / info.file)
+            info.sha256, info.data = move_weights_out(staging / info.file)
             graphs[spec.name] = info
         if steps is not None:
             steps(len(specs), len(specs))

@@ -240,11 +240,16 @@ def fold_weight_transposes(model: onnx.ModelProto) -> dict[str, str]:
             break
         for n in dead:
             graph.node.remove(n)
+    _keep_used_initializers(graph)
+    return folded
+
+
+def _keep_used_initializers(graph: onnx.GraphProto, added: list[onnx.TensorProto] = ()) -> None:
+    """Drop the initializers no node reads, then append ``added``."""
     used = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
+    kept = [t for t in graph.initializer if t.name in used] + list(added)
     graph.ClearField("initializer")
     graph.initializer.extend(kept)
-    return folded
 
 
 def _nbits(node: onnx.NodeProto, weight: np.ndarray, bits: int, block_size: int, symmetric: bool,
@@ -356,20 +361,18 @@ def quantize_weight_only(source: Path | onnx.ModelProto, out: Path, *, bits: int
     embeddings = _tie_embeddings(graph, nodes, tied, block_size, added)
     graph.ClearField("node")
     graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used] + added
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept)
+    _keep_used_initializers(graph, added)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(out))
+    float_weights = _initializers(graph)
     return {"method": "weight-only com.microsoft.MatMulNBits, round to nearest per block",
             "bits": bits, "block_size": block_size, "accuracy_level": accuracy_level, "symmetric": symmetric,
             "matmul_nbits": {f"{b}-bit": c for b, c in sorted(counts.items())},
             "vocabulary_projection": (f"{vocab_bits}-bit" if vocab_bits else "fp32") if vocab else "not found",
             "word_embeddings": embeddings,
             "float_weight_matmuls_left": sum(1 for n in graph.node if n.op_type in ("MatMul", "Gemm")
-                                             and n.input[1] in _initializers(graph))}
+                                             and n.input[1] in float_weights)}
 
 
 def lower_precision(spec: GraphSpec, fp32_path: Path, precision: str) -> tuple[Path, dict[str, Any]]:
