@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch is pinned: an open range pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-all bench browser clean
+.PHONY: demo test test-all bench browser qemu clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,17 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium not installed: the report rendering test will be skipped"
 
-test: $(STAMP) browser
+# qemu-user runs the cross-CPU tests: int8 folders verified on AVX2 kernels (tools/on-avx2) whatever this CPU
+# is; installed when missing and possible (x86-64, root, Debian mirror), otherwise those tests say why they skip.
+qemu:
+	@command -v qemu-x86_64 >/dev/null || [ "$$(uname -m)" != x86_64 ] || { [ "$$(id -u)" = 0 ] && \
+	  command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  qemu-user >/dev/null) ; } || echo "qemu-user not installed: the cross-CPU (AVX2) tests will be skipped"
+
+test: $(STAMP) browser qemu
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-test-all: $(STAMP) browser
+test-all: $(STAMP) browser qemu
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)

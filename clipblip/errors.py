@@ -23,6 +23,7 @@ __all__ = [
     "NumericalError",
     "PartialFailure",
     "DatabaseError",
+    "AccuracyError",
     "raise_item_errors",
     "EXIT_CODES",
 ]
@@ -146,6 +147,12 @@ class PartialFailure(ClipblipError):
         self.errors = dict(errors or {})
 
 
+class AccuracyError(ModelLoadError):
+    """A graph that fails its stored check on this machine, provider or runtime: refused, never run."""
+
+    exit_code = 18
+
+
 class DatabaseError(ClipblipError):
     """A search database (`clipblip index --db`) that is missing, damaged, not clipblip's, or built with
     another model than the one given."""
@@ -168,5 +175,5 @@ EXIT_CODES = {cls.__name__: cls.exit_code for cls in (
     ClipblipError, UsageError, MissingExtraError, WrongModelError, ModelSourceError, ExportError, ParityError,
     OutputError, OutputExistsError,
     ModelLoadError, ProviderError, ImageError, TextInputError, GenerationConfigError, UnsafeArtifactError,
-    CompatibilityError, ImageTooLargeError, NumericalError, PartialFailure, DatabaseError,
+    CompatibilityError, ImageTooLargeError, NumericalError, PartialFailure, DatabaseError, AccuracyError,
 )}

@@ -68,7 +68,7 @@ def is_model_folder(path: Path) -> bool:
     from .manifest import Manifest, folder_files
 
     try:
-        manifest = Manifest.load(path)
+        manifest = Manifest.load(path, any_version=True)  # an earlier clipblip's export is clipblip's too
         expected = folder_files(path, manifest)
     except (ClipblipError, OSError):
         return False

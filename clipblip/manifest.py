@@ -21,7 +21,7 @@ from .errors import ModelLoadError
 __all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "TensorInfo", "GraphInfo", "Manifest", "sha256_of", "has_sha256",
            "cache_root", "external_data_paths", "folder_files"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every graph carries its check (inputs, fp32 references, gate), run where the folder runs
 MANIFEST_NAME = "manifest.json"
 
 
@@ -40,7 +40,10 @@ class GraphInfo:
 
     ``parity`` compares the fp32 graph with PyTorch; ``optimization`` records the fused operators;
     ``accuracy`` the lower-precision gate (cosine to fp32 per output) when ``precision`` is not fp32;
-    ``backends`` copies of the graph for another runtime than ONNX Runtime, each with its own gate.
+    ``backends`` copies of the graph for another runtime than ONNX Runtime, each with its own gate;
+    ``check`` the graph's stored check (:mod:`clipblip.engine.checks`): ``file`` and ``sha256`` of the
+    inputs and fp32 references, the gate (``cosine`` per output for lossy graphs, ``max_abs_diff`` for fp32,
+    ``teacher`` for a decoder step), and ``cases`` (the sizes of the stored inputs).
     """
 
     file: str
@@ -54,6 +57,7 @@ class GraphInfo:
     # the same graph for another runtime: {"openvino": {"file", "files": {name: sha256}, "weights", "accuracy"}}
     backends: dict[str, Any] = field(default_factory=dict)
     data: dict[str, str] = field(default_factory=dict)  # the graph's external weight files: name → sha256
+    check: dict[str, Any] = field(default_factory=dict)
 
     @property
     def attention_outputs(self) -> list[str]:
@@ -78,6 +82,7 @@ class GraphInfo:
             accuracy=d.get("accuracy", {}),
             backends=d.get("backends", {}),
             data=d.get("data", {}),
+            check=d.get("check", {}),
         )
 
 
@@ -125,8 +130,9 @@ class Manifest:
         )
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> Manifest:
-        """Read and check ``folder/manifest.json``; raise ModelLoadError naming what is wrong."""
+    def load(cls, folder: str | os.PathLike, any_version: bool = False) -> Manifest:
+        """Read and check ``folder/manifest.json``; raise ModelLoadError naming what is wrong. ``any_version``
+        also reads an older format (to list the files an earlier clipblip wrote, never to run them)."""
         path = Path(folder) / MANIFEST_NAME
         if not Path(folder).is_dir():
             raise ModelLoadError(f"{folder}: not a model folder (no such directory)")
@@ -137,7 +143,7 @@ class Manifest:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ModelLoadError(f"{path}: unreadable manifest ({e})") from None
         version = data.get("format_version") if isinstance(data, dict) else None
-        if version != FORMAT_VERSION:
+        if version != FORMAT_VERSION and not (any_version and isinstance(version, int) and 1 <= version <= FORMAT_VERSION):
             raise ModelLoadError(
                 f"{path}: manifest format version {version!r} is not supported "
                 f"(this clipblip reads version {FORMAT_VERSION}); re-export the model"
@@ -247,6 +253,8 @@ def folder_files(folder: str | os.PathLike, manifest: Manifest) -> set[str]:
     names = {MANIFEST_NAME, str(manifest.tokenizer.get("file", ""))}
     for graph in manifest.graphs.values():
         names.add(graph.file)
+        if graph.check.get("file"):
+            names.add(graph.check["file"])
         for backend in graph.backends.values():
             names.update(backend.get("files", {}))
         if (folder / graph.file).is_file():

@@ -262,3 +262,17 @@ def blip_caption_with_attentions(blip_caption, tmp_path_factory):
     out = tmp_path_factory.mktemp("blip-attn") / "exported"
     export_model(str(blip_caption.checkpoint), out, attentions=True)
     return TinyBlip("caption", blip_caption.checkpoint, out, blip_caption.model, blip_caption.processor)
+
+
+# --- lower precisions --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def int8_folders(tmp_path_factory) -> dict[str, Path]:
+    """random:clip-tiny and random:blip-tiny (caption) exported in int8 on this machine: every graph int8, each
+    with its stored check. Tests that change files work on copies."""
+    from clipblip.export import export_model
+
+    root = tmp_path_factory.mktemp("int8")
+    export_model("random:clip-tiny", root / "clip", precision="int8")
+    export_model("random:blip-tiny", root / "blip", task="caption", precision="int8")
+    return {"clip": root / "clip", "blip": root / "blip"}

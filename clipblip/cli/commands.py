@@ -1,4 +1,4 @@
-"""The commands: export, embed, similarity, classify, caption, vqa, match, demo."""
+"""The commands: export, verify, embed, similarity, classify, caption, vqa, match, demo."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .progress import ProgressBar
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..engine.checks import summary
     from ..export import export_model
 
     with ProgressBar(0, "export") as bar:
@@ -29,11 +30,35 @@ def cmd_export(args: argparse.Namespace) -> int:
             line += f"  fused {graph.optimization['fused']}"
         if graph.accuracy:
             line += f"  {graph.accuracy['precision_tried']} gate {'passed' if graph.accuracy['passed'] else 'FAILED'}"
-            line += f" {graph.accuracy.get('least') or graph.accuracy.get('reason')}"
+            line += f" ({graph.accuracy.get('reason') or summary(graph.accuracy)})"
         for backend, entry in graph.backends.items():
-            line += (f"  {backend} copy {entry['file']} gate passed {entry['accuracy']['least']}" if "files" in entry
+            line += (f"  {backend} copy {entry['file']} gate passed ({summary(entry['accuracy'])})" if "files" in entry
                      else f"  no {backend} copy ({entry.get('reason')})")
         print(line)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..engine.checks import summary, verify_folder
+    from ..engine.machine import this_machine
+    from ..errors import AccuracyError
+
+    results = verify_folder(args.model_dir, provider=args.provider, threads=args.threads)
+    machine = this_machine()
+    failed = [r["graph"] for r in results if not r["passed"]]
+    if args.json:
+        print_json({"model": str(args.model_dir), "machine": machine.to_dict(), "provider": args.provider,
+                    "passed": not failed, "failed": failed, "results": results})
+    else:
+        cpu = f"{machine.cpu} [{' '.join(machine.flags)}]"
+        for r in results:
+            # graph, precision, provider, CPU, measured agreement and gate, pass/fail
+            print(f"{r['graph']}  {r['precision']}  {r['provider']}  {cpu}  {summary(r)}  "
+                  f"{'pass' if r['passed'] else 'FAIL'}")
+    if failed:
+        raise AccuracyError(f"{args.model_dir}: {', '.join(failed)} fail{'s' if len(failed) == 1 else ''} "
+                            f"on this machine ({machine.describe()}); the engine refuses "
+                            f"{'it' if len(failed) == 1 else 'them'} here")
     return 0
 
 

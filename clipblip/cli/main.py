@@ -15,7 +15,7 @@ from .. import __version__, families
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS, PROVIDER_CHOICES
 from ..errors import ClipblipError, MissingExtraError
 from .commands import (cmd_caption, cmd_classify, cmd_demo, cmd_embed, cmd_export, cmd_match, cmd_similarity,
-                       cmd_vqa)
+                       cmd_verify, cmd_vqa)
 from .search import cmd_index, cmd_search
 from .serve import cmd_serve
 from .viz import cmd_viz_attention, cmd_viz_cross_attention, cmd_viz_toy, parse_head
@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attentions", action="store_true",
                    help="also output attention weights (for `clipblip viz`); graphs are leaner without")
     p.set_defaults(run=cmd_export)
+
+    p = command(sub, "verify", help="run each graph's stored check on this machine: one line per graph, exit 0 if "
+                                    "all pass")
+    p.add_argument("model_dir", metavar="DIR", help="a model folder written by `clipblip export`")
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES,
+                   help="where the graphs run, as for the other commands (default auto)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's choice)")
+    p.add_argument("--json", action="store_true", help="print one JSON document with every result")
+    p.set_defaults(run=cmd_verify)
 
     p = command(sub, "embed", help="L2-normalised CLIP embeddings with their names, to an .npz file or JSON")
     engine_options(p)

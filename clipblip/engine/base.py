@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import ProviderError, UsageError, WrongModelError
 from ..manifest import Manifest
 from .cache import TextCache
+from .checks import ensure_checked
 from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor
 from .items import batches
 from . import openvino
@@ -40,7 +41,12 @@ class FolderEngine:
     @classmethod
     def open_folder(cls, folder: str | os.PathLike, graphs, provider: str, threads: int | None,
                     verify: bool) -> tuple[Path, Manifest, dict]:
-        """The manifest and a checked session for each graph that ``graphs(manifest)`` names."""
+        """The manifest and a checked session for each graph that ``graphs(manifest)`` names.
+
+        With ``verify`` (the default), files must have the manifest's hashes, and each graph must have passed its
+        stored check on this machine, provider and runtime: run the first time, recorded in the user's cache
+        after (:func:`clipblip.engine.checks.ensure_checked`); a graph that fails is refused (AccuracyError).
+        """
         folder = Path(folder)
         manifest = Manifest.load(folder)
         if manifest.family != cls.family:
@@ -53,6 +59,8 @@ class FolderEngine:
                                 f"OpenVINO installed ({openvino.INSTALL}) to get one")
         sessions = {name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
                     for name in names}
+        if verify:
+            ensure_checked(folder, manifest, sessions)
         return folder, manifest, sessions
 
     @property

@@ -10,6 +10,8 @@ from .. import families
 from ..errors import ExportError, UsageError
 from ..files import check_output, staged_folder
 from ..manifest import Manifest
+from ..engine.checks import summary
+from .checks import build_check, check_entry, stored, write_check
 from .convert import check_parity, export_graph, graph_info, move_weights_out
 from .openvino import openvino_copy
 from .optimize import PRECISIONS, fuse_graph, lower_precision, precision_chain
@@ -28,15 +30,6 @@ def _library_versions() -> dict[str, str]:
 
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def _gate_summary(gate: dict) -> str:
-    text = f"least cosine to fp32 {gate['least']}"
-    if teacher := gate.get("teacher_forced"):
-        text += (f", teacher-forced top-1 agreement {teacher['top1_agreement']} and least logit cosine "
-                 f"{teacher['least_cosine']} (need {teacher['threshold']['top1_agreement']} and "
-                 f"{teacher['threshold']['least_cosine']})")
-    return text
 
 
 def export_model(
@@ -62,8 +55,10 @@ def export_model(
     it passes; a graph that fails stays fp32 and the manifest says why. "int4" gives the graphs bound by
     reading their weights (the BLIP decoder step) 4-bit weight-only MatMuls and the others int8; a graph
     whose int4 fails its gate tries int8 next. A decoder step must also pass a teacher-forced decoding gate
-    (top-1 agreement and logit cosine against fp32, thresholds in its spec and the manifest).
-    Every graph passes the parity gate before the folder appears; on any failure nothing is left.
+    (top-1 agreement and logit cosine against fp32, thresholds in its spec and the manifest). int8 is written
+    only in formats that compute the same on every CPU (``optimize.INT8_FORMATS``). Each graph's gate inputs
+    and fp32 outputs are stored beside it (``<graph>.checks.npz``), so that the folder checks itself on every
+    machine that runs it (:mod:`clipblip.engine.checks`, ``clipblip verify``). Every graph passes the parity gate before the folder appears; on any failure nothing is left.
     ``out`` must be new, or (with ``force``) a model folder that clipblip exported: nothing else is
     ever replaced. ``progress(message)`` reports each stage, ``steps(done, total)`` counts graphs.
     """
@@ -102,35 +97,41 @@ def export_model(
                     f"{fusion['parity']['max_abs_diff']:.2e}")
             info = graph_info(spec, path, parity)
             info.optimization = fusion
+            info.check = check_entry(spec)
+            check = build_check(spec, path)  # the gate's inputs and the fp32 graph's outputs, kept in the folder
+            lossy_check = stored(check, lossy=True)  # as a lower precision's check is stored, and run everywhere
             openvino = {}
             # lossy folders only: an fp32 folder promises fp32 answers, which bf16 would not keep
             if precision in ("int8", "int4") and spec.gate and spec.name in family.openvino_graphs:
                 say(f"{spec.name}: writing and gating its OpenVINO copy")
-                openvino = openvino_copy(spec, path)  # from the fp32 graph, before it is replaced
+                openvino = openvino_copy(spec, path, lossy_check, info)  # from the fp32 graph, before it is replaced
                 kept = "files" in openvino
-                say(f"{spec.name}: OpenVINO copy " + (f"kept, {_gate_summary(openvino['accuracy'])}" if kept
+                say(f"{spec.name}: OpenVINO copy " + (f"kept, {summary(openvino['accuracy'])}" if kept
                                                       else f"not written: {openvino['reason']}"))
             if precision != "fp32" and spec.gate:
                 tries = []
-                # int4 only where weights dominate (int8 elsewhere); a graph that fails int4's gate tries int8
-                for target in precision_chain(spec, precision):
-                    low_path, gate = lower_precision(spec, path, target)
-                    reached = gate.get("reason") or _gate_summary(gate)
+                # int4 only where weights dominate; int8 in formats exact on every CPU, the fastest first
+                for target, int8_format in precision_chain(spec, precision):
+                    low_path, gate = lower_precision(spec, path, target, lossy_check, info, int8_format or "u8s7")
+                    reached = gate.get("reason") or summary(gate)
+                    tried = target + (f" ({int8_format})" if int8_format else "")
                     tries.append({"precision_tried": target, **gate})
                     if gate["passed"]:
                         path.unlink()
+                        kept_check = info.check
                         info = graph_info(spec, low_path, parity)
-                        info.optimization, info.precision = fusion, target
-                        say(f"{spec.name}: {target} kept, {reached}")
+                        info.optimization, info.precision, info.check = fusion, target, kept_check
+                        say(f"{spec.name}: {tried} kept, {reached}")
                         break
-                    low_path.unlink()
-                    say(f"{spec.name}: {target} failed its gate ({reached})")
+                    low_path.unlink(missing_ok=True)
+                    say(f"{spec.name}: {tried} failed its gate ({reached})")
                 else:
                     say(f"{spec.name}: keeping fp32")
                 # the attempt that decided, and before it any rejected one
                 info.accuracy = {**tries[-1], "rejected": tries[:-1]} if len(tries) > 1 else tries[-1]
             if openvino:
                 info.backends["openvino"] = openvino
+            info.check.update(write_check(check, staging, spec.name, lossy=info.precision != "fp32"))
             info.sha256, info.data = move_weights_out(staging / info.file)
             graphs[spec.name] = info
         if steps is not None:

@@ -23,7 +23,7 @@ from .. import families
 from . import checkpoint
 from .checkpoint import SourceModel
 from .clip import attention_outputs, image_facts, token_batch
-from .specs import GraphSpec, TeacherForcing, TensorSpec
+from .specs import FEW_ROWS, GraphSpec, TeacherForcing, TensorSpec
 from .vocab import blip_tokenizer
 
 __all__ = ["graph_specs", "manifest_sections", "load_pretrained", "build_random"]
@@ -37,6 +37,9 @@ FAMILY = "blip"
 #   random:blip-base  int8 1.0, 0.84,  0.9994 (kept)   int4 0.625, 0.53, 0.970 (rejected → int8)
 # Random weights quantise to 4 bits worse than trained ones do, and decide many steps by near-ties.
 TEACHER_GATE = {"steps": 16, "min_top1": 0.9, "min_cosine": 0.99}
+# The teacher-forced decode is stored in the folder (engine/checks.py): its cross K/V come from the first image
+# tokens only (class token + 8 patches), 2 x 12 layers x 2 x 9 x 768 float16 ≈ 0.66 MB on BLIP base, not 42 MB.
+TEACHER_CROSS_TOKENS = 9
 
 
 def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -227,6 +230,7 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
         sample=lambda s, g: {"pixel_values": randn(s["batch"], 3, size, size, generator=g)},
         trace_sizes={"batch": 2},
         check_sizes=({"batch": 1}, {"batch": 3}),
+        gate_sizes=({"batch": 1},),  # stored: 384 x 384 pixels and 577 x 768 outputs are 1.8-2.7 MB on BLIP base
         fusion={"model_type": "vit", "num_heads": vision.num_attention_heads, "hidden_size": width},
         gate={"image_embeds": 0.999},
     )]
@@ -235,7 +239,8 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
                    TensorSpec("attention_mask", "int64", ("batch", "sequence")))
     image_input = TensorSpec("image_embeds", "float32", ("batch", image_tokens, width))
     text_sizes = dict(trace_sizes={"batch": 2, "sequence": 9},
-                      check_sizes=({"batch": 1, "sequence": 4}, {"batch": 3, "sequence": 16}))
+                      check_sizes=({"batch": 1, "sequence": 4}, {"batch": 3, "sequence": 16}),
+                      gate_sizes=({"batch": 2, "sequence": 12},))  # two rows: one of them padded
 
     def tokens_and_image(sizes, generator):
         feeds = tokens(sizes, generator)
@@ -264,6 +269,8 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
             """Cross K/V as decoding sees them: the model's own states for two random images (and questions)."""
             with torch.no_grad():
                 states = model.vision_model(pixel_values=randn(2, 3, size, size, generator=g)).last_hidden_state
+                if task == "caption":
+                    states = states[:, :TEACHER_CROSS_TOKENS]  # (2, tokens, width)
                 if task == "vqa":
                     feeds = tokens({"batch": 2, "sequence": 8}, g)
                     states = question_module(feeds["input_ids"], feeds["attention_mask"], states)
@@ -286,6 +293,7 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
                                                                 generator=g)},
             trace_sizes={"batch": 2, "encoder_sequence": 7},
             check_sizes=({"batch": 1, "encoder_sequence": image_tokens}, {"batch": 3, "encoder_sequence": 5}),
+            gate_sizes=({"batch": 1, "encoder_sequence": 9}, {"batch": 2, "encoder_sequence": 4}),
             gate={name: 0.999 for name in cross_names},
         ))
         step_attn = (attention_outputs(layers, heads, "sequence", "total_sequence", "self_attentions")
@@ -306,9 +314,11 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
                 {"batch": 3, "sequence": 4, "past_sequence": 0, "encoder_sequence": 6},
                 {"batch": 2, "sequence": 1, "past_sequence": 9, "encoder_sequence": image_tokens},
             ),
+            gate_sizes=({"batch": 1, "sequence": 2, "past_sequence": 3, "encoder_sequence": 5},),
             fusion=text_fusion,
             gate={"logits": 0.99},  # next-token logits, teacher-forced: same tokens and cache on both sides
             teacher=TeacherForcing(bos_id=int(text.bos_token_id), cross=teacher_cross, **TEACHER_GATE),
+            int8_formats=FEW_ROWS,  # one token a row per step: weight-bound, n8 as fast as u8s7 and more precise
             weight_bound=True,  # batch 1 streams every weight per token: --precision int4 gives it 4-bit weights
         ))
     elif task == "itm":
@@ -324,13 +334,14 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
             inputs=(image_input,),
             outputs=(TensorSpec("image_feat", "float32", ("batch", dim)),),
             sample=lambda s, g: {"image_embeds": randn(s["batch"], image_tokens, width, generator=g)},
-            trace_sizes={"batch": 2}, check_sizes=({"batch": 1}, {"batch": 3}), gate={"image_feat": 0.999},
+            trace_sizes={"batch": 2}, check_sizes=({"batch": 1}, {"batch": 3}), gate_sizes=({"batch": 1},),
+            gate={"image_feat": 0.999},
         ))
         specs.append(GraphSpec(
             name="itc_text", module=ItcText(model).eval(),
             inputs=text_inputs,
             outputs=(TensorSpec("text_feat", "float32", ("batch", dim)),),
-            sample=tokens, **text_sizes, fusion=text_fusion, gate={"text_feat": 0.999},
+            sample=tokens, **text_sizes, fusion=text_fusion, gate={"text_feat": 0.999}, int8_formats=FEW_ROWS,
         ))
     return specs
 

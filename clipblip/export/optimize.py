@@ -12,18 +12,19 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers import optimizer
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
+from ..engine.checks import gate_of, run_check
 from ..errors import ExportError, ParityError
+from ..manifest import GraphInfo
 from .convert import check_parity
 from .specs import GraphSpec
 
-__all__ = ["PRECISIONS", "WEIGHT_ONLY", "fuse_graph", "precision_chain", "lower_precision", "fold_weight_transposes",
-           "quantize_weight_only", "accuracy_gate", "teacher_forced"]
+__all__ = ["PRECISIONS", "WEIGHT_ONLY", "INT8_FORMATS", "fuse_graph", "precision_chain", "lower_precision",
+           "fold_weight_transposes", "quantize_weight_only", "accuracy_gate", "open_candidate"]
 
 PRECISIONS = ("fp32", "int8", "int4", "fp16")
 # --precision int4: the graphs whose batch-1 run is bound by reading their weights (GraphSpec.weight_bound, the
@@ -33,6 +34,34 @@ PRECISIONS = ("fp32", "int8", "int4", "fp16")
 # Block 32, accuracy level 4 (activations quantised to int8 per block, VNNI/AMX kernels), zero points: BLIP base
 # step 13.1 ms against dynamic int8's 14.9 (block 128: 11.9 ms but a larger error), benchmarks/decoder_step.py.
 WEIGHT_ONLY = {"int4": {"bits": 4, "block_size": 32, "accuracy_level": 4, "symmetric": False}}
+# int8 is written only in formats whose integer products are exact on every CPU kernel ONNX Runtime has, so that
+# a gate passed where a folder was exported holds on any CPU (AVX2 and AVX-512 without VNNI multiply u8 x s8 with
+# vpmaddubsw, which sums pairs of products in saturating 16 bits: 255 * 127 * 2 = 64770 overflows; with full
+# 8-bit signed weights, random:clip-tiny's text tower gave cosine 0.895 there and 0.998 on VNNI). Each graph
+# tries the formats in its spec's order (GraphSpec.int8_formats) until one passes its gate:
+# - u8s7: dynamic quantisation, uint8 activations per tensor x signed weights in [-64, 64] per channel:
+#   255 * 64 * 2 = 32640 cannot overflow. The same kernels as 8-bit signed weights, so as fast on every CPU
+#   (VNNI/AMX dot products, vpmaddubsw on AVX2); one bit less precise. The fastest for graphs of many rows.
+# - n8: 8-bit weight-only com.microsoft.MatMulNBits (blocks of 32 along K, a scale and zero point each), its
+#   activations quantised per row and block to int8 (accuracy level 4): the most precise, exact in 32-bit sums.
+#   As fast as u8s7 on graphs of few rows (text towers, the decoder step), slower on many (image towers).
+#   Fused Attention keeps its own packed weights, which MatMulNBits cannot take: such graphs skip it.
+# - u8u8: dynamic quantisation with uint8 weights (a zero point per channel): exact everywhere, as precise as
+#   8-bit signed, but VNNI/AMX CPUs have no u8 x u8 kernel of their own and run the AVX-512 one.
+# Measured 2026-12-03, AMD EPYC with AVX-512 VNNI, 2 threads (benchmarks/README.md "int8 formats").
+INT8_FORMATS = {
+    "u8s7": {"weight_type": QuantType.QInt8, "reduce_range": True,
+             "weights": "int8 per output channel, 7-bit range [-64, 64]",
+             "activations": "uint8 per tensor, quantised at run time"},
+    "n8": {"weight_only": {"bits": 8, "block_size": 32, "accuracy_level": 4, "symmetric": False},
+           "weights": "uint8 in blocks of 32 along K, a float scale and zero point each (MatMulNBits)",
+           "activations": "int8 per row and block of 32, quantised at run time"},
+    "u8u8": {"weight_type": QuantType.QUInt8, "reduce_range": False,
+             "weights": "uint8 per output channel, a zero point each",
+             "activations": "uint8 per tensor, quantised at run time"},
+}
+INT8_EXACT = ("every ONNX Runtime CPU kernel: x86-64 AVX2, AVX-512, AVX-512 VNNI, AVX-VNNI, AMX, and ARM64 "
+              "NEON/dot product; no partial sum of integer products can saturate")
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "LayerNormalization", "QuickGelu",
              "Gelu", "FastGelu", "BiasGelu", "EmbedLayerNormalization", "SkipSimplifiedLayerNormalization")
 
@@ -61,127 +90,36 @@ def fuse_graph(spec: GraphSpec, path: Path) -> dict[str, Any]:
     return record
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each batch row, flattened."""
-    a = a.reshape(a.shape[0], -1).astype(np.float64)
-    b = b.reshape(b.shape[0], -1).astype(np.float64)
-    denominator = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(denominator > 0, (a * b).sum(1) / np.maximum(denominator, 1e-300), 1.0)
-
-
-def _centred_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per row, the cosine of ``a`` and ``b`` after subtracting each row's mean (a constant offset changes no
-    softmax); a row that is constant on one side only scores 0 (a dead candidate must not pass)."""
-    a = a.astype(np.float64) - a.mean(axis=-1, keepdims=True)
-    b = b.astype(np.float64) - b.mean(axis=-1, keepdims=True)
-    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    both_flat = (np.linalg.norm(a, axis=-1) == 0) & (np.linalg.norm(b, axis=-1) == 0)
-    return np.where(both_flat, 1.0, (a * b).sum(-1) / np.maximum(norms, 1e-300))
-
-
-def teacher_forced(spec: GraphSpec, reference: ort.InferenceSession, candidate: ort.InferenceSession) -> dict[str, Any]:
-    """``spec.teacher``'s gate: the reference step decodes greedily, the candidate is fed the same tokens.
-
-    Per step each side keeps its own KV cache (present → past); only the new token goes in, so nothing but the
-    caches grows with the sequence. A (step, row) where the candidate's top-1 differs from fp32's counts against
-    it unless fp32 itself rates the two within ``near_tie`` nats (a near-tie, fp32's own coin flip: random
-    weights make many). Returns the record for the manifest; a NaN/Inf in the candidate's logits fails it."""
-    teacher = spec.teacher
-    cross = {k: v.detach().cpu().numpy().astype(np.float32)
-             for k, v in teacher.cross(torch.Generator().manual_seed(3)).items()}
-    rows = next(iter(cross.values())).shape[0]
-    past_names = [t.name for t in spec.inputs if t.name.startswith("past_")]
-    present_names = [t.name for t in spec.outputs if t.name.startswith("present_")]
-    empty = {t.name: np.zeros(t.shape_for({"batch": rows, "past_sequence": 0}), np.float32)
-             for t in spec.inputs if t.name in past_names}
-    caches = [dict(empty), dict(empty)]
-    tokens = np.full((rows, 1), teacher.bos_id, dtype=np.int64)
-    same_total, excused, decisive, cosines, finite = 0, 0, 0, [], True
-    for _ in range(teacher.steps):
-        logits = []
-        for side, session in enumerate((reference, candidate)):
-            out = session.run([teacher.logits, *present_names], {"input_ids": tokens, **caches[side], **cross})
-            logits.append(out[0].astype(np.float64))
-            caches[side] = dict(zip(past_names, out[1:]))
-        want, got = logits
-        if not np.all(np.isfinite(got)):
-            finite = False
-            break
-        picked, chosen = want.argmax(-1), got.argmax(-1)
-        same = picked == chosen
-        gap = want[np.arange(rows), picked] - want[np.arange(rows), chosen]  # fp32's preference, nats
-        runner_up = np.sort(want, axis=-1)[:, -2]
-        decisive += int((want[np.arange(rows), picked] - runner_up > teacher.near_tie).sum())
-        same_total += int(same.sum())
-        excused += int((~same & (gap <= teacher.near_tie)).sum())
-        cosines.append(_centred_cosines(want, got))
-        tokens = picked[:, None].astype(np.int64)  # fp32's greedy choice, fed to both
-    decisions = rows * teacher.steps
-    record = {"metric": "teacher-forced greedy decode from bos: share of steps x rows where the candidate picks "
-                        "fp32's top-1 token (or one fp32 rates within near_tie nats of it), and the least cosine "
-                        "of the logits centred per row",
-              "steps": teacher.steps, "rows": rows, "bos_id": teacher.bos_id, "near_tie": teacher.near_tie,
-              "threshold": {"top1_agreement": teacher.min_top1, "least_cosine": teacher.min_cosine},
-              "finite": finite}
-    if not finite:
-        return {**record, "top1_agreement": None, "least_cosine": None, "passed": False,
-                "reason": "NaN/Inf in the candidate's logits"}
-    least = float(np.min(cosines))
-    rate = (same_total + excused) / decisions
-    record.update(top1_agreement=rate, exact_top1_agreement=same_total / decisions, near_tie_flips=excused,
-                  decisive_steps=decisive,  # (step, row) where fp32's top-1 leads by more than near_tie
-                  least_cosine=least, cosine_per_step=[round(float(c.min()), 6) for c in cosines],
-                  passed=bool(rate >= teacher.min_top1 and least >= teacher.min_cosine))
-    return record
-
-
-def accuracy_gate(spec: GraphSpec, reference: Path, candidate: Path) -> dict[str, Any]:
-    """Run both graphs on the check inputs; per gated output the least cosine to fp32, and NaN/Inf.
-    A decoder step (``spec.teacher``) must also pass the teacher-forced decoding gate."""
+def open_candidate(path: Path) -> ort.InferenceSession:
+    """A lower-precision graph opened for its gate: on CUDA where this ONNX Runtime has it (fp16 kernels are a
+    CUDA matter), else on the CPU."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    # fp16 kernels are a CUDA matter: gate on CUDA where this ONNX Runtime has it
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    try:
-        sessions = [ort.InferenceSession(str(p), options, providers=providers) for p in (reference, candidate)]
-    except Exception as e:  # ORT's own exception types; the gate fails, the export keeps fp32
-        return {"passed": False, "reason": f"cannot run the graph on {providers[0]}: {str(e).splitlines()[0]}"}
-    return compare_sessions(spec, *sessions)
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def compare_sessions(spec: GraphSpec, reference: Any, candidate: Any) -> dict[str, Any]:
-    """The gate on two open graphs (anything with ``run(names, feeds)`` and ``get_providers()``): the fp32
-    ``reference`` and a ``candidate`` of lower precision or on another runtime."""
+def accuracy_gate(candidate: Any, check: dict[str, np.ndarray], info: GraphInfo) -> dict[str, Any]:
+    """The gate of a lower precision or another runtime's copy: the graph's stored check (as the folder will
+    hold it) run on ``candidate``, which the engine runs the same way where the folder is used."""
     provider = candidate.get_providers()[0]  # where it really ran
-    names = [t.name for t in spec.outputs]
-    least = {name: 1.0 for name in spec.gate}
-    finite = True
-    generator = torch.Generator().manual_seed(2)
     try:
-        for sizes in spec.check_sizes:
-            feeds = {k: v.numpy() for k, v in spec.sample(sizes, generator).items()}
-            want, got = (dict(zip(names, s.run(names, feeds))) for s in (reference, candidate))
-            finite &= all(np.all(np.isfinite(v)) for v in got.values())
-            for name in spec.gate:
-                least[name] = min(least[name], float(_cosines(want[name], got[name]).min()))
-        teacher = teacher_forced(spec, reference, candidate) if spec.teacher is not None else None
+        record = run_check(candidate, check, gate_of(info, lossy=True), info)
     except Exception as e:  # a kernel missing for this precision on this provider
         return {"passed": False, "reason": f"cannot run the graph on {provider}: {str(e).splitlines()[0]}"}
-    passed = finite and all(least[name] >= threshold for name, threshold in spec.gate.items())
-    record = {"metric": "cosine to fp32, least over rows and check sizes", "least": least,
-              "threshold": dict(spec.gate), "finite": bool(finite), "passed": bool(passed), "provider": provider}
-    if teacher is not None:
-        record["teacher_forced"] = teacher
-        record["passed"] = bool(passed and teacher["passed"])
-    return record
+    return {**record, "provider": provider}
 
 
-def precision_chain(spec: GraphSpec, precision: str) -> tuple[str, ...]:
-    """The precisions a graph tries under the export's ``precision``, in order, until one passes its gate (else
-    it stays fp32): int4 only where weights dominate (``spec.weight_bound``), then int8; int8 elsewhere."""
+def precision_chain(spec: GraphSpec, precision: str) -> tuple[tuple[str, str | None], ...]:
+    """The (precision, int8 format) a graph tries under the export's ``precision``, in order, until one passes
+    its gate (else it stays fp32): int4 only where weights dominate (``spec.weight_bound``), then each int8
+    format; every int8 format elsewhere."""
+    int8 = tuple(("int8", name) for name in spec.int8_formats)
     if precision == "int4":
-        return ("int4", "int8") if spec.weight_bound else ("int8",)
-    return (precision,)
+        return ((("int4", None),) if spec.weight_bound else ()) + int8
+    if precision == "int8":
+        return int8
+    return ((precision, None),)
 
 
 def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -375,20 +313,31 @@ def quantize_weight_only(source: Path | onnx.ModelProto, out: Path, *, bits: int
                                              and n.input[1] in float_weights)}
 
 
-def lower_precision(spec: GraphSpec, fp32_path: Path, precision: str) -> tuple[Path, dict[str, Any]]:
-    """Write an int8 (dynamic quantisation, per-channel weights), int4 (weight-only MatMulNBits, see
-    ``WEIGHT_ONLY``) or fp16 (fp32 inputs/outputs kept) copy of the graph beside it, and gate it against the
-    fp32 graph: (path, gate record, which also says what the copy holds under "quantization").
+def lower_precision(spec: GraphSpec, fp32_path: Path, precision: str, check: dict[str, np.ndarray],
+                    info: GraphInfo, int8_format: str = "u8s7") -> tuple[Path, dict[str, Any]]:
+    """Write an int8 (dynamic quantisation, ``INT8_FORMATS[int8_format]``), int4 (weight-only MatMulNBits, see
+    ``WEIGHT_ONLY``) or fp16 (fp32 inputs/outputs kept) copy of the graph beside it, and gate it on the graph's
+    stored ``check``: (path, gate record, which also says what the copy holds under "quantization").
     """
     out = fp32_path.with_name(f"{fp32_path.stem}.{precision}.onnx")
     try:
         if precision == "int8":
-            logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs advice on the root logger
-            # fused contrib operators defeat shape inference: tell the quantiser the weights are float
-            quantize_dynamic(str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-            record = {"method": "dynamic (onnxruntime quantize_dynamic)", "weights": "int8 per output channel",
-                      "activations": "uint8 per tensor, quantised at run time"}
+            chosen = INT8_FORMATS[int8_format]
+            described = {"format": int8_format, "weights": chosen["weights"], "activations": chosen["activations"],
+                         "exact_on": INT8_EXACT}
+            if "weight_only" in chosen:
+                if fused := sorted({n.op_type for n in onnx.load(str(fp32_path), load_external_data=False).graph.node}
+                                   & {"Attention", "MultiHeadAttention"}):
+                    return out, {"quantization": described, "passed": False,
+                                 "reason": f"{int8_format} cannot quantise the weights inside fused {', '.join(fused)}"}
+                record = {**quantize_weight_only(fp32_path, out, **chosen["weight_only"]), **described}
+            else:
+                logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs advice on the root logger
+                # fused contrib operators defeat shape inference: tell the quantiser the weights are float
+                quantize_dynamic(str(fp32_path), str(out), weight_type=chosen["weight_type"], per_channel=True,
+                                 reduce_range=chosen["reduce_range"],
+                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                record = {"method": "dynamic (onnxruntime quantize_dynamic)", **described}
         elif precision in WEIGHT_ONLY:
             record = quantize_weight_only(fp32_path, out, **WEIGHT_ONLY[precision])
         elif precision == "fp16":
@@ -401,4 +350,9 @@ def lower_precision(spec: GraphSpec, fp32_path: Path, precision: str) -> tuple[P
         raise
     except Exception as e:  # the quantiser and converter raise many types; report one line
         raise ExportError(f"graph '{spec.name}': {precision} conversion failed: {type(e).__name__}: {e}") from e
-    return out, {"quantization": record, **accuracy_gate(spec, fp32_path, out)}
+    try:
+        candidate = open_candidate(out)
+    except Exception as e:  # ORT's own exception types; the gate fails, the export keeps fp32
+        return out, {"quantization": record, "passed": False,
+                     "reason": f"cannot open the graph: {str(e).splitlines()[0]}"}
+    return out, {"quantization": record, **accuracy_gate(candidate, check, info)}

@@ -25,7 +25,7 @@ def int8_caption(blip_caption, tmp_path_factory):
 def test_export_writes_a_gated_openvino_copy_of_the_image_tower(int8_caption):
     manifest = json.loads((int8_caption / "manifest.json").read_text())
     entry = manifest["graphs"]["image_tower"]["backends"]["openvino"]
-    assert entry["accuracy"]["passed"] and entry["accuracy"]["least"]["image_embeds"] >= 0.999
+    assert entry["accuracy"]["passed"] and entry["accuracy"]["measured"]["image_embeds"] >= 0.999
     assert set(entry["files"]) == {"image_tower.openvino.xml", "image_tower.openvino.bin"}
     assert all((int8_caption / name).stat().st_size > 0 for name in entry["files"])
     # only the graph OpenVINO measured faster on gets a copy

@@ -13,12 +13,16 @@ from tests.helpers import pickled_copy
 def test_folder_holds_manifest_graphs_and_tokenizer(tiny_clip):
     manifest = Manifest.load(tiny_clip.exported)
     names = sorted(p.name for p in tiny_clip.exported.iterdir())
-    assert names == ["image_tower.onnx", "image_tower.onnx.data", "manifest.json", "text_tower.onnx",
-                     "text_tower.onnx.data", "tokenizer.json"]  # weights beside each graph, mapped from disk
+    assert names == ["image_tower.checks.npz", "image_tower.onnx", "image_tower.onnx.data", "manifest.json",
+                     "text_tower.checks.npz", "text_tower.onnx", "text_tower.onnx.data", "tokenizer.json"]
+    # weights beside each graph, mapped from disk; each graph's check (its gate's inputs and fp32 outputs)
     assert manifest.family == "clip" and not manifest.random_weights
     assert manifest.source["model"] == str(tiny_clip.checkpoint)
     for name, graph in manifest.graphs.items():
         assert graph.sha256 == sha256_of(tiny_clip.exported / graph.file)
+        assert graph.check["file"] == f"{name}.checks.npz"
+        assert graph.check["sha256"] == sha256_of(tiny_clip.exported / graph.check["file"])
+        assert graph.check["max_abs_diff"] == 1e-4 and graph.check["cosine"]
         assert 0 <= graph.parity["max_abs_diff"] <= 1e-4
         assert {"batch": 1} in [{k: v for k, v in s.items() if k == "batch"} for s in graph.parity["checked_sizes"]]
     image, text = manifest.graphs["image_tower"], manifest.graphs["text_tower"]

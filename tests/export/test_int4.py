@@ -10,6 +10,8 @@ import pytest
 from clipblip.engine import BlipEngine
 from clipblip.export import blip as blip_export
 from clipblip.export import export_model, optimize
+from clipblip.export.checks import build_check, stored
+from clipblip.export.optimize import accuracy_gate
 from clipblip.export.sources import load_source
 from clipblip.manifest import Manifest
 
@@ -121,17 +123,20 @@ def test_a_broken_int4_step_is_rejected_and_int8_is_tried_next(monkeypatch, tmp_
         zero_matmul_weights(out)
         return record
 
-    monkeypatch.setattr(optimize, "quantize_weight_only", broken)
+    monkeypatch.setattr(optimize, "quantize_weight_only", broken)  # int4 and the 8-bit n8 format alike
     manifest = export_model("random:blip-tiny", tmp_path / "m", task="caption", precision="int4")
     step = manifest.graphs["decoder_step"]
     assert step.precision == "int8" == stored_precision(tmp_path / "m" / step.file)
-    assert sorted(p.name for p in (tmp_path / "m").glob("decoder_step*")) == ["decoder_step.int8.onnx",
-                                                                                   "decoder_step.int8.onnx.data"]
+    assert sorted(p.name for p in (tmp_path / "m").glob("decoder_step*")) == [
+        "decoder_step.checks.npz", "decoder_step.int8.onnx", "decoder_step.int8.onnx.data"]
     assert step.accuracy["precision_tried"] == "int8" and step.accuracy["passed"]
-    [rejected] = step.accuracy["rejected"]
-    assert rejected["precision_tried"] == "int4" and not rejected["passed"]
-    teacher = rejected["teacher_forced"]
-    assert not teacher["passed"] and teacher["least_cosine"] < 0.5 and teacher["top1_agreement"] < 0.9
+    assert step.accuracy["quantization"]["format"] == "u8s7"  # the next int8 format of the step's order
+    int4, n8 = step.accuracy["rejected"]
+    assert int4["precision_tried"] == "int4" and n8["quantization"]["format"] == "n8"
+    for rejected in (int4, n8):
+        teacher = rejected["teacher_forced"]
+        assert not rejected["passed"] and not teacher["passed"]
+        assert teacher["least_cosine"] < 0.5 and teacher["top1_agreement"] < 0.9
 
 
 def test_the_teacher_forced_gate_feeds_one_token_a_step_and_rejects_a_zeroed_step(fp32_folder, tmp_path):
@@ -141,6 +146,9 @@ def test_the_teacher_forced_gate_feeds_one_token_a_step_and_rejects_a_zeroed_ste
     broken = tmp_path / "broken.onnx"
     onnx.save(onnx.load(str(reference)), str(broken))  # weights inside: the copy stands alone
     zero_matmul_weights(broken)
+    info = Manifest.load(fp32_folder).graphs["decoder_step"]
+    data = stored(build_check(spec, reference), lossy=True)  # what an int8 folder stores for its decoder step
+    assert data["teacher/tokens"].shape == (16, 2) and data["teacher/logits"].shape == (16, 2, 30524)
 
     class Recording:
         """A session that records the token and past lengths of each call."""
@@ -152,13 +160,15 @@ def test_the_teacher_forced_gate_feeds_one_token_a_step_and_rejects_a_zeroed_ste
             self.calls.append((feeds["input_ids"].shape, feeds["past_key_0"].shape[2]))
             return self.session.run(names, feeds)
 
-    same = optimize.teacher_forced(spec, Recording(reference), Recording(reference))
-    assert same["passed"] and same["top1_agreement"] == same["exact_top1_agreement"] == 1.0
-    assert same["least_cosine"] == pytest.approx(1.0)
-    ref, candidate = Recording(reference), Recording(broken)
-    record = optimize.teacher_forced(spec, ref, candidate)
-    assert not record["passed"] and record["least_cosine"] < 0.5
-    for calls in (ref.calls, candidate.calls):  # one new token per step over the step's own growing cache
-        assert calls == [((2, 1), past) for past in range(16)]
-    gate = optimize.accuracy_gate(spec, reference, broken)
-    assert not gate["passed"] and not gate["teacher_forced"]["passed"]
+        def get_providers(self):
+            return self.session.get_providers()
+
+    same = accuracy_gate(Recording(reference), data, info)
+    teacher = same["teacher_forced"]
+    assert same["passed"] and teacher["top1_agreement"] == teacher["exact_top1_agreement"] == 1.0
+    assert teacher["least_cosine"] == pytest.approx(1.0, abs=1e-6)  # fp32 itself, against its float16 logits
+    candidate = Recording(broken)
+    gate = accuracy_gate(candidate, data, info)
+    assert not gate["passed"] and not gate["teacher_forced"]["passed"] and gate["teacher_forced"]["least_cosine"] < 0.5
+    teacher_calls = candidate.calls[-16:]  # after the stored random case: one new token per step, growing cache
+    assert teacher_calls == [((2, 1), past) for past in range(16)]
