@@ -9,6 +9,13 @@ from pathlib import Path
 
 
 def cpu_name() -> str:
+    """The CPU's name as CPUID gives it (clipblip.engine.machine), else /proc/cpuinfo's."""
+    try:
+        from clipblip.engine.machine import this_machine
+
+        return this_machine().cpu
+    except ImportError:
+        pass
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -18,11 +25,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
+             "amx_bf16")
 
 
 def cpu_flags() -> list[str]:
-    """The instruction-set flags that decide which kernels run fast (int8 VNNI, bf16, AMX), as the CPU reports them."""
+    """The instruction-set flags that decide which kernels run fast (int8 VNNI, bf16, AMX): CPUID's, as the kernels
+    see them (clipblip.engine.machine), else /proc/cpuinfo's."""
+    try:
+        from clipblip.engine.machine import this_machine
+
+        return list(this_machine().flags)
+    except ImportError:
+        pass
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -31,6 +46,16 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
+
+
+def cpu_class() -> str:
+    """The class of int8 kernels this CPU runs: amx, vnni, avx512bw, avx2, neon (clipblip.engine.machine)."""
+    try:
+        from clipblip.engine.machine import this_machine
+
+        return this_machine().int8_kernels
+    except ImportError:
+        return "unknown"
 
 
 def median_ms(fn, repeat: int) -> float:

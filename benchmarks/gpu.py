@@ -400,7 +400,7 @@ def checks(bench: Bench, folders: dict[str, Path], device: str) -> dict:
             if accuracy:
                 gates[f"{key.split()[0]} {graph}"] = {
                     "precision": info.precision, "passed": bool(accuracy.get("passed")),
-                    "provider": accuracy.get("provider"), "least_cosine": accuracy.get("least"),
+                    "provider": accuracy.get("provider"), "least_cosine": accuracy.get("measured"),
                     "threshold": accuracy.get("threshold"), "reason": accuracy.get("reason")}
     # on CUDA the gates must have run there (the export processes checked that CUDA sessions run)
     result["fp16 gates"] = {"graphs": gates, "passed": bool(gates) and all(

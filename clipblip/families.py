@@ -69,8 +69,10 @@ class Family:
     engine: str  # "module:Class"
     tasks: tuple[Task, ...]
     presets: tuple[Preset, ...]
-    # graphs that OpenVINO runs faster than ONNX Runtime on a CPU with AMX (bf16); export writes them for it
+    # graphs that OpenVINO runs faster than ONNX Runtime on some CPUs; int8/int4 exports write a copy for it,
+    # which provider "auto" picks on the CPU classes of ``openvino_auto_on`` (machine.Machine.int8_kernels)
     openvino_graphs: tuple[str, ...] = ()
+    openvino_auto_on: tuple[str, ...] = ()
 
     @property
     def export_tasks(self) -> list[str]:
@@ -130,9 +132,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
             Task("match", "itm", "BlipForImageTextRetrieval", ("image_tower", "itm_head", "itc_image", "itc_text"),
                  "Salesforce/blip-itm-base-coco"),
         ),
-        # 577-token image tower: OpenVINO bf16 108 ms vs ORT int8 161 ms (Xeon with AMX, 2 threads); CLIP's
-        # towers and the decoder step are as fast or faster on ORT (design.md)
+        # 577-token image tower, 2 threads: on an Intel Xeon with AMX, OpenVINO bf16 108 ms against ORT int8 161 ms
+        # (design.md); on an AMD EPYC with AVX-512 VNNI and BF16 but no AMX, OpenVINO bf16 323 ms against ORT int8
+        # (u8s7) 270 ms; without BF16 (AVX2) OpenVINO computes in f32, 2.2x ORT int8's time on that EPYC: ORT.
+        # CLIP's towers and the decoder step are as fast or faster on ORT everywhere measured.
         openvino_graphs=("image_tower",),
+        openvino_auto_on=("amx",),
         presets=(
             Preset("blip-base", "Salesforce/blip-*-base: ViT-B/16 at 384 (577 image tokens), 12-layer BERT-base "
                                 "text side", {"text_config": {"num_attention_heads": 12}}, "caption"),

@@ -71,6 +71,7 @@ def test_sigterm_during_export_leaves_nothing(tmp_path):
     assert process.returncode == 130, err[-2000:]
 
 
+@pytest.mark.parametrize("tiny_clip", ["square30"], indirect=True)  # one checkpoint shows it
 def test_pickle_only_checkpoints_need_explicit_permission(tiny_clip, tmp_path):
     folder = pickled_copy(tiny_clip.checkpoint, tmp_path / "pickled")
     result = subprocess.run([sys.executable, "-m", "clipblip", "export", str(folder), "--out", str(tmp_path / "a")],

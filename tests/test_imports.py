@@ -4,6 +4,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "clipblip"
 HEAVY = ("torch", "transformers", "onnx", "onnxruntime")
 
@@ -60,6 +62,7 @@ def import_first(module: str) -> tuple[str, int, str]:
     return module, result.returncode, last_line
 
 
+@pytest.mark.slow  # ~75 fresh interpreters, most importing torch: 30-35 s on 2 cores; the AST check below is fast
 def test_every_module_imports_first_in_a_fresh_interpreter():
     """Whichever module a program imports first works: no import order hides a cycle or a missing import."""
     assert "clipblip.export.clip" in MODULES and "clipblip.families" in MODULES

@@ -59,8 +59,10 @@ class FolderEngine:
                                 f"OpenVINO installed ({openvino.INSTALL}) to get one")
         sessions = {name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
                     for name in names}
-        if verify:
-            ensure_checked(folder, manifest, sessions)
+        if verify:  # "auto" falls back to ONNX Runtime for an OpenVINO copy whose check fails on this machine
+            fallback = (lambda name: open_graph(folder, name, manifest.graph(folder, name), "cpu", threads, verify)
+                        ) if provider == "auto" else None
+            ensure_checked(folder, manifest, sessions, fallback)
         return folder, manifest, sessions
 
     @property

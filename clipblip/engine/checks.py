@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -277,10 +277,19 @@ def check_folder(folder: Path, manifest: Manifest, sessions: dict[str, Any], *, 
     return results
 
 
-def ensure_checked(folder: Path, manifest: Manifest, sessions: dict[str, Any]) -> list[dict]:
+def ensure_checked(folder: Path, manifest: Manifest, sessions: dict[str, Any],
+                   fallback: Callable[[str], Any] | None = None) -> list[dict]:
     """Before a folder answers: every opened graph passed its check on this machine (run the first time, then
-    recorded). A graph that fails is refused with an AccuracyError naming it, the machine and the numbers."""
+    recorded). A graph that fails is refused with an AccuracyError naming it, the machine and the numbers,
+    unless ``fallback(name)`` opens it another way (provider "auto": ONNX Runtime instead of an OpenVINO copy
+    that fails here), which ``sessions`` then holds if its own check passes."""
+    from .openvino import OpenVinoGraph
+
     results = check_folder(folder, manifest, sessions, reuse=True)
+    for i, r in enumerate(results):
+        if not r["passed"] and fallback is not None and isinstance(sessions[r["graph"]], OpenVinoGraph):
+            sessions[r["graph"]] = fallback(r["graph"])
+            results[i] = check_folder(folder, manifest, {r["graph"]: sessions[r["graph"]]}, reuse=True)[0]
     failed = [r for r in results if not r["passed"]]
     if failed:
         r = failed[0]

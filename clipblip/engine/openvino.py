@@ -1,8 +1,8 @@
 """OpenVINO runtime as a second CPU backend, for the graphs where it measures faster (extra ``openvino``).
 
-On a CPU with AMX, OpenVINO runs the BLIP image tower in bf16 about 1.6× faster than ONNX Runtime's
-dynamic int8 (design.md); ONNX Runtime stays faster on the decoder step, whose shapes change every step,
-and on the small CLIP towers. Export writes such graphs a second time, as OpenVINO IR with fp16 weights
+On a CPU with AMX, OpenVINO runs the BLIP image tower in bf16 about 1.5× faster than ONNX Runtime's
+dynamic int8 (design.md); on AVX-512 BF16 without AMX, and on AVX2, ONNX Runtime's int8 is faster; ONNX
+Runtime stays faster on the decoder step, whose shapes change every step, and on the small CLIP towers. Export writes such graphs a second time, as OpenVINO IR with fp16 weights
 (``GraphInfo.backends["openvino"]``), gated against fp32 like any lower precision.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import MissingExtraError, ModelLoadError, ProviderError
 from ..manifest import cache_root
 
-__all__ = ["BACKEND", "available", "cpu_has_amx", "inference_precision", "OpenVinoGraph", "open_openvino"]
+__all__ = ["BACKEND", "available", "inference_precision", "OpenVinoGraph", "open_openvino"]
 
 BACKEND = "openvino"
 INSTALL = "pip install 'clipblip[openvino]'"
@@ -36,16 +36,6 @@ def _openvino():
     except ImportError:
         raise MissingExtraError(f"provider 'openvino' needs OpenVINO, which is not installed: {INSTALL}") from None
     return openvino
-
-
-@lru_cache(maxsize=1)
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX for bf16 (the case measured to favour OpenVINO's bf16 image tower)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ import onnxruntime as ort
 from ..errors import CompatibilityError, ModelLoadError, ProviderError, UnsafeArtifactError, UsageError
 from ..manifest import GraphInfo, external_data_paths, has_sha256
 from . import openvino
+from .machine import this_machine
 
 __all__ = ["PROVIDERS", "resolve_providers", "open_graph", "installed_runtimes", "external_data_paths"]
 
@@ -97,12 +98,13 @@ def compatibility_error(path: Path, name: str, message: str) -> CompatibilityErr
 def backend_for(info: GraphInfo, provider: str) -> str:
     """"openvino" or "onnxruntime" for this graph: OpenVINO when asked for (``provider="openvino"``) and
     the folder holds the graph for it, or with "auto" where it was measured faster: an OpenVINO copy of
-    the graph, OpenVINO installed, a CPU with AMX, and no CUDA."""
-    if "files" not in info.backends.get(openvino.BACKEND, {}):
+    the graph, OpenVINO installed, no CUDA, and a CPU of a class the copy names (``auto_on``: "amx")."""
+    entry = info.backends.get(openvino.BACKEND, {})
+    if "files" not in entry:
         return "onnxruntime"
     if provider == "openvino":
         return openvino.BACKEND
-    if (provider == "auto" and openvino.cpu_has_amx() and openvino.available()
+    if (provider == "auto" and this_machine().int8_kernels in entry.get("auto_on", ()) and openvino.available()
             and PROVIDERS["cuda"] not in ort.get_available_providers()):
         return openvino.BACKEND
     return "onnxruntime"

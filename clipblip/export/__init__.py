@@ -105,6 +105,7 @@ def export_model(
             if precision in ("int8", "int4") and spec.gate and spec.name in family.openvino_graphs:
                 say(f"{spec.name}: writing and gating its OpenVINO copy")
                 openvino = openvino_copy(spec, path, lossy_check, info)  # from the fp32 graph, before it is replaced
+                openvino["auto_on"] = list(family.openvino_auto_on)  # the CPU classes where `auto` runs it
                 kept = "files" in openvino
                 say(f"{spec.name}: OpenVINO copy " + (f"kept, {summary(openvino['accuracy'])}" if kept
                                                       else f"not written: {openvino['reason']}"))

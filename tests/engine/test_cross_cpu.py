@@ -67,19 +67,28 @@ SATURATING = (integer_product(TensorProto.UINT8, np.full((K, 1), 127, np.int8)),
               255 * 127 * K)
 
 PROBE = """
-import json, sys, numpy as np, onnxruntime as ort
+import json, sys, onnxruntime as ort
+from clipblip.engine.checks import verify_folder
+from clipblip.engine.machine import this_machine
 from tests.engine.test_cross_cpu import CASES, SATURATING
 def run(model, a):
     return float(ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"a": a})[0].ravel()[0])
-print(json.dumps({"cases": {name: run(m, a) for name, (m, a, _) in CASES.items()}, "saturating": run(*SATURATING[:2])}))
+print(json.dumps({"machine": this_machine().to_dict(), "cases": {name: run(m, a) for name, (m, a, _) in CASES.items()},
+                  "saturating": run(*SATURATING[:2]), "verify": {name: verify_folder(folder) for name, folder in
+                                                                 json.loads(sys.argv[1]).items()}}))
 """
 
 
-def avx2(*argv: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``argv`` run by this Python under AVX2 kernels (tools/on-avx2), in the repository root."""
+@pytest.fixture(scope="module")
+def on_avx2(int8_folders) -> dict:
+    """One process on AVX2 kernels (tools/on-avx2): the worst-case products of each format, and `verify` of the
+    int8 folders exported on this machine (one emulated process: starting Python under qemu costs seconds)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([str(ON_AVX2), sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    folders = json.dumps({name: str(folder) for name, folder in int8_folders.items()})
+    done = subprocess.run([str(ON_AVX2), sys.executable, "-c", PROBE, folders], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -90,29 +99,22 @@ def test_each_int8_format_multiplies_exactly_here(name):
 
 
 @needs_qemu
-def test_each_int8_format_multiplies_exactly_on_avx2_kernels_where_8_bit_signed_weights_saturate():
-    done = avx2("-c", PROBE)
-    assert done.returncode == 0, done.stderr
-    found = json.loads(done.stdout)
-    assert found["cases"] == {name: float(exact) for name, (_, _, exact) in CASES.items()}
+def test_each_int8_format_multiplies_exactly_on_avx2_kernels_where_8_bit_signed_weights_saturate(on_avx2):
+    assert on_avx2["machine"]["int8_kernels"] == "avx2" and "avx512_vnni" not in on_avx2["machine"]["flags"]
+    assert on_avx2["cases"] == {name: float(exact) for name, (_, _, exact) in CASES.items()}
     # the control: the emulated process really ran AVX2 kernels (u8 x s8 pairs summed in saturating 16 bits)
-    assert found["saturating"] == 32767 * K / 2 < SATURATING[2]
+    assert on_avx2["saturating"] == 32767 * K / 2 < SATURATING[2]
 
 
 @needs_qemu
-def test_int8_folders_exported_here_verify_on_avx2_kernels(int8_folders, capsys):
-    from clipblip.cli import main
+def test_int8_folders_exported_here_verify_on_avx2_kernels(int8_folders, on_avx2):
+    from clipblip.engine.checks import verify_folder
 
     for name, folder in int8_folders.items():
-        assert main(["verify", str(folder), "--json"]) == 0
-        native = {r["graph"]: r for r in json.loads(capsys.readouterr().out)["results"]}
-        done = avx2("-m", "clipblip", "verify", str(folder), "--json")
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr
-        document = json.loads(done.stdout)
-        machine = document["machine"]
-        assert machine["int8_kernels"] == "avx2" and "avx512_vnni" not in machine["flags"], machine
-        for result in document["results"]:
+        native = {r["graph"]: r for r in verify_folder(folder)}
+        for result in on_avx2["verify"][name]:
             assert result["passed"] and result["precision"] == "int8", result
+            assert result["machine"]["int8_kernels"] == "avx2"
             # exact integer products: the same numbers as here, up to float rounding
             for output, value in result["measured"].items():
                 assert value == pytest.approx(native[result["graph"]]["measured"][output], abs=2e-6), (name, output)

@@ -11,6 +11,7 @@ pytest.importorskip("openvino", reason="OpenVINO (the openvino extra) is not ins
 from clipblip.engine import BlipEngine  # noqa: E402
 from clipblip.engine import openvino as backend  # noqa: E402
 from clipblip.errors import MissingExtraError, ModelLoadError, ProviderError  # noqa: E402
+from clipblip.manifest import Manifest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,16 @@ def test_openvino_runs_the_image_tower_and_onnx_runtime_the_rest(int8_caption, p
     assert all(isinstance(c, str) for c in ov.caption(photos, max_new_tokens=5))
 
 
-def test_auto_chooses_openvino_only_on_a_cpu_with_amx(int8_caption, monkeypatch):
-    monkeypatch.setattr(backend, "cpu_has_amx", lambda: False)
-    assert not isinstance(BlipEngine.from_dir(int8_caption).sessions["image_tower"], backend.OpenVinoGraph)
-    monkeypatch.setattr(backend, "cpu_has_amx", lambda: True)
-    assert isinstance(BlipEngine.from_dir(int8_caption).sessions["image_tower"], backend.OpenVinoGraph)
+def test_auto_chooses_openvino_only_on_the_cpu_classes_the_folder_names(int8_caption, monkeypatch):
+    from clipblip.engine import session
+    from clipblip.engine.machine import Machine
+
+    assert Manifest.load(int8_caption).graphs["image_tower"].backends["openvino"]["auto_on"] == ["amx"]
+    for flags, chosen in ((("avx2",), False), (("avx2", "avx512bw", "avx512_vnni", "avx512_bf16"), False),
+                          (("avx2", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"), True)):
+        monkeypatch.setattr(session, "this_machine", lambda: Machine("test", "x86_64", flags, "cpuid"))
+        tower = BlipEngine.from_dir(int8_caption).sessions["image_tower"]
+        assert isinstance(tower, backend.OpenVinoGraph) == chosen, flags
 
 
 def test_a_folder_without_an_openvino_copy_is_refused_in_one_line(blip_caption):
@@ -87,3 +93,24 @@ def test_a_damaged_openvino_copy_is_refused(int8_caption, tmp_path):
         f.write(b"\xff\xfe")
     with pytest.raises(ModelLoadError, match="sha256 differs"):
         BlipEngine.from_dir(copy, provider="openvino")
+
+
+def test_auto_runs_onnx_runtime_where_the_openvino_copy_fails_its_check(int8_caption, monkeypatch, tmp_path):
+    from clipblip.engine import checks, session
+    from clipblip.engine.machine import Machine
+    from clipblip.errors import AccuracyError
+
+    monkeypatch.setenv("CLIPBLIP_CACHE", str(tmp_path / "cache"))
+    amx = Machine("test", "x86_64", ("avx2", "avx512bw", "avx512_vnni", "amx_int8", "amx_bf16"), "cpuid")
+    monkeypatch.setattr(session, "this_machine", lambda: amx)
+    real = checks.run_check
+
+    def openvino_fails(graph, data, gate, info):
+        record = real(graph, data, gate, info)
+        return {**record, "passed": False} if isinstance(graph, backend.OpenVinoGraph) else record
+
+    monkeypatch.setattr(checks, "run_check", openvino_fails)
+    engine = BlipEngine.from_dir(int8_caption)  # auto: the copy fails here, ONNX Runtime's int8 tower passes
+    assert engine.sessions["image_tower"].get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(AccuracyError, match=r"graph 'image_tower' \(fp16 weights, OpenVINO CPU"):
+        BlipEngine.from_dir(int8_caption, provider="openvino")  # asked for by name: refused, never a silent swap
