@@ -23,7 +23,7 @@ from .. import families
 from . import checkpoint
 from .checkpoint import SourceModel
 from .clip import attention_outputs, image_facts, token_batch
-from .specs import FEW_ROWS, GraphSpec, TeacherForcing, TensorSpec
+from .specs import GraphSpec, TeacherForcing, TensorSpec
 from .vocab import blip_tokenizer
 
 __all__ = ["graph_specs", "manifest_sections", "load_pretrained", "build_random"]
@@ -318,7 +318,6 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
             fusion=text_fusion,
             gate={"logits": 0.99},  # next-token logits, teacher-forced: same tokens and cache on both sides
             teacher=TeacherForcing(bos_id=int(text.bos_token_id), cross=teacher_cross, **TEACHER_GATE),
-            int8_formats=FEW_ROWS,  # one token a row per step: weight-bound, n8 as fast as u8s7 and more precise
             weight_bound=True,  # batch 1 streams every weight per token: --precision int4 gives it 4-bit weights
         ))
     elif task == "itm":
@@ -341,7 +340,7 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
             name="itc_text", module=ItcText(model).eval(),
             inputs=text_inputs,
             outputs=(TensorSpec("text_feat", "float32", ("batch", dim)),),
-            sample=tokens, **text_sizes, fusion=text_fusion, gate={"text_feat": 0.999}, int8_formats=FEW_ROWS,
+            sample=tokens, **text_sizes, fusion=text_fusion, gate={"text_feat": 0.999},
         ))
     return specs
 

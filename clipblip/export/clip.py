@@ -12,7 +12,7 @@ from .. import families
 from ..errors import ModelSourceError
 from . import checkpoint
 from .checkpoint import SourceModel
-from .specs import FEW_ROWS, GraphSpec, TensorSpec
+from .specs import GraphSpec, TensorSpec
 from .vocab import clip_tokenizer
 
 __all__ = ["ClipImageTower", "ClipTextTower", "attention_outputs", "graph_specs", "manifest_sections", "model_facts",
@@ -126,7 +126,6 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
             ),
             fusion={"model_type": "clip", "num_heads": text.num_attention_heads, "hidden_size": text.hidden_size},
             gate={"text_embeds": 0.999},
-            int8_formats=FEW_ROWS,  # a label is a few tokens: n8 as fast as u8s7 here, and precise enough
         ),
     ]
 

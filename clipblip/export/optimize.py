@@ -23,8 +23,8 @@ from ..manifest import GraphInfo
 from .convert import check_parity
 from .specs import GraphSpec
 
-__all__ = ["PRECISIONS", "WEIGHT_ONLY", "INT8_FORMATS", "fuse_graph", "precision_chain", "lower_precision",
-           "fold_weight_transposes", "quantize_weight_only", "accuracy_gate", "open_candidate"]
+__all__ = ["PRECISIONS", "WEIGHT_ONLY", "INT8_FORMATS", "fuse_graph", "int8_order", "precision_chain",
+           "lower_precision", "fold_weight_transposes", "quantize_weight_only", "accuracy_gate", "open_candidate"]
 
 PRECISIONS = ("fp32", "int8", "int4", "fp16")
 # --precision int4: the graphs whose batch-1 run is bound by reading their weights (GraphSpec.weight_bound, the
@@ -38,17 +38,23 @@ WEIGHT_ONLY = {"int4": {"bits": 4, "block_size": 32, "accuracy_level": 4, "symme
 # a gate passed where a folder was exported holds on any CPU (AVX2 and AVX-512 without VNNI multiply u8 x s8 with
 # vpmaddubsw, which sums pairs of products in saturating 16 bits: 255 * 127 * 2 = 64770 overflows; with full
 # 8-bit signed weights, random:clip-tiny's text tower gave cosine 0.895 there and 0.998 on VNNI). Each graph
-# tries the formats in its spec's order (GraphSpec.int8_formats) until one passes its gate:
+# tries the formats in the order measured fastest for it (int8_order) until one passes its gate:
 # - u8s7: dynamic quantisation, uint8 activations per tensor x signed weights in [-64, 64] per channel:
 #   255 * 64 * 2 = 32640 cannot overflow. The same kernels as 8-bit signed weights, so as fast on every CPU
-#   (VNNI/AMX dot products, vpmaddubsw on AVX2); one bit less precise. The fastest for graphs of many rows.
+#   (VNNI/AMX dot products, vpmaddubsw on AVX2); one bit less precise (CLIP base text tower: 0.99857, under
+#   its 0.999 gate).
+# - u8u8: dynamic quantisation with uint8 weights (a zero point per channel): exact everywhere (16-bit widening
+#   on x86), as precise as 8-bit signed; VNNI/AMX CPUs have no u8 x u8 kernel of their own and run the
+#   AVX-512 one, slower on graphs of many rows.
 # - n8: 8-bit weight-only com.microsoft.MatMulNBits (blocks of 32 along K, a scale and zero point each), its
-#   activations quantised per row and block to int8 (accuracy level 4): the most precise, exact in 32-bit sums.
-#   As fast as u8s7 on graphs of few rows (text towers, the decoder step), slower on many (image towers).
+#   activations quantised per row and block to int8 (accuracy level 4): the most precise, exact in 32-bit
+#   sums, and it quantises the tied vocabulary projection too (dynamic quantisation leaves that Gemm fp32).
 #   Fused Attention keeps its own packed weights, which MatMulNBits cannot take: such graphs skip it.
-# - u8u8: dynamic quantisation with uint8 weights (a zero point per channel): exact everywhere, as precise as
-#   8-bit signed, but VNNI/AMX CPUs have no u8 x u8 kernel of their own and run the AVX-512 one.
-# Measured 2026-12-03, AMD EPYC with AVX-512 VNNI, 2 threads (benchmarks/README.md "int8 formats").
+# AMD EPYC with AVX-512 VNNI, 2 threads, batch 1, median ms (benchmarks/int8_formats.py, 2026-12-03):
+#   CLIP base image tower  s8 25.7  u8s7 26.0  u8u8 38.3  (n8: fused attention)
+#   CLIP base text tower   s8 9.7   u8s7 9.6 (fails)  u8u8 9.5  n8 11.3
+#   BLIP base image tower  s8 334   u8s7 356  u8u8 502  n8 573
+#   BLIP base decoder step s8 14.5  u8s7 14.8  u8u8 16.6  n8 10.8
 INT8_FORMATS = {
     "u8s7": {"weight_type": QuantType.QInt8, "reduce_range": True,
              "weights": "int8 per output channel, 7-bit range [-64, 64]",
@@ -110,11 +116,17 @@ def accuracy_gate(candidate: Any, check: dict[str, np.ndarray], info: GraphInfo)
     return {**record, "provider": provider}
 
 
+def int8_order(spec: GraphSpec) -> tuple[str, ...]:
+    """The int8 formats in the order a graph tries them, fastest first (measured, see INT8_FORMATS): a graph
+    bound by reading its weights (the decoder step) runs the weight-only n8 fastest; others u8s7, then u8u8."""
+    return ("n8", "u8s7", "u8u8") if spec.weight_bound else ("u8s7", "u8u8", "n8")
+
+
 def precision_chain(spec: GraphSpec, precision: str) -> tuple[tuple[str, str | None], ...]:
     """The (precision, int8 format) a graph tries under the export's ``precision``, in order, until one passes
     its gate (else it stays fp32): int4 only where weights dominate (``spec.weight_bound``), then each int8
     format; every int8 format elsewhere."""
-    int8 = tuple(("int8", name) for name in spec.int8_formats)
+    int8 = tuple(("int8", name) for name in int8_order(spec))
     if precision == "int4":
         return ((("int4", None),) if spec.weight_bound else ()) + int8
     if precision == "int8":

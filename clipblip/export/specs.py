@@ -7,10 +7,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["TensorSpec", "GraphSpec", "TeacherForcing", "FEW_ROWS"]
-
-# int8 formats in the order a graph of few rows per item tries them (text towers, the decoder step), see GraphSpec
-FEW_ROWS = ("n8", "u8s7", "u8u8")
+__all__ = ["TensorSpec", "GraphSpec", "TeacherForcing"]
 
 Axes = dict[str, int]
 
@@ -65,12 +62,10 @@ class GraphSpec:
     num_heads, hidden_size), or None. ``gate`` gives, per output, the least cosine similarity to
     fp32 that a lower precision must keep (outputs not named are not gated); ``teacher`` adds the
     teacher-forced decoding gate for a KV-cached decoder step. ``weight_bound`` marks a graph whose batch-1
-    run is bound by reading its weights (the decoder step): ``--precision int4`` gives it 4-bit weights.
+    run is bound by reading its weights (the decoder step): ``--precision int4`` gives it 4-bit weights, and
+    ``--precision int8`` tries the weight-only 8-bit format first (``optimize.int8_order``).
     ``gate_sizes`` are the sizes of the gate's inputs (default: ``check_sizes``), which the model folder
     stores with their fp32 outputs (:mod:`clipblip.export.checks`): small enough to carry, a few MB at most.
-    ``int8_formats`` the order in which ``--precision int8`` tries the formats of ``optimize.INT8_FORMATS``:
-    graphs of many rows (image towers) run ``u8s7`` fastest; graphs of few rows (text, a decoder step) ``n8``,
-    as fast there and more precise (FEW_ROWS).
     """
 
     name: str
@@ -87,7 +82,6 @@ class GraphSpec:
     weight_bound: bool = False
     file: str = field(default="")
     gate_sizes: tuple[Axes, ...] = ()
-    int8_formats: tuple[str, ...] = ("u8s7", "n8", "u8u8")
 
     def __post_init__(self):
         if not self.gate_sizes:
