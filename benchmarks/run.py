@@ -83,6 +83,9 @@ def export_all(tmp: Path, size: str) -> dict[str, Path]:
         # int4 touches only the decoder step (the weights read every token): measured on captions
         for precision in ("fp32", "int8", "int4") if task == "caption" and "int4" in PRECISIONS else ("fp32", "int8"):
             folder = tmp / f"{name}-{precision}"
+            if (folder / "manifest.json").exists():  # --work: an earlier run's export, reused
+                folders[f"{name} {precision}"] = folder
+                continue
             print(f"exporting {preset} {task or ''} {precision}", file=sys.stderr, flush=True)
             export_model(preset, folder, task=task, precision=precision)
             folders[f"{name} {precision}"] = folder
@@ -108,13 +111,18 @@ def engine_variants(folders: dict[str, Path], threads: int) -> dict[str, object]
 
 def backends(engines: dict[str, object]) -> dict[str, dict[str, str]]:
     """Per engine, where each graph ran and in which precision (and int8 format)."""
+    from clipblip.engine.openvino import OpenVinoGraph
+
     out = {}
     for key, engine in engines.items():
         graphs = {}
         for name, session in engine.sessions.items():
             info = engine.manifest.graphs[name]
             form = (info.accuracy.get("quantization") or {}).get("format")
-            graphs[name] = f"{session.get_providers()[0]}, {info.precision}" + (f" ({form})" if form else "")
+            if isinstance(session, OpenVinoGraph):
+                graphs[name] = f"{session.get_providers()[0]}, {info.backends['openvino']['weights']} weights"
+            else:
+                graphs[name] = f"{session.get_providers()[0]}, {info.precision}" + (f" ({form})" if form else "")
         out[f"clipblip {key}"] = graphs
     return out
 
@@ -219,7 +227,9 @@ def cold_start(folders: dict[str, Path], size: str, threads: int, tmp: Path, pho
         for _ in range(3):
             start = time.perf_counter()
             child = subprocess.run([sys.executable, str(CHILD), *args[:2], str(photo), str(threads), *args[2:]],
-                                   capture_output=True, text=True, check=True, env=env)
+                                   capture_output=True, text=True, env=env)
+            if child.returncode:
+                raise RuntimeError(f"cold start of {name} failed: {child.stderr.strip()[-2000:]}")
             runs.append({"wall_s": time.perf_counter() - start, **json.loads(child.stdout.strip().splitlines()[-1])})
         best = min(runs[1:], key=lambda r: r["wall_s"])  # with the record in place and a warm file cache
         results[name] = {**best, "first_load_wall_s": runs[0]["wall_s"],
@@ -285,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pause", type=float, default=None, help="seconds before each timed call (default 0.2, "
                                                                     "quick 0)")
     parser.add_argument("--out", default="bench-output")
+    parser.add_argument("--work", default=None, help="keep the exported folders here and reuse them next time "
+                                                      "(default: a temporary folder)")
     args = parser.parse_args(argv)
     size, repeat = ("tiny", args.repeat or 2) if args.quick else ("base", args.repeat or 7)
     pause = args.pause if args.pause is not None else (0.0 if args.quick else 0.2)
@@ -297,13 +309,15 @@ def main(argv: list[str] | None = None) -> dict:
               Image.open(cbook.get_sample_data("Minduka_Present_Blue_Pack.png", asfileobj=False)).convert("RGB")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with (nullcontext(args.work) if args.work else tempfile.TemporaryDirectory()) as tmp:
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         folders = export_all(Path(tmp), size)
         latency = {}
         ran_on, works = workloads(folders, size, args.threads, images)
         for work, (items, variants) in works.items():
             print(f"timing {work}", file=sys.stderr, flush=True)
             latency[work] = summarise(measure(variants, repeat, pause), items)
+            (out / "latency.partial.json").write_text(json.dumps(latency, indent=2) + "\n")  # kept if a later part fails
         print("timing cold starts", file=sys.stderr, flush=True)
         cold = cold_start(folders, size, args.threads, Path(tmp), photo)
     report = {"date": time.strftime("%Y-%m-%d"), "environment": environment(args.threads), "repeat": repeat,
@@ -311,6 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
               "backends": ran_on, "cold_start": cold}
     (out / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "results.md").write_text(markdown(report), encoding="utf-8")
+    (out / "latency.partial.json").unlink(missing_ok=True)
     chart(report, out / "chart.png")
     print(markdown(report))
     return report

@@ -19,7 +19,7 @@ from typing import Any
 from .errors import ModelLoadError
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "TensorInfo", "GraphInfo", "Manifest", "sha256_of", "has_sha256",
-           "cache_root", "external_data_paths", "folder_files"]
+           "cache_root", "read_user_record", "write_user_record", "external_data_paths", "folder_files"]
 
 FORMAT_VERSION = 2  # 2: every graph carries its check (inputs, fp32 references, gate), run where the folder runs
 MANIFEST_NAME = "manifest.json"
@@ -194,30 +194,40 @@ def has_sha256(path: str | os.PathLike, sha256: str) -> bool:
     start then skips hashing hundreds of MB, while a damaged, replaced or rewritten file is hashed.
     """
     path = Path(path).resolve()
-    record = cache_root() / VERIFIED_NAME
-    try:
-        known = json.loads(record.read_text(encoding="utf-8"))
-        if not isinstance(known, dict):
-            known = {}
-    except (OSError, ValueError):
-        known = {}
+    known = read_user_record(VERIFIED_NAME)
     if known.get(str(path)) == [*_identity(path), sha256]:
         return True
     if sha256_of(path) != sha256:
         return False
     known.pop(str(path), None)
     known[str(path)] = [*_identity(path), sha256]
+    write_user_record(VERIFIED_NAME, known, VERIFIED_LIMIT)  # without a writable cache, every load hashes
+    return True
+
+
+def read_user_record(name: str) -> dict[str, Any]:
+    """A JSON object clipblip keeps in the user's cache (:func:`cache_root`), or {} when absent or unreadable."""
+    try:
+        known = json.loads((cache_root() / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def write_user_record(name: str, entries: dict[str, Any], limit: int) -> None:
+    """Replace that object atomically with the last ``limit`` of ``entries``; best effort (a cache that cannot be
+    written costs time, never answers)."""
+    path = cache_root() / name
     temporary = None
-    try:  # best effort: without a writable cache, every load hashes
-        record.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=record.parent, delete=False, encoding="utf-8") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, encoding="utf-8") as f:
             temporary = f.name
-            json.dump(dict(list(known.items())[-VERIFIED_LIMIT:]), f)
-        os.replace(temporary, record)
+            json.dump(dict(list(entries.items())[-limit:]), f)
+        os.replace(temporary, path)
     except OSError:
         if temporary:
             Path(temporary).unlink(missing_ok=True)
-    return True
 
 
 LOCATION_ENTRY = b"\n\x08location\x12"  # StringStringEntryProto(key="location", value=...) as protobuf bytes

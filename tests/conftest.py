@@ -267,6 +267,16 @@ def blip_caption_with_attentions(blip_caption, tmp_path_factory):
 # --- lower precisions --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
+def blip_tiny_fp32(tmp_path_factory) -> Path:
+    """random:blip-tiny's caption model exported in fp32: the reference of its lower-precision exports."""
+    from clipblip.export import export_model
+
+    out = tmp_path_factory.mktemp("blip-tiny-fp32") / "m"
+    export_model("random:blip-tiny", out, task="caption")
+    return out
+
+
+@pytest.fixture(scope="session")
 def int8_folders(tmp_path_factory) -> dict[str, Path]:
     """random:clip-tiny and random:blip-tiny (caption) exported in int8 on this machine: every graph int8, each
     with its stored check. Tests that change files work on copies."""

@@ -11,15 +11,16 @@ provider:
 
 - transformers eager fp32: CLIPProcessor -> CLIPModel -> softmax of logits_per_image (this process);
 - optimum-onnx fp32 / int8: `ORTModelForZeroShotImageClassification` exported from the checkpoint and
-  optimum's own avx512_vnni dynamic quantization, in a worker under .venv-peers/bin/python
+  optimum's own dynamic quantization recipe for this CPU (avx512_vnni on VNNI/AMX, avx512 on AVX-512 without
+  VNNI, avx2, arm64; from clipblip's CPUID reading), in a worker under .venv-peers/bin/python
   (optimum-onnx pins transformers < 4.58), timing each call itself (benchmarks/peers/optimum_worker.py);
 - clipblip fp32 / int8: `export_model(checkpoint)` then `ClipEngine.classify`; its text embeddings are
   cached by exact text, so the "labels not cached" variants clear `engine.text_cache` before each call
   (outside the timed part) and pay the text tower every time, as the other sides do.
 
 After a warm-up, the variants are timed interleaved in rounds (one call of each per round, the order
-rotated every round, a short pause between calls so that no thread pool still spins into the next
-call); median and p95 over the rounds, speed-up over eager fp32 from the same run. Each variant's
+rotated every round, a pause of --pause-ms (200) before each call so that no thread pool still spins into
+the next call: ONNX Runtime's and PyTorch's pools, in this process and in the worker); median and p95 over the rounds, speed-up over eager fp32 from the same run. Each variant's
 probabilities are recorded with their largest difference from eager's. Writes results.json and
 results.md into --out. Weights are random: the figures are about speed, never about quality.
 """
@@ -47,10 +48,22 @@ sys.path.insert(0, str(HERE.parent))
 from common import CPU_FLAGS, cpu_flags, cpu_name  # noqa: E402  benchmarks/common.py
 
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+
+
+def optimum_recipe() -> str:
+    """optimum's AutoQuantizationConfig for this CPU class (clipblip.engine.machine reads CPUID)."""
+    from clipblip.engine.machine import this_machine
+
+    return {"amx": "avx512_vnni", "vnni": "avx512_vnni", "avx512bw": "avx512", "avx2": "avx2",
+            "neon": "arm64"}.get(this_machine().int8_kernels, "avx2")
+
+
 WORKER = HERE / "optimum_worker.py"
 LABELS = ("cat", "dog", "car")
 TEMPLATE = "a photo of a {}."
 EAGER = "transformers eager fp32"
+
+
 class OptimumWorker:
     """The optimum-onnx side: a long-lived process in the peers venv, one JSON request/answer a line."""
 
@@ -58,8 +71,9 @@ class OptimumWorker:
                  log: Path):
         self.log_path = log
         self.log = open(log, "w", encoding="utf-8")
-        command = [str(python), str(WORKER), "--checkpoint", str(checkpoint), "--workdir", str(workdir),
-                   "--photo", str(photo), "--threads", str(threads)] + (["--per-channel"] if per_channel else [])
+        command = ([str(python), str(WORKER), "--checkpoint", str(checkpoint), "--workdir", str(workdir),
+                    "--photo", str(photo), "--threads", str(threads), "--recipe", optimum_recipe()]
+                   + (["--per-channel"] if per_channel else []))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                "PYTHONNOUSERSITE": "1"}
         env.pop("PYTHONPATH", None)  # nothing of ours may leak into the peer's interpreter
@@ -154,8 +168,8 @@ def variants(checkpoint: Path, folders: dict[str, Path], worker: OptimumWorker, 
             return [ranked[label] for label in LABELS]
         return classify
 
-    engines = {p: ClipEngine.from_dir(folders[p], provider="cpu", threads=threads) for p in ("fp32", "int8")}
-    int8_name = f"optimum-onnx int8 (avx512_vnni dynamic{', per-channel' if per_channel else ''})"
+    engines = {p: ClipEngine.from_dir(folders[p], provider="auto", threads=threads) for p in ("fp32", "int8")}
+    int8_name = f"optimum-onnx int8 ({optimum_recipe()} dynamic{', per-channel' if per_channel else ''})"
     out = {
         EAGER: timed(eager),
         "optimum-onnx fp32": lambda: worker.run("fp32", prompts),
@@ -335,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 12, quick 2)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--pause-ms", type=float, default=30.0, help="idle time between two calls (default 30)")
+    parser.add_argument("--pause-ms", type=float, default=200.0, help="idle time before each call (default 200)")
     parser.add_argument("--wait-idle", type=float, default=0, metavar="S",
                         help="before timing, wait up to S seconds for other processes to leave the CPUs (default 0)")
     parser.add_argument("--per-channel", action="store_true",

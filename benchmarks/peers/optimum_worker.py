@@ -1,11 +1,11 @@
 """optimum-onnx's side of benchmarks/peers/classify.py; runs under .venv-peers/bin/python, never ours.
 
     .venv-peers/bin/python benchmarks/peers/optimum_worker.py --checkpoint CKPT --workdir DIR \
-        --photo PHOTO --threads 2 [--per-channel]
+        --photo PHOTO --threads 2 [--per-channel] [--recipe avx2|avx512|avx512_vnni|arm64]
 
 Exports CKPT (a save_pretrained CLIP folder) with optimum-onnx as one graph
 (`ORTModelForZeroShotImageClassification.from_pretrained(CKPT, export=True)`), makes an int8 copy with
-optimum's own dynamic quantization (`ORTQuantizer` + `AutoQuantizationConfig.avx512_vnni(is_static=False,
+optimum's own dynamic quantization (`ORTQuantizer` + `AutoQuantizationConfig.<recipe>(is_static=False,
 per_channel=False)` by default: the recipe of optimum's quickstart and of `optimum-cli onnxruntime
 quantize --avx512_vnni`, whose --per_channel is off unless given), loads both on the CPU provider with
 intra_op_num_threads=THREADS and inter_op_num_threads=1, then answers requests, one JSON object a line:
@@ -73,7 +73,8 @@ def setup(args) -> tuple[dict, dict]:
     export_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    qconfig = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=args.per_channel)
+    # optimum's recipe for the CPU at hand (classify.py passes it from clipblip's CPUID reading)
+    qconfig = getattr(AutoQuantizationConfig, args.recipe)(is_static=False, per_channel=args.per_channel)
     quantizer = ORTQuantizer.from_pretrained(fp32_dir)
     quantizer.quantize(quantization_config=qconfig, save_dir=int8_dir)  # returns the folder, not the file
     (quantized_file,) = int8_dir.glob("*.onnx")  # model_quantized.onnx
@@ -111,7 +112,7 @@ def setup(args) -> tuple[dict, dict]:
         "onnxruntime": onnxruntime.__version__, "optimum": optimum.version.__version__,
         "optimum-onnx": version("optimum-onnx"), "onnx": version("onnx"),
         "model_class": "ORTModelForZeroShotImageClassification (one graph: both towers + logits)",
-        "quantization": {"call": f"AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel={args.per_channel})",
+        "quantization": {"call": f"AutoQuantizationConfig.{args.recipe}(is_static=False, per_channel={args.per_channel})",
                          **recipe},
         "providers": {name: model.providers for name, model in models.items()},
         "use_io_binding": {name: model.use_io_binding for name, model in models.items()},
@@ -130,6 +131,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-channel", action="store_true",
                         help="per-channel int8 weights (optimum's default recipe is per-tensor)")
+    parser.add_argument("--recipe", default="avx512_vnni", choices=["avx2", "avx512", "avx512_vnni", "arm64"],
+                        help="optimum's AutoQuantizationConfig for this CPU (default avx512_vnni)")
     args = parser.parse_args()
     try:
         info, handlers = setup(args)

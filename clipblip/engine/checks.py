@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -30,7 +29,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import AccuracyError, ModelLoadError
-from ..manifest import GraphInfo, Manifest, cache_root, has_sha256
+from ..manifest import GraphInfo, Manifest, has_sha256, read_user_record, write_user_record
 from .machine import this_machine
 
 __all__ = ["CHECK_SUFFIX", "cosines", "centred_cosines", "gate_of", "run_check", "check_graph", "check_folder",
@@ -233,33 +232,11 @@ def _record_key(folder: Path, name: str, info: GraphInfo, session: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _read_records() -> dict[str, Any]:
-    try:
-        known = json.loads((cache_root() / RECORD_NAME).read_text(encoding="utf-8"))
-        return known if isinstance(known, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_records(records: dict[str, Any]) -> None:
-    path = cache_root() / RECORD_NAME
-    temporary = None
-    try:  # best effort: without a writable cache, the checks run at every load
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, encoding="utf-8") as f:
-            temporary = f.name
-            json.dump(dict(list(records.items())[-RECORD_LIMIT:]), f)
-        os.replace(temporary, path)
-    except OSError:
-        if temporary:
-            Path(temporary).unlink(missing_ok=True)
-
-
 def check_folder(folder: Path, manifest: Manifest, sessions: dict[str, Any], *, reuse: bool) -> list[dict]:
     """Each opened graph's check result on this machine, in the order of ``sessions``: recorded ones reused when
     ``reuse`` (same graph files, check, provider, runtime version, machine and procedure), the others run and
     recorded (a result under ``recorded`` says whether it was reused)."""
-    records = _read_records()
+    records = read_user_record(RECORD_NAME)
     results, changed = [], False
     for name, session in sessions.items():
         info = manifest.graphs[name]
@@ -273,7 +250,7 @@ def check_folder(folder: Path, manifest: Manifest, sessions: dict[str, Any], *, 
         results.append({**records[key], "recorded": False})
         changed = True
     if changed:
-        _write_records(records)
+        write_user_record(RECORD_NAME, records, RECORD_LIMIT)  # without a writable cache, checks run each load
     return results
 
 

@@ -42,10 +42,8 @@ def decoder_spec():
 
 
 @pytest.fixture(scope="module")
-def fp32_folder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("blip-fp32") / "m"
-    export_model("random:blip-tiny", out, task="caption")
-    return out
+def fp32_folder(blip_tiny_fp32):
+    return blip_tiny_fp32
 
 
 def relaxed(monkeypatch, min_cosine=0.95, min_top1=0.75):

@@ -49,11 +49,9 @@ def clip_int8(tiny_clip, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def blip_fp32(tmp_path_factory):
+def blip_fp32(blip_tiny_fp32):
     """random:blip-tiny's caption model in fp32: the reference for its int8 and fp16 exports."""
-    out = tmp_path_factory.mktemp("blip-fp32") / "m"
-    export_model("random:blip-tiny", out, task="caption")
-    return BlipEngine.from_dir(out)
+    return BlipEngine.from_dir(blip_tiny_fp32)
 
 
 def test_int8_graphs_are_stored_as_recorded_and_stay_close_to_fp32(tiny_clip, clip_int8, photos):
@@ -113,17 +111,18 @@ def test_fusion_is_recorded_and_can_be_turned_off(tmp_path):
     assert all(not g.optimization["applied"] for g in plain.graphs.values())
 
 
-def test_blip_int8_decoder_is_stored_as_recorded_and_picks_fp32s_first_token(tmp_path, photos, blip_fp32):
-    manifest = export_model("random:blip-tiny", tmp_path / "m", task="caption", precision="int8")
+def test_blip_int8_decoder_is_stored_as_recorded_and_picks_fp32s_first_token(int8_folders, photos, blip_fp32):
+    folder = int8_folders["blip"]
+    manifest = Manifest.load(folder)
     for name, graph in manifest.graphs.items():
-        assert stored_precision(tmp_path / "m" / graph.file) == graph.precision, name
+        assert stored_precision(folder / graph.file) == graph.precision, name
     assert manifest.graphs["decoder_step"].precision == "int8"  # this seeded model passes the logits gate
     # and the teacher-forced one: 16 greedy steps of fp32 fed to both (measured 1.0 agreement, cosine 0.9998)
     teacher = manifest.graphs["decoder_step"].accuracy["teacher_forced"]
     assert teacher["passed"] and teacher["threshold"] == {"top1_agreement": 0.9, "least_cosine": 0.99}
     assert teacher["top1_agreement"] >= 0.9 and teacher["least_cosine"] >= 0.99
     want = blip_fp32.generate_captions(photos, max_new_tokens=4)
-    got = BlipEngine.from_dir(tmp_path / "m").generate_captions(photos, max_new_tokens=4)
+    got = BlipEngine.from_dir(folder).generate_captions(photos, max_new_tokens=4)
     # The first token's lead over the runner-up is 3x int8's logit error for these photos (and held for
     # each of 8 model seeds tried); later tokens may drift, the first must not.
     assert [g.token_ids[0] for g in got] == [g.token_ids[0] for g in want]
