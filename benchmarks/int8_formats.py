@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import statistics
 import sys
 import time
@@ -34,28 +33,16 @@ VARIANTS = ("fp32", "s8", "u8s7", "n8", "u8u8")
 
 
 def build(fp32: Path, variant: str, out: Path) -> Path | None:
-    """The graph ``fp32`` in ``variant`` at ``out`` (made once); None where the format does not apply."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from clipblip.export.optimize import INT8_FORMATS, quantize_weight_only
+    """The graph ``fp32`` in ``variant`` at ``out`` (made once, as export makes it); None where the format does not
+    apply. s8 (full 8-bit signed weights) is made with export's settings but for the range, for comparison."""
+    from clipblip.export import optimize
 
     if out.exists():
         return out
-    if variant == "s8":
-        settings = {"weight_type": QuantType.QInt8, "reduce_range": False}
-    else:
-        settings = INT8_FORMATS[variant]
-    if "weight_only" in settings:
-        ops = {n.op_type for n in onnx.load(str(fp32), load_external_data=False).graph.node}
-        if ops & {"Attention", "MultiHeadAttention"}:
-            return None  # fused attention keeps its own weights: export skips n8 for such graphs
-        quantize_weight_only(fp32, out, **settings["weight_only"])
-    else:
-        logging.getLogger().setLevel(logging.ERROR)
-        quantize_dynamic(str(fp32), str(out), weight_type=settings["weight_type"], per_channel=True,
-                         reduce_range=settings["reduce_range"], extra_options={"DefaultTensorType": 1})
-    return out
+    formats = {**optimize.INT8_FORMATS, "s8": {**optimize.INT8_FORMATS["u8s7"], "reduce_range": False,
+                                              "weights": "int8 per output channel, full range"}}
+    record = optimize.write_int8(fp32, out, variant, formats)
+    return out if record.get("written", True) else None
 
 
 def main() -> None:

@@ -190,8 +190,21 @@ def sample_decode(decoder: Decoder, prompt: np.ndarray, cross: list[Any], option
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best per row, best first (ties: lowest index first): (rows, k)."""
-    return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+    """Indices of the k best per row, best first (ties: lowest index first): (rows, k). As a stable argsort of
+    the whole row, but sorting only the entries at least as good as the row's k-th best (beam search asks for
+    6 of 3 x 30,524 per step: a full sort cost 2.8 ms of a 50 ms step)."""
+    rows, width = scores.shape
+    if width <= 8 * k:
+        return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+    kth = -np.partition(-scores, k - 1, axis=-1)[:, k - 1]  # (rows,) each row's k-th best value
+    out = np.empty((rows, k), dtype=np.int64)
+    for r in range(rows):
+        candidates = np.flatnonzero(scores[r] >= kth[r])  # every tie of the k-th best too, in index order
+        if len(candidates) < k:  # NaN in the row: compare as the full sort does
+            out[r] = np.argsort(-scores[r], kind="stable")[:k]
+        else:
+            out[r] = candidates[np.argsort(-scores[r, candidates], kind="stable")[:k]]
+    return out
 
 
 def _take(array: np.ndarray, index: np.ndarray) -> np.ndarray:
