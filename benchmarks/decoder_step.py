@@ -50,7 +50,13 @@ DEFAULT = ["fp32", "int8", "int4-b32", "int4-b128", "int4-b32-sym", "int4-b32-vo
 
 def weight_bytes(path: Path) -> int:
     model = onnx.load(str(path), load_external_data=False)
-    return sum(len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    def size(t) -> int:
+        external = {e.key: e.value for e in t.external_data}
+        if "length" in external:  # weights beside the graph (<graph>.onnx.data)
+            return int(external["length"])
+        return len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes
+
+    return sum(size(t) for t in model.graph.initializer)
 
 
 def interleaved(runs: dict[str, callable], rounds: int, baseline: str | None = None) -> dict[str, dict[str, float]]:

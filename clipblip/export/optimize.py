@@ -50,11 +50,13 @@ WEIGHT_ONLY = {"int4": {"bits": 4, "block_size": 32, "accuracy_level": 4, "symme
 #   activations quantised per row and block to int8 (accuracy level 4): the most precise, exact in 32-bit
 #   sums, and it quantises the tied vocabulary projection too (dynamic quantisation leaves that Gemm fp32).
 #   Fused Attention keeps its own packed weights, which MatMulNBits cannot take: such graphs skip it.
-# AMD EPYC with AVX-512 VNNI, 2 threads, batch 1, median ms (benchmarks/int8_formats.py, 2026-12-03):
-#   CLIP base image tower  s8 25.7  u8s7 26.0  u8u8 38.3  (n8: fused attention)
-#   CLIP base text tower   s8 9.7   u8s7 9.6 (fails)  u8u8 9.5  n8 11.3
-#   BLIP base image tower  s8 334   u8s7 356  u8u8 502  n8 573
-#   BLIP base decoder step s8 14.5  u8s7 14.8  u8u8 16.6  n8 10.8
+# AMD EPYC with AVX-512 VNNI, 2 threads, batch 1, median ms (benchmarks/int8_formats.py, 2026-12-03; the
+# decoder step with past 10 and 577 cross tokens, benchmarks/decoder_step.py, 80 interleaved rounds):
+#   CLIP base image tower  s8 29.2  u8s7 30.3  u8u8 46.1  (n8: fused attention)
+#   CLIP base text tower   s8 7.2   u8s7 9.0 (misses its gate)  u8u8 11.4  n8 12.0
+#   BLIP base image tower  s8 299   u8s7 285  u8u8 464  n8 550
+#   BLIP base decoder step u8s7 11.7  n8 11.8: the same speed, n8 the more precise (teacher-forced logit
+#   cosine 0.9998 against 0.9987)
 INT8_FORMATS = {
     "u8s7": {"weight_type": QuantType.QInt8, "reduce_range": True,
              "weights": "int8 per output channel, 7-bit range [-64, 64]",
@@ -118,7 +120,8 @@ def accuracy_gate(candidate: Any, check: dict[str, np.ndarray], info: GraphInfo)
 
 def int8_order(spec: GraphSpec) -> tuple[str, ...]:
     """The int8 formats in the order a graph tries them, fastest first (measured, see INT8_FORMATS): a graph
-    bound by reading its weights (the decoder step) runs the weight-only n8 fastest; others u8s7, then u8u8."""
+    bound by reading its weights (the decoder step) runs the weight-only n8 as fast as u8s7 and more precisely;
+    others u8s7, then u8u8."""
     return ("n8", "u8s7", "u8u8") if spec.weight_bound else ("u8s7", "u8u8", "n8")
 
 
