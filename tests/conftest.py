@@ -286,3 +286,13 @@ def int8_folders(tmp_path_factory) -> dict[str, Path]:
     export_model("random:clip-tiny", root / "clip", precision="int8")
     export_model("random:blip-tiny", root / "blip", task="caption", precision="int8")
     return {"clip": root / "clip", "blip": root / "blip"}
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless Chromium (the report and the page are checked in it)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("headless Chromium is not installed and `make test` could not install it "
+                    "(Debian package 'chromium'; needs root and the Debian mirror)")
+    return path

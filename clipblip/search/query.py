@@ -56,8 +56,10 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
            model_dir: str | os.PathLike | None = None, rerank: bool = False,
            itm_dir: str | os.PathLike | None = None, provider: str = "auto", threads: int | None = None,
            max_batch: int = MAX_BATCH, max_image_pixels: int | None = MAX_IMAGE_PIXELS, engine=None,
-           itm_engine=None, on_error: Callable[[str, ClipblipError], None] | None = None) -> list[SearchHit]:
-    """The ``k`` images of database ``db`` nearest to a text or an image (a path, PIL image, array or bytes),
+           itm_engine=None, on_error: Callable[[str, ClipblipError], None] | None = None,
+           like: str | None = None) -> list[SearchHit]:
+    """The ``k`` images of database ``db`` nearest to a text, an image (a path, PIL image, array or bytes),
+    or ``like``, a path indexed in the database (its stored vector is the query: "more like this"),
     best first by cosine similarity (k above the count gives every image).
 
     The query is embedded with the database's own model folder, or ``model_dir`` (which must hold the same
@@ -65,8 +67,8 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
     probability, with ``itm_dir`` (a BLIP retrieval folder; default: the database's model when it is one);
     a candidate whose file cannot be read is left out and passed to ``on_error(path, error)``.
     """
-    if (text is None) == (image is None):
-        raise UsageError("search: give either a text or an image query")
+    if sum(query is not None for query in (text, image, like)) != 1:
+        raise UsageError("search: give one query: a text, an image, or an indexed photo (like)")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise UsageError(f"-k {k}: must be a whole number, at least 1")
     if rerank and text is None:
@@ -76,7 +78,12 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
         if rerank and itm_dir is None and itm_engine is None and store.meta.family != "blip":
             raise UsageError(f"--rerank: {db} holds {store.meta.family.upper()} embeddings; give --rerank ITM_DIR, "
                              f"a BLIP retrieval folder (clipblip export Salesforce/blip-itm-base-coco --out DIR)")
-        if engine is None:
+        stored = None
+        if like is not None:
+            stored = store.vector_of(str(like))
+            if stored is None:
+                raise UsageError(f"like {like}: not a photo of {db}")
+        elif engine is None:
             engine = open_model(query_model_dir(store, model_dir), **options)
         index = None  # above ann.EXACT_LIMIT vectors (and with faiss): the HNSW index, cached beside the db
         if store.count() > ann.EXACT_LIMIT and ann.available(warn=True):
@@ -85,7 +92,10 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
         else:
             paths, vectors = store.vectors()
         own_model = store.meta.model_dir
-    query = (engine.embed_texts([text]) if text is not None else engine.embed_images([image]))[0]
+    if stored is not None:
+        query = stored
+    else:
+        query = (engine.embed_texts([text]) if text is not None else engine.embed_images([image]))[0]
     query = query / max(float(np.linalg.norm(query)), 1e-12)
     if index is not None:
         order, found = index.search(query, rerank_count(k) if rerank else k)

@@ -167,6 +167,17 @@ class Store:
             rows.append(vector)
         return paths, (np.stack(rows) if rows else np.zeros((0, dim), np.float32))
 
+    def vector_of(self, path: str) -> np.ndarray | None:
+        """The stored vector of one indexed path (float32, (dim,)), or None when the path is not a row."""
+        row = self._query("SELECT vector FROM images WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            return None
+        vector = np.frombuffer(row[0], dtype=np.float32) if isinstance(row[0], bytes) else None
+        if vector is None or vector.shape != (self.meta.dim,):
+            raise DatabaseError(f"{self.path}: damaged search database (the vector of {path} is not "
+                                f"{self.meta.dim} float32 values)")
+        return vector
+
     # --- writing (each call's changes are committed by :meth:`commit`) ------------------------------------
 
     def put(self, entry: Entry, vector: np.ndarray) -> None:

@@ -19,15 +19,17 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..engine.items import softmax
-from ..errors import ClipblipError, ImageTooLargeError
+from ..errors import ClipblipError
 from .batching import QueueFull, ShuttingDown
+from .errors import ApiError
+from .page import page_routes, photo_error, photo_routes
 from .service import Job, JobResult
 
 __all__ = ["Backend", "Settings", "Metrics", "ApiError", "create_app"]
@@ -52,27 +54,6 @@ class Backend(Protocol):
 class Settings:
     api_key: str | None = None
     max_request_bytes: int = 32 * MiB
-
-
-class ApiError(Exception):
-    """An answer other than 200: status, error type, message, and the failing item's index (or None)."""
-
-    def __init__(self, status: int, type_: str, message: str, index: int | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.type, self.message, self.index, self.headers = status, type_, message, index, headers
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"type": self.type, "message": self.message, "index": self.index}},
-                            status_code=self.status, headers=self.headers)
-
-    @classmethod
-    def of(cls, error: Exception, index: int | None = None) -> ApiError:
-        """The answer for an engine error (413 for an image over the pixel limit, else 422), or a full queue."""
-        if isinstance(error, (QueueFull, ShuttingDown)):
-            return cls(503, type(error).__name__, str(error), None, {"Retry-After": "1"})
-        status = 413 if isinstance(error, ImageTooLargeError) else 422
-        return cls(status, type(error).__name__, str(error), index)
 
 
 class Metrics:
@@ -104,8 +85,19 @@ class Body(BaseModel):
 
 
 class EmbeddingsBody(Body):
-    input: list[str] = Field(min_length=1)
+    """OpenAI's embeddings request, with clipblip's ``modality`` (images as base64 or data URIs)."""
+
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None  # accepted, as OpenAI does, and not used
     modality: Literal["text", "image"] = "text"
+
+    def items(self) -> list[str]:
+        items = [self.input] if isinstance(self.input, str) else self.input
+        if not items:
+            raise ApiError(422, "InvalidRequest", "input: give one item or more")
+        return items
 
 
 class ImagesBody(Body):
@@ -159,6 +151,7 @@ class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | None = None
     image: str | None = Field(None, description="base64, plain or as a data:image/...;base64, URI")
+    like: str | None = Field(None, description="a photo of the database, by its id: more like this")
     k: int = Field(10, ge=1)
     rerank: bool = False
     rerank_model: str | None = None
@@ -239,8 +232,8 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
                                                    f"does not do {op} (it does: {', '.join(info['ops'])})")
         return info
 
-    async def run(model: str, job: Job) -> list:
-        """The job's results; an ApiError for the job, or for its first failed item (with its index)."""
+    async def answer(model: str, job: Job) -> JobResult:
+        """The job's result; an ApiError for the job, or for its first failed item (with its index)."""
         try:
             result = await backend.submit(model, job)
         except (QueueFull, ShuttingDown) as e:
@@ -250,7 +243,10 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
         if result.errors:
             index = min(result.errors)
             raise ApiError.of(result.errors[index], index)
-        return result.results
+        return result
+
+    async def run(model: str, job: Job) -> list:
+        return (await answer(model, job)).results
 
     async def embeddings(model: str, images: list[bytes] | None = None, texts: list[str] | None = None):
         """(image rows, text rows), the two jobs run concurrently."""
@@ -262,6 +258,12 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
         rows = await asyncio.gather(*jobs)
         return [np.stack(r) for r in rows]
 
+    def embedding(row: np.ndarray, encoding_format: str):
+        """A row as OpenAI returns it: a list of floats, or base64 of little-endian float32."""
+        if encoding_format == "base64":
+            return base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode()
+        return row.tolist()
+
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
 
     @v1.get("/models")
@@ -270,13 +272,21 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
 
     @v1.post("/embeddings")
     async def embed(body: EmbeddingsBody):
-        model_of(body.model, "embed_" + body.modality)
+        info = model_of(body.model, "embed_" + body.modality)
+        items = body.items()
+        if body.dimensions is not None and body.dimensions != info["dim"]:
+            raise ApiError(400, "InvalidRequest", f"dimensions {body.dimensions}: model {body.model!r} gives "
+                                                  f"{info['dim']}-dimensional embeddings and does not shorten them")
         if body.modality == "image":
-            (rows,) = await embeddings(body.model, images=decode_images(body.input))
+            job = Job("embed_image", decode_images(items))
         else:
-            (rows,) = await embeddings(body.model, texts=body.input)
+            job = Job("embed_text", items)
+        result = await answer(body.model, job)
+        tokens = result.tokens
         return {"object": "list", "model": body.model,
-                "data": [{"object": "embedding", "index": i, "embedding": row.tolist()} for i, row in enumerate(rows)]}
+                "data": [{"object": "embedding", "index": i, "embedding": embedding(row, body.encoding_format)}
+                         for i, row in enumerate(result.results)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @v1.post("/similarity")
     async def similarity(body: SimilarityBody):
@@ -326,17 +336,29 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
     async def search_route(body: SearchBody):
         if search is None:
             raise ApiError(404, "NoDatabase", "no search database is served (start the server with --db DB)")
-        if (body.text is None) == (body.image is None):
-            raise ApiError(422, "InvalidRequest", "give either text or image")
+        if sum(q is not None for q in (body.text, body.image, body.like)) != 1:
+            raise ApiError(422, "InvalidRequest", "give one of text, image or like (a photo id)")
         image = decode_images([body.image])[0] if body.image is not None else None
         try:
-            hits = await asyncio.to_thread(search.query, body.text, image, body.k, body.rerank, body.rerank_model)
+            hits = await asyncio.to_thread(search.query, body.text, image, body.k, body.rerank, body.rerank_model,
+                                           body.like)
         except ClipblipError as e:
-            raise ApiError.of(e) from None
-        query = {"text": body.text} if body.text is not None else {"image": f"{len(image):,} bytes"}
+            raise photo_error(e) from None
+        query = ({"text": body.text} if body.text is not None else {"like": body.like} if body.like is not None
+                 else {"image": f"{len(image):,} bytes"})
         return {"query": query, "hits": hits}
 
+    @v1.get("/database")
+    async def database():
+        if search is None:
+            raise ApiError(404, "NoDatabase", "no search database is served (start the server with --db DB)")
+        return await asyncio.to_thread(search.describe)
+
+    if search is not None:
+        v1.include_router(photo_routes(search.photos))
+
     app.include_router(v1)
+    app.include_router(page_routes())
 
     @app.get("/health")
     async def health():
@@ -366,6 +388,7 @@ class MeteredAndBounded:
         async def sending(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]}
             await send(message)
 
         try:

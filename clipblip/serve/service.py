@@ -40,11 +40,13 @@ class Job:
 @dataclass
 class JobResult:
     """Per item of a job: its result, or its error (``errors`` maps the index in the job's items);
-    ``error`` when the job as a whole cannot run (options out of range, an op the model lacks)."""
+    ``error`` when the job as a whole cannot run (options out of range, an op the model lacks); ``tokens``
+    counts the tokens of a text job's items."""
 
     results: list
     errors: dict[int, ClipblipError] = field(default_factory=dict)
     error: ClipblipError | None = None
+    tokens: int = 0  # text tokens the job's items held (OpenAI's usage)
 
 
 class ModelService:
@@ -65,6 +67,7 @@ class ModelService:
                 "ops": self.ops(), "precision": self.engine.precision, "random_weights": manifest.random_weights,
                 "source": manifest.source.get("model"), "max_batch": self.engine.max_batch,
                 "logit_scale": getattr(self.engine, "logit_scale", None),
+                "dim": getattr(self.engine, "embed_dim", None) if self.embeds else None,
                 "max_new_tokens": {task: generation.get("default_max_new_tokens")
                                    for task in ("caption", "vqa") if task in self.tasks}}
 
@@ -108,8 +111,9 @@ class ModelService:
         out, start = [], 0
         for job in jobs:
             rows = range(start, start + len(job.items))
-            out.append(JobResult([results[i] for i in rows],
-                                 {i - start: errors[i] for i in rows if i in errors}))
+            tokens = sum(map(len, self.engine.tokenizer.ids(job.items))) if op == "embed_text" else 0
+            out.append(JobResult([results[i] for i in rows], {i - start: errors[i] for i in rows if i in errors},
+                                 tokens=tokens))
             start += len(job.items)
         return out
 

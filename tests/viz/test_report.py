@@ -1,5 +1,4 @@
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -23,15 +22,6 @@ def report(tmp_path_factory):
     finally:
         monkeypatch.undo()
     return out / "report.html"
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("headless Chromium is not installed and `make test` could not install it "
-                    "(Debian package 'chromium'; needs root and the Debian mirror)")
-    return path
 
 
 def test_report_is_self_contained_with_every_figure(report):

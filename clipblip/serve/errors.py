@@ -1,0 +1,31 @@
+"""An HTTP answer other than 200, as every route gives it: ``{"error": {"type", "message", "index"}}``."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+
+from ..errors import ImageTooLargeError
+from .batching import QueueFull, ShuttingDown
+
+__all__ = ["ApiError"]
+
+
+class ApiError(Exception):
+    """An answer other than 200: status, error type, message, and the failing item's index (or None)."""
+
+    def __init__(self, status: int, type_: str, message: str, index: int | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.type, self.message, self.index, self.headers = status, type_, message, index, headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"type": self.type, "message": self.message, "index": self.index}},
+                            status_code=self.status, headers=self.headers)
+
+    @classmethod
+    def of(cls, error: Exception, index: int | None = None) -> ApiError:
+        """The answer for an engine error (413 for an image over the pixel limit, else 422), or a full queue."""
+        if isinstance(error, (QueueFull, ShuttingDown)):
+            return cls(503, type(error).__name__, str(error), None, {"Retry-After": "1"})
+        status = 413 if isinstance(error, ImageTooLargeError) else 422
+        return cls(status, type(error).__name__, str(error), index)
