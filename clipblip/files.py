@@ -2,8 +2,9 @@
 
 Files are written to a temporary file beside the target and renamed into place; folders are built in
 a staging folder and moved into place. ``--force`` replaces only what clipblip wrote itself: a file
-carrying clipblip's mark (PNG/SVG/PDF metadata, a key in an ``.npz``) or a model folder holding just
-the files its manifest names. Written files get the permissions the user's umask gives a new file.
+carrying clipblip's mark (PNG/SVG/PDF metadata, a key in an ``.npz``; for an ``.npy``, which has no room
+for one, a record in the user's cache of what was written) or a model folder holding just the files its
+manifest names. Written files get the permissions the user's umask gives a new file.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from . import __version__
 from .errors import ClipblipError, OutputError, OutputExistsError
 
 __all__ = ["MARK", "NPZ_MARK", "atomic_output", "staged_folder", "check_output", "written_by_clipblip",
-           "figure_metadata", "is_model_folder",
-           "replaced_atomically", "umask"]
+           "remember_written", "figure_metadata", "is_model_folder", "replaced_atomically", "umask"]
 
 MARK = f"clipblip {__version__}"  # written into the metadata of every figure and archive clipblip writes
 NPZ_MARK = "clipblip"  # the key of that mark inside an .npz archive
@@ -39,10 +39,32 @@ def figure_metadata(path: str | os.PathLike) -> dict[str, str]:
     return {"Software": MARK} if Path(path).suffix.lower() == ".png" else {"Creator": MARK}
 
 
+WRITTEN_NAME = "written.json"  # in the user's cache: files whose format has no room for a mark (.npy)
+WRITTEN_LIMIT = 1000
+
+
+def remember_written(path: str | os.PathLike) -> None:
+    """Record that clipblip wrote the file now at ``path`` (its sha256), for a format that cannot carry a mark;
+    best effort: without the record, --force refuses to replace the file, nothing worse."""
+    from .manifest import read_user_record, sha256_of, write_user_record
+
+    path = Path(path).absolute()
+    known = read_user_record(WRITTEN_NAME)
+    known.pop(str(path), None)
+    known[str(path)] = sha256_of(path)
+    write_user_record(WRITTEN_NAME, known, WRITTEN_LIMIT)
+
+
 def written_by_clipblip(path: Path) -> bool:
-    """Whether the file at ``path`` carries clipblip's mark (for a YAML file: its first line, a comment)."""
+    """Whether the file at ``path`` carries clipblip's mark (for a YAML file: its first line, a comment; for an
+    .npy array: clipblip's record of the file it wrote there, with the same sha256)."""
     suffix = path.suffix.lower()
     try:
+        if suffix == ".npy":
+            from .manifest import read_user_record, sha256_of
+
+            recorded = read_user_record(WRITTEN_NAME).get(str(path.absolute()))
+            return recorded is not None and recorded == sha256_of(path)
         if suffix == ".npz":
             with zipfile.ZipFile(path) as archive:
                 return f"{NPZ_MARK}.npy" in archive.namelist()

@@ -34,6 +34,26 @@ def test_embed_refuses_to_overwrite(tiny_clip, photos, tmp_path, capsys):
     assert list(np.load(target)["items"]) == ["y", "z"]
 
 
+def test_embed_npy_is_the_matrix_of_the_items_embedded_in_input_order(tiny_clip, photos, tmp_path, capsys):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    target = tmp_path / "e.npy"
+    code, _, err = run_cli(capsys, "embed", tiny_clip.exported, "--images", photos[0], bad, photos[1], "--out", target)
+    assert code != 0 and f"no row for item(s) 1 ({bad})" in err
+    ref = reference_image_embeddings(tiny_clip.model, tiny_clip.processor, [photos[0], photos[1]])
+    saved = np.load(target)
+    assert saved.dtype == np.float32 and np.abs(saved - ref).max() < 1e-4
+
+    code, _, err = run_cli(capsys, "embed", tiny_clip.exported, "--texts", "x", "--out", target, "--force")
+    assert code == 0 and np.load(target).shape == (1, saved.shape[1])  # clipblip's own .npy: replaced
+    mine = tmp_path / "mine.npy"
+    np.save(mine, np.arange(3))
+    code, _, err = run_cli(capsys, "embed", tiny_clip.exported, "--texts", "x", "--out", mine, "--force")
+    assert code == 6 and "was not written by clipblip" in err and list(np.load(mine)) == [0, 1, 2]
+    code, _, err = run_cli(capsys, "embed", tiny_clip.exported, "--texts", "x", "--out", tmp_path / "e.csv")
+    assert code == 2 and "--out" in err and ".npy" in err and not (tmp_path / "e.csv").exists()
+
+
 def test_similarity_json_and_plot(tiny_clip, photos, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "similarity", tiny_clip.exported, "--images", *photos, "--texts", "a", "b c",
                        "--json", "--plot", tmp_path / "s.png")

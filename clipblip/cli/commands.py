@@ -72,16 +72,16 @@ def image_paths(args: argparse.Namespace, attribute: str = "images", option: str
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..files import MARK, NPZ_MARK, atomic_output, check_output
+    from ..files import MARK, NPZ_MARK, atomic_output, check_output, remember_written
 
     if bool(args.images) == bool(args.texts):
         raise UsageError("embed: give either --images or --texts")
     if args.out is None and not args.json:
-        raise UsageError("embed: give --out FILE.npz, or --json to print the embeddings")
+        raise UsageError("embed: give --out FILE.npy or FILE.npz, or --json to print the embeddings")
     if args.out is not None:
-        if Path(args.out).suffix.lower() != ".npz":
-            raise UsageError(f"--out {args.out}: embed writes an .npz archive (the embeddings and the names of "
-                             f"their items); give a name ending in .npz")
+        if Path(args.out).suffix.lower() not in (".npy", ".npz"):
+            raise UsageError(f"--out {args.out}: embed writes .npy (the matrix alone) or .npz (the embeddings with "
+                             f"the names of their items); give a name ending in one of them")
         check_output(args.out, args.force)  # before any work
     modality = "image" if args.images else "text"
     items = image_paths(args, "images", "--images") if args.images else args.texts
@@ -101,13 +101,23 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if not ok:
             print(f"clipblip: no {modality} was embedded; {args.out} not written", file=sys.stderr)
         else:
+            matrix_only = Path(args.out).suffix.lower() == ".npy"
             with atomic_output(args.out, args.force) as tmp, open(tmp, "wb") as f:
-                np.savez(f, embeddings=embeddings, items=np.array([str(items[i]) for i in ok]),
-                         indices=np.array(ok, dtype=np.int64), modality=np.array(modality),
-                         model=np.array(str(args.model_dir)), **{NPZ_MARK: np.array(MARK)})
-            failed = f"; {len(items) - len(ok)} item(s) without a row (see the errors above)" if len(ok) < len(items) else ""
+                if matrix_only:
+                    np.save(f, embeddings)
+                else:
+                    np.savez(f, embeddings=embeddings, items=np.array([str(items[i]) for i in ok]),
+                             indices=np.array(ok, dtype=np.int64), modality=np.array(modality),
+                             model=np.array(str(args.model_dir)), **{NPZ_MARK: np.array(MARK)})
+            if matrix_only:
+                remember_written(args.out)
+            failed = ""
+            if len(ok) < len(items):
+                missing = ", ".join(f"{i} ({items[i]})" for i in sorted(run.errors))
+                failed = f"; no row for item(s) {missing}: see the errors above"
+            what = "in input order" if matrix_only else f"with their {modality}s"
             print(f"wrote {args.out}: {embeddings.shape[0]} x {embeddings.shape[1]} float32 embeddings (rows "
-                  f"L2-normalised) with their {modality}s{failed}", file=sys.stderr)
+                  f"L2-normalised) {what}{failed}", file=sys.stderr)
     return run.exit_code
 
 

@@ -121,11 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document with every result")
     p.set_defaults(run=cmd_verify)
 
-    p = command(sub, "embed", help="L2-normalised CLIP embeddings with their names, to an .npz file or JSON")
+    p = command(sub, "embed", help="L2-normalised embeddings: the matrix to .npy, with their names to .npz, or JSON")
     engine_options(p)
     p.add_argument("--images", nargs="+", metavar="PATH", help=IMAGES_HELP)
     p.add_argument("--texts", nargs="+", metavar="TEXT")
-    p.add_argument("--out", metavar="FILE.npz", help="arrays: embeddings, items (paths or texts), indices, modality")
+    p.add_argument("--out", metavar="FILE.npy|FILE.npz",
+                   help=".npy: the matrix, a row per item embedded, in input order; .npz: arrays embeddings, items "
+                        "(paths or texts), indices, modality")
     p.add_argument("--json", action="store_true", help="print one JSON document with the embeddings")
     p.set_defaults(run=cmd_embed)
 

@@ -157,14 +157,14 @@ class SearchBody(BaseModel):
     rerank_model: str | None = None
 
 
-def decode_images(images: list[str]) -> list[bytes]:
+def decode_images(images: list[str], field: str = "images") -> list[bytes]:
     """base64 (plain or data URI) → the encoded image files; 400 naming the first item that is not base64."""
     decoded = []
     for i, text in enumerate(images):
         try:
             decoded.append(base64.b64decode(DATA_URI.sub("", text.strip()), validate=True))
         except (binascii.Error, ValueError):
-            raise ApiError(400, "InvalidBase64", f"images[{i}]: not base64 (plain or a data:image/...;base64, URI)",
+            raise ApiError(400, "InvalidBase64", f"{field}[{i}]: not base64 (plain or a data:image/...;base64, URI)",
                            i) from None
     return decoded
 
@@ -278,7 +278,7 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
             raise ApiError(400, "InvalidRequest", f"dimensions {body.dimensions}: model {body.model!r} gives "
                                                   f"{info['dim']}-dimensional embeddings and does not shorten them")
         if body.modality == "image":
-            job = Job("embed_image", decode_images(items))
+            job = Job("embed_image", decode_images(items, "input"))
         else:
             job = Job("embed_text", items)
         result = await answer(body.model, job)
