@@ -59,19 +59,34 @@ def resolve_providers(provider: str) -> list[str]:
 
 
 SPIN_US = "1000"  # how long an idle pool's threads spin for work before they sleep
+# How sessions share the cores; measured by benchmarks/serve_mixed.py, which sets it through the environment:
+#   "spin-1ms"  (default) each session its own pool, idle threads spin 1 ms, then sleep;
+#   "no-spin"   each session its own pool, idle threads sleep at once;
+#   "shared"    ONNX Runtime's global pools, one for every session of the process (default spinning).
+THREADING = os.environ.get("CLIPBLIP_ORT_THREADING", "spin-1ms")
+_GLOBAL_POOLS: list[int | None] = []
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads={threads}: must be at least 1")
+    if THREADING == "shared":
+        if not _GLOBAL_POOLS:  # before the first session of the process: its sizes hold for all of them
+            ort.set_global_thread_pool_sizes(threads or 0, 1)
+            _GLOBAL_POOLS.append(threads)
+        options.use_per_session_threads = False
+        return options
     # an engine runs its sessions one after another (image tower, then text tower or decoder steps),
     # each with its own thread pool: threads of the pool just used must not spin on the cores the next
     # session needs for long (zero-shot classify on 2 cores: 52 ms with ORT's default, 29 ms with 1 ms)
-    options.add_session_config_entry("session.intra_op.spin_duration_us", SPIN_US)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if THREADING == "no-spin":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    else:
+        options.add_session_config_entry("session.intra_op.spin_duration_us", SPIN_US)
     if threads is not None:
-        if threads < 1:
-            raise UsageError(f"threads={threads}: must be at least 1")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options

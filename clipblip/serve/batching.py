@@ -19,6 +19,8 @@ from .service import Job, JobResult, ModelService
 
 __all__ = ["Batcher", "QueueFull", "ShuttingDown"]
 
+RETURN_WAIT_S = 0.1  # the longest a busy batch waits for the clients the last call answered
+
 
 class QueueFull(Exception):
     """The model's queue holds ``max_queue`` items already."""
@@ -47,6 +49,7 @@ class Batcher:
         self.on_depth = on_depth or (lambda model, depth: None)
         self.groups: OrderedDict[tuple, list[Waiting]] = OrderedDict()  # (op, key) -> waiting, oldest first
         self.depth = 0  # items waiting or running
+        self.answered, self.answered_at, self.call_s = 0, 0.0, 0.0  # the last engine call: items, end, seconds
         self.closing = False
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"clipblip-{service.name}")
         self.arrived: asyncio.Event | None = None
@@ -76,8 +79,19 @@ class Batcher:
                 self.arrived.clear()
                 await self.arrived.wait()
             group = next(iter(self.groups))  # the group whose first job waits longest
-            deadline = self.groups[group][0].since + self.wait_s
-            while self.items(group) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+            # Idle, the batch grows for wait_ms after its first job came, up to max_batch. Busy (that job came
+            # during the last call or just after it), it waits only for as many items as the last call
+            # answered, for a tenth of that call's time: those clients are on their way back, and a call that
+            # leaves without them halves the next one (16 clients on int8 CLIP base: calls of 4 and 12 in
+            # turn). One client alone is never kept waiting; a batch waits at most RETURN_WAIT_S.
+            first = self.groups[group][0].since
+            busy = first - self.answered_at < self.wait_s
+            if busy:
+                expected = min(self.max_batch, max(self.items(group), self.answered))
+                deadline = self.answered_at + min(max(self.wait_s, self.call_s / 10), RETURN_WAIT_S)
+            else:
+                expected, deadline = self.max_batch, first + self.wait_s
+            while self.items(group) < expected and (left := deadline - time.monotonic()) > 0:
                 self.arrived.clear()
                 try:
                     await asyncio.wait_for(self.arrived.wait(), left)
@@ -86,6 +100,7 @@ class Batcher:
             batch = self.take(group)
             items = sum(len(w.job.items) for w in batch)
             self.on_batch(self.service.name, items)
+            began = time.monotonic()
             try:
                 results = await loop.run_in_executor(self.executor, self.service.run, [w.job for w in batch])
             except Exception as e:  # a bug, not a bad input: every job of the call learns of it
@@ -97,6 +112,8 @@ class Batcher:
                     else:
                         waiting.future.set_result(result)
             self.depth -= items
+            self.answered, self.answered_at = items, time.monotonic()
+            self.call_s = self.answered_at - began
             self.on_depth(self.service.name, self.depth)
 
     def items(self, group: tuple) -> int:
