@@ -59,12 +59,28 @@ def resolve_providers(provider: str) -> list[str]:
 
 
 SPIN_US = "1000"  # how long an idle pool's threads spin for work before they sleep
-# How sessions share the cores; measured by benchmarks/serve_mixed.py, which sets it through the environment:
-#   "spin-1ms"  (default) each session its own pool, idle threads spin 1 ms, then sleep;
-#   "no-spin"   each session its own pool, idle threads sleep at once;
-#   "shared"    ONNX Runtime's global pools, one for every session of the process (default spinning).
+THREADING_POLICIES = ("spin-1ms", "no-spin", "shared")
+# How sessions share the cores (benchmarks/serve_mixed.py; AMD EPYC Zen 4, 2 cores, int8 base models):
+#   "spin-1ms"  each session its own pool, idle threads spin 1 ms, then sleep: the fastest single stream
+#               (caption 20 tokens 721-737 ms vs 773-932 without spinning; CLIP image 44 vs 50-55 ms);
+#   "no-spin"   each session its own pool, idle threads sleep at once: the most throughput when several
+#               models serve at once (CLIP, caption and VQA under load together: +14 %, +29 %, +14 %);
+#   "shared"    ONNX Runtime's global pools, one for every session: between the two under mixed load,
+#               and 14 % less throughput for one model alone.
+# The engine spins 1 ms; `clipblip serve` with several models turns spinning off (set_threading);
+# CLIPBLIP_ORT_THREADING, read once at import, overrides both (the benchmarks set it).
 THREADING = os.environ.get("CLIPBLIP_ORT_THREADING", "spin-1ms")
+THREADING_CHOSEN = "CLIPBLIP_ORT_THREADING" in os.environ
 _GLOBAL_POOLS: list[int | None] = []
+
+
+def set_threading(policy: str) -> None:
+    """The policy for sessions opened from now on, unless CLIPBLIP_ORT_THREADING chose one."""
+    global THREADING
+    if policy not in THREADING_POLICIES:
+        raise UsageError(f"threading {policy!r}: one of {', '.join(THREADING_POLICIES)}")
+    if not THREADING_CHOSEN:
+        THREADING = policy
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:

@@ -78,6 +78,10 @@ def serve_folders(folders: dict[str, Path], *, host: str = "127.0.0.1", port: in
             raise UsageError(f"{name} {value}: must be at least 1")
     if batch_wait_ms < 0:
         raise UsageError(f"--batch-wait-ms {batch_wait_ms}: must be 0 or more")
+    if len(folders) + (db is not None) > 1:  # sessions of several models run at once: idle threads must sleep
+        from ..engine.session import set_threading
+
+        set_threading("no-spin")
     services = load_services(folders, provider, threads, max_batch, max_image_pixels)
     metrics = Metrics()
     backend = LocalBackend(services, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue,

@@ -73,3 +73,46 @@ def test_the_server_imports_no_torch():
             "sys.exit(f'imported {bad}' if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+class SlowService(FakeService):
+    """An engine call takes 40 ms, whatever its size (as a batched call costs little more than one item)."""
+
+    def run(self, jobs):
+        import time
+
+        time.sleep(0.04)
+        return super().run(jobs)
+
+
+def clients(batcher, count: int, rounds: int, think_s: float):
+    """``count`` clients, each sending one item, waiting for its answer, then ``think_s`` before the next."""
+    async def client(i):
+        for r in range(rounds):
+            await batcher.submit(Job("op", [i]))
+            await asyncio.sleep(think_s)
+
+    async def main():
+        batcher.start()
+        try:
+            await asyncio.gather(*(client(i) for i in range(count)))
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_busy_batches_wait_for_the_clients_just_answered_and_a_lone_client_never_waits():
+    service = SlowService()
+    # 16 clients coming back 2 ms after their answer, past the 1 ms window: without waiting for them the
+    # calls split into a few items and the rest, in turn
+    clients(Batcher(service, max_batch=16, wait_ms=1, max_queue=100), 16, 6, 0.002)
+    sizes = [sum(len(items) for _, items in call) for call in service.calls]
+    assert sizes[1:] == [16] * (len(sizes) - 1), sizes  # the first call takes whoever came in the first window
+
+    lone = SlowService()
+    import time
+
+    began = time.monotonic()
+    clients(Batcher(lone, max_batch=16, wait_ms=200, max_queue=100), 1, 5, 0.0)
+    assert len(lone.calls) == 5 and time.monotonic() - began < 5 * 0.04 + 0.2 + 0.15  # one 200 ms wait at most
