@@ -113,7 +113,7 @@ def test_partial_results_keep_the_names_of_their_items(clip_with_attentions, pho
 
 
 @pytest.mark.parametrize("out, words", [("{file}/x.npz", "is not a folder"), ("{dir}", "is a folder"),
-                                        ("{dir}/x.npy", "give a name ending in .npz")])
+                                        ("{dir}/x.csv", "give a name ending in one of them")])
 def test_path_problems_are_one_clear_line(clip_with_attentions, tmp_path, capsys, out, words):
     (tmp_path / "regular").write_text("x")
     (tmp_path / "folder.npz").mkdir()
