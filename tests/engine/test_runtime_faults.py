@@ -148,3 +148,12 @@ def test_greedy_loop_never_emits_a_token_from_broken_logits():
                                 max_new_tokens=4, eos_id=4, pad_id=0)
     assert broken.tolist() == [True, True]
     assert out.tolist() == [[3, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_one_lazily_opened_image_twice_in_a_batch_answers_as_alone(tiny_clip, photos):
+    from PIL import Image
+
+    engine = ClipEngine.from_dir(tiny_clip.exported)
+    lazy = Image.open(photos[0])  # not loaded yet: loading it from two threads at once would break it
+    rows = engine.embed_images([lazy, photos[0], lazy, photos[0].read_bytes()])
+    np.testing.assert_allclose(rows, np.repeat(engine.embed_images([photos[0]]), 4, axis=0), atol=1e-6)
