@@ -6,6 +6,7 @@ centre crop, rescale, normalise, channels first.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -161,15 +162,11 @@ def center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return padded[:, max(0, top) : min(new_h, top + height), max(0, left) : min(new_w, left + width)]
 
 
-_POOL: list[ThreadPoolExecutor] = []
-
-
+@functools.cache
 def decoding_pool() -> ThreadPoolExecutor:
     """One pool of a thread per usable core for decoding images, shared by every engine of the process."""
-    if not _POOL:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        _POOL.append(ThreadPoolExecutor(max(1, cores), thread_name_prefix="clipblip-decode"))
-    return _POOL[0]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return ThreadPoolExecutor(max(1, cores), thread_name_prefix="clipblip-decode")
 
 
 @dataclass

@@ -71,7 +71,7 @@ THREADING_POLICIES = ("spin-1ms", "no-spin", "shared")
 # CLIPBLIP_ORT_THREADING, read once at import, overrides both (the benchmarks set it).
 THREADING = os.environ.get("CLIPBLIP_ORT_THREADING", "spin-1ms")
 THREADING_CHOSEN = "CLIPBLIP_ORT_THREADING" in os.environ
-_GLOBAL_POOLS: list[int | None] = []
+_global_pools_sized = False
 
 
 def set_threading(policy: str) -> None:
@@ -89,10 +89,11 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None and threads < 1:
         raise UsageError(f"threads={threads}: must be at least 1")
+    global _global_pools_sized
     if THREADING == "shared":
-        if not _GLOBAL_POOLS:  # before the first session of the process: its sizes hold for all of them
+        if not _global_pools_sized:  # before the first session of the process: its sizes hold for all of them
             ort.set_global_thread_pool_sizes(threads or 0, 1)
-            _GLOBAL_POOLS.append(threads)
+            _global_pools_sized = True
         options.use_per_session_threads = False
         return options
     # an engine runs its sessions one after another (image tower, then text tower or decoder steps),

@@ -29,7 +29,7 @@ from ..engine.items import softmax
 from ..errors import ClipblipError
 from .batching import QueueFull, ShuttingDown
 from .errors import ApiError
-from .page import page_routes, photo_error, photo_routes
+from .page import page_routes, photo_routes
 from .service import Job, JobResult
 
 __all__ = ["Backend", "Settings", "Metrics", "ApiError", "create_app"]
@@ -343,7 +343,7 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
             hits = await asyncio.to_thread(search.query, body.text, image, body.k, body.rerank, body.rerank_model,
                                            body.like)
         except ClipblipError as e:
-            raise photo_error(e) from None
+            raise ApiError.of(e) from None
         query = ({"text": body.text} if body.text is not None else {"like": body.like} if body.like is not None
                  else {"image": f"{len(image):,} bytes"})
         return {"query": query, "hits": hits}

@@ -24,8 +24,9 @@ class ApiError(Exception):
 
     @classmethod
     def of(cls, error: Exception, index: int | None = None) -> ApiError:
-        """The answer for an engine error (413 for an image over the pixel limit, else 422), or a full queue."""
+        """The answer for an engine error (its class's ``http_status``; else 413 for an image over the pixel
+        limit, 422 for the rest), or a full queue."""
         if isinstance(error, (QueueFull, ShuttingDown)):
             return cls(503, type(error).__name__, str(error), None, {"Retry-After": "1"})
-        status = 413 if isinstance(error, ImageTooLargeError) else 422
+        status = getattr(error, "http_status", 413 if isinstance(error, ImageTooLargeError) else 422)
         return cls(status, type(error).__name__, str(error), index)

@@ -14,9 +14,9 @@ from fastapi.responses import FileResponse, Response
 
 from ..errors import ClipblipError
 from .errors import ApiError
-from .photos import THUMBNAIL_SIZES, PhotoChanged, PhotoNotFound, Photos
+from .photos import THUMBNAIL_SIZES, Photos
 
-__all__ = ["CSP", "page_routes", "photo_routes", "photo_error"]
+__all__ = ["CSP", "page_routes", "photo_routes"]
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -48,16 +48,6 @@ def page_routes() -> APIRouter:
     return router
 
 
-def photo_error(error: ClipblipError) -> ApiError:
-    """404 for an id that is not a photo (or whose file is gone), 409 for a file changed since indexing,
-    413 for an image over the pixel limit, else 422."""
-    if isinstance(error, PhotoNotFound):
-        return ApiError(404, "PhotoNotFound", str(error))
-    if isinstance(error, PhotoChanged):
-        return ApiError(409, "PhotoChanged", str(error))
-    return ApiError.of(error)
-
-
 def photo_routes(photos: Photos) -> APIRouter:
     """The photos of the served database, by id: a thumbnail, or the original file."""
     router = APIRouter()
@@ -68,7 +58,7 @@ def photo_routes(photos: Photos) -> APIRouter:
         try:
             data = await asyncio.to_thread(photos.thumbnail, photo_id, size)
         except ClipblipError as e:
-            raise photo_error(e) from None
+            raise ApiError.of(e) from None  # 404 not a photo or gone, 409 changed, 413 a bomb
         return Response(data, media_type="image/jpeg", headers=cache)
 
     @router.get("/photos/{photo_id}")
@@ -76,7 +66,7 @@ def photo_routes(photos: Photos) -> APIRouter:
         try:
             path, media_type = await asyncio.to_thread(photos.original, photo_id)
         except ClipblipError as e:
-            raise photo_error(e) from None
+            raise ApiError.of(e) from None
         return FileResponse(path, media_type=media_type, headers=cache)
 
     return router

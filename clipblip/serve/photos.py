@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 from ..engine.images import load_image, to_rgb
 from ..errors import ClipblipError, ImageError
+from ..files import replaced_atomically
 from ..manifest import cache_root
 
 __all__ = ["Photo", "Photos", "PhotoNotFound", "PhotoChanged", "THUMBNAIL_SIZES"]
@@ -29,9 +30,13 @@ ID = re.compile(r"[0-9a-f]{64}")
 class PhotoNotFound(ClipblipError):
     """The id is not a photo of the database, or its file is gone."""
 
+    http_status = 404
+
 
 class PhotoChanged(ClipblipError):
     """The file has changed since it was indexed: its vector no longer describes it."""
+
+    http_status = 409
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,10 @@ class Photos:
             raise PhotoNotFound(f"photo {photo_id}: not in the search database")
         return photo
 
-    def identify(self, path: str) -> str | None:
+    def ids(self) -> dict[str, str]:
+        """Each indexed path's id, as the database holds them now."""
         self.refresh()
-        return self.id_of.get(path)
+        return self.id_of
 
     def current(self, photo: Photo) -> None:
         """PhotoNotFound when the file is gone, PhotoChanged when it differs from what was indexed."""
@@ -142,10 +148,9 @@ class Photos:
     @staticmethod
     def save(path: Path, data: bytes) -> None:
         """Written whole or not at all; a cache that cannot be written is only slower."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            with replaced_atomically(path, OSError) as tmp:
+                tmp.write_bytes(data)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            pass

@@ -59,5 +59,5 @@ class SearchService:
                                                               f"retrieval model (served: {served})")
         hits = search(self.db, text=text, image=image, like=like_path, k=k, rerank=rerank, engine=self.engine,
                       itm_engine=itm)
-        return [{**hit.to_dict(), "id": self.photos.identify(hit.path), "name": os.path.basename(hit.path)}
-                for hit in hits]
+        ids = self.photos.ids()
+        return [{**hit.to_dict(), "id": ids.get(hit.path), "name": os.path.basename(hit.path)} for hit in hits]

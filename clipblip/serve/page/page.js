@@ -224,14 +224,10 @@ function lookAt(photo) {
   $("look").scrollIntoView({ block: "nearest" });
 }
 
-async function photoAsData() {
-  return asDataURI(state.photo.blob);
-}
-
 async function caption() {
   $("caption").textContent = "…";
   const answer = await postJSON("/v1/caption", {
-    model: $("caption-model").value, images: [await photoAsData()],
+    model: $("caption-model").value, images: [await asDataURI(state.photo.blob)],
     num_beams: parseInt($("beams").value, 10) || 1, max_new_tokens: parseInt($("max-tokens").value, 10) || 20,
   });
   $("caption").textContent = answer.results[0].text;
@@ -240,7 +236,7 @@ async function caption() {
 async function ask() {
   $("answer").textContent = "…";
   const answer = await postJSON("/v1/vqa", {
-    model: $("vqa-model").value, images: [await photoAsData()], question: $("question").value,
+    model: $("vqa-model").value, images: [await asDataURI(state.photo.blob)], question: $("question").value,
   });
   $("answer").textContent = answer.results[0].text;
 }
@@ -248,7 +244,7 @@ async function ask() {
 async function classify() {
   const labels = $("labels").value.split(",").map((label) => label.trim()).filter(Boolean);
   if (labels.length === 0) throw new PageError("type one label or more, separated by commas");
-  const answer = await postJSON("/v1/classify", { model: $("clip-model").value, images: [await photoAsData()], labels });
+  const answer = await postJSON("/v1/classify", { model: $("clip-model").value, images: [await asDataURI(state.photo.blob)], labels });
   $("probabilities").replaceChildren(...answer.results[0].map(({ label, probability }) => {
     const item = document.createElement("li");
     const name = document.createElement("span");
