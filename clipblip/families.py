@@ -73,6 +73,11 @@ class Family:
     # which provider "auto" picks on the CPU classes of ``openvino_auto_on`` (machine.Machine.int8_kernels)
     openvino_graphs: tuple[str, ...] = ()
     openvino_auto_on: tuple[str, ...] = ()
+    # zero-shot classification (families with a classify task): how logit_scale · cosine becomes a probability
+    # ("softmax" over the labels, or "sigmoid": each label on its own, with the model's logit_bias), and the
+    # default prompt, in the language the model was trained on; both written into the manifest at export
+    scoring: str | None = None
+    prompt_template: str | None = None
 
     @property
     def export_tasks(self) -> list[str]:
@@ -93,7 +98,13 @@ class Family:
         return tasks[0].model_class
 
 
-_CLIP_GRAPHS = ("image_tower", "text_tower")
+_DUAL_GRAPHS = ("image_tower", "text_tower")
+
+
+def _dual_encoder_tasks(model_class: str, example: str) -> tuple[Task, ...]:
+    """embed, similarity and classify: what every CLIP-like family does with its two towers."""
+    return tuple(Task(name, None, model_class, _DUAL_GRAPHS, example) for name in ("embed", "similarity", "classify"))
+
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(
@@ -101,11 +112,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         model_type="clip",
         exporter="clipblip.export.clip",
         engine="clipblip.engine.clip:ClipEngine",
-        tasks=(
-            Task("embed", None, "CLIPModel", _CLIP_GRAPHS, "openai/clip-vit-base-patch32"),
-            Task("similarity", None, "CLIPModel", _CLIP_GRAPHS, "openai/clip-vit-base-patch32"),
-            Task("classify", None, "CLIPModel", _CLIP_GRAPHS, "openai/clip-vit-base-patch32"),
-        ),
+        tasks=_dual_encoder_tasks("CLIPModel", "openai/clip-vit-base-patch32"),
+        scoring="softmax",
+        prompt_template="a photo of a {}.",
         presets=(
             Preset("clip-base", "ViT-B/32 with the 12-layer 512-wide text tower: openai/clip-vit-base-patch32's "
                                 "architecture", {}),
@@ -115,6 +124,52 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                 "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                                   "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
                 "projection_dim": 16,
+            }),
+        ),
+    ),
+    Family(
+        name="chinese_clip",
+        model_type="chinese_clip",
+        exporter="clipblip.export.chinese_clip",
+        engine="clipblip.engine.clip:ChineseClipEngine",
+        tasks=_dual_encoder_tasks("ChineseCLIPModel", "OFA-Sys/chinese-clip-vit-base-patch16"),
+        scoring="softmax",
+        prompt_template="一张{}的照片。",  # Chinese-CLIP's zero-shot prompt: "a photo of {}."
+        presets=(
+            Preset("chinese-clip-base", "OFA-Sys/chinese-clip-vit-base-patch16's architecture: ViT-B/16 at 224, "
+                                        "12-layer BERT-Chinese (RoBERTa-wwm-base) text tower, 52 tokens", {
+                "vision_config": {"patch_size": 16},
+                "text_config": {"vocab_size": 21128},
+                "projection_dim": 512,
+            }),
+            Preset("chinese-clip-tiny", "2-layer, 32-wide towers on 32x32 images: for tests", {
+                "text_config": {"vocab_size": 21128, "hidden_size": 32, "intermediate_size": 64,
+                                "num_hidden_layers": 2, "num_attention_heads": 2},
+                "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                  "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                "projection_dim": 16,
+            }),
+        ),
+    ),
+    Family(
+        name="siglip",
+        model_type="siglip",
+        exporter="clipblip.export.siglip",
+        engine="clipblip.engine.clip:SiglipEngine",
+        tasks=_dual_encoder_tasks("SiglipModel", "google/siglip-base-patch16-224"),
+        scoring="sigmoid",
+        prompt_template="This is a photo of {}.",  # the SigLIP model card's
+        presets=(
+            Preset("siglip-base", "google/siglip-base-patch16-224's architecture: ViT-B/16 at 224 with attention "
+                                  "pooling, 12-layer 768-wide text tower over 64 tokens", {
+                "text_config": {"vocab_size": 32000},
+                "vision_config": {"patch_size": 16},
+            }),
+            Preset("siglip-tiny", "2-layer, 32-wide towers on 32x32 images, 16 tokens: for tests", {
+                "text_config": {"vocab_size": 4000, "hidden_size": 32, "intermediate_size": 64,
+                                "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 16},
+                "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                  "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
             }),
         ),
     ),

@@ -1,4 +1,8 @@
-"""CLIP with ONNX Runtime: image and text embeddings, similarity, zero-shot classification."""
+"""CLIP-like models with ONNX Runtime: image and text embeddings, similarity, zero-shot classification.
+
+CLIP, Chinese-CLIP and SigLIP folders run the same code: what differs between them (how texts are
+padded, how a label's probability is scored, the default prompt) is in each folder's manifest.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ..defaults import MAX_BATCH
-from ..errors import UsageError
+from ..errors import ModelLoadError, TextInputError, UsageError
 from ..families import task_graphs
 from ..manifest import Manifest
 from .base import FolderEngine
@@ -17,7 +21,9 @@ from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
 from .items import (as_texts, attention_names, batches, check_finite, finish, finite_attention, l2_normalize,
                     softmax)
 
-__all__ = ["ClipEngine"]
+__all__ = ["ClipEngine", "ChineseClipEngine", "SiglipEngine", "label_probabilities"]
+
+SCORINGS = ("softmax", "sigmoid")
 
 
 class ClipEngine(FolderEngine):
@@ -35,6 +41,12 @@ class ClipEngine(FolderEngine):
                  max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
         super().__init__(folder, manifest, sessions, max_batch, max_image_pixels)
         self.logit_scale = float(manifest.model["logit_scale"])
+        self.logit_bias = float(manifest.model.get("logit_bias", 0.0))
+        self.scoring = manifest.model.get("scoring", "softmax")
+        if self.scoring not in SCORINGS:
+            raise ModelLoadError(f"{folder}: manifest scoring {self.scoring!r} is not one clipblip knows "
+                                 f"({', '.join(SCORINGS)})")
+        self.prompt_template = manifest.model.get("prompt_template", "a photo of a {}.")
         self.embed_dim = int(manifest.model["embed_dim"])
 
     @classmethod
@@ -66,15 +78,22 @@ class ClipEngine(FolderEngine):
         Each text's embedding is kept in ``text_cache``, so repeated texts (labels) cost nothing."""
         texts = as_texts(texts)
         out, errors = self.text_cache.embed(texts, self._text_tower, self.embed_dim, "text embedding")
+        if errors:  # a text of no tokens (possible where the tokenizer adds none, as SigLIP 2's) is named as such
+            empty = [i for i, row in zip(errors, self.tokenizer.ids([texts[i] for i in errors])) if not row]
+            errors.update({i: TextInputError(f"text {i} ({texts[i]!r}): gives no token for this model's tokenizer; "
+                                             f"nothing to embed") for i in empty})
         return finish(out, errors, len(texts), return_errors)
 
     def _text_tower(self, texts: list[str]) -> np.ndarray:
+        """Rows of texts → normalised embeddings; NaN for a text of no tokens (fully masked, it has no meaning)."""
         rows = self.tokenizer.ids(texts)
-        out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
+        out = np.full((len(texts), self.embed_dim), np.nan, dtype=np.float32)
         for part in batches(len(texts), self.max_batch):
-            input_ids, attention_mask = self.tokenizer.pad(rows[part])  # (batch, sequence)
-            feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-            out[part] = self.sessions["text_tower"].run(["text_embeds"], feeds)[0]
+            kept = [i for i in range(part.start, part.stop) if rows[i]]
+            if kept:
+                input_ids, attention_mask = self.tokenizer.pad([rows[i] for i in kept])  # (batch, sequence)
+                feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+                out[kept] = self.sessions["text_tower"].run(["text_embeds"], feeds)[0]
         return l2_normalize(out)
 
     def image_attentions(self, image: ImageInput) -> np.ndarray:
@@ -98,10 +117,19 @@ class ClipEngine(FolderEngine):
         text_embeds = self.embed_texts(texts)  # a text that fails fails the call: every row needs it
         return finish(image_embeds @ text_embeds.T, errors, len(images), return_errors)
 
+    def label_probabilities(self, similarity: np.ndarray) -> np.ndarray:
+        """Cosine similarities (images, labels) → each label's probability, as the family scores it."""
+        return label_probabilities(similarity, self.scoring, self.logit_scale, self.logit_bias)
+
     def classify(self, images: Sequence[ImageInput] | ImageInput, labels: Sequence[str] | str,
-                 template: str = "a photo of a {}.", *, return_errors: bool = False):
-        """Zero-shot: per image, (label, probability) pairs best first, or None for a failed image;
-        softmax of logit_scale · cosine."""
+                 template: str | None = None, *, return_errors: bool = False):
+        """Zero-shot: per image, (label, probability) pairs best first, or None for a failed image.
+
+        ``template`` (default: the model's ``prompt_template``) puts each label in a sentence. The
+        probability is the family's (``scoring``): CLIP and Chinese-CLIP softmax logit_scale · cosine over
+        the labels (they sum to 1); SigLIP scores each label on its own, sigmoid(logit_scale · cosine + logit_bias).
+        """
+        template = self.prompt_template if template is None else template
         labels = as_texts(labels)
         if not labels:
             raise UsageError("labels: give at least one label")
@@ -109,8 +137,31 @@ class ClipEngine(FolderEngine):
             raise UsageError(f"template {template!r}: must contain '{{}}' where the label goes")
         images = as_images(images)
         similarity, errors = self.similarity(images, [template.format(l) for l in labels], return_errors=True)
-        probs = softmax(self.logit_scale * similarity)
+        probs = self.label_probabilities(similarity)
         ranked = [None if i in errors else sorted(zip(labels, map(float, row)), key=lambda pair: -pair[1])
                   for i, row in enumerate(probs)]
         return finish(ranked, errors, len(images), return_errors)
 
+
+
+class ChineseClipEngine(ClipEngine):
+    """Runs an exported Chinese-CLIP folder (BERT-Chinese text tower); the same API as ClipEngine."""
+
+    family = "chinese_clip"
+
+
+class SiglipEngine(ClipEngine):
+    """Runs an exported SigLIP folder: texts padded to max length, each label scored by its own sigmoid."""
+
+    family = "siglip"
+
+
+def label_probabilities(similarity: np.ndarray, scoring: str, logit_scale: float, logit_bias: float = 0.0
+                        ) -> np.ndarray:
+    """(images, labels) cosines → probabilities: "softmax" over the labels, or "sigmoid" per label."""
+    logits = logit_scale * np.asarray(similarity, dtype=np.float32)
+    if scoring == "sigmoid":
+        return 0.5 * (1.0 + np.tanh(0.5 * (logits + logit_bias)))  # sigmoid, without overflow
+    if scoring == "softmax":
+        return softmax(logits)
+    raise ValueError(f"scoring {scoring!r}: clipblip knows {', '.join(SCORINGS)}")

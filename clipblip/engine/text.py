@@ -16,10 +16,14 @@ __all__ = ["TextTokenizer"]
 class TextTokenizer:
     """Encodes texts to padded id and mask arrays; truncation keeps the closing special token."""
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int):
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int, padding: str = "longest",
+                 padding_side: str = "right", attention_mask: bool = True):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.pad_id = pad_id
+        self.padding = padding  # "longest" in a batch, or every row to "max_length" (SigLIP)
+        self.padding_side = padding_side
+        self.attention_mask = attention_mask  # False: the model was run without a mask (all ones)
         # texts are cut to this many characters before tokenising, so a megabyte string costs nothing;
         # far more than max_length tokens ever need unless a text is mostly whitespace
         self.max_chars = max(4096, 64 * max_length)
@@ -33,7 +37,8 @@ class TextTokenizer:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises plain Exception subclasses
             raise ModelLoadError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0] if str(e) else e})") from None
-        return cls(tokenizer, int(facts["max_length"]), int(facts["pad_id"]))
+        return cls(tokenizer, int(facts["max_length"]), int(facts["pad_id"]), facts.get("padding", "longest"),
+                   facts.get("padding_side", "right"), bool(facts.get("attention_mask", True)))
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, special tokens included, at most ``max_length`` long."""
@@ -47,13 +52,17 @@ class TextTokenizer:
             raise TextInputError(f"texts: cannot tokenise ({e})") from None
 
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Right-pad rows to the longest: (input_ids, attention_mask), both int64 (batch, sequence)."""
-        length = max(len(r) for r in rows)
+        """Pad rows to the longest (or to max_length) on the model's side: (input_ids, attention_mask),
+        both int64 (batch, sequence)."""
+        length = self.max_length if self.padding == "max_length" else max(len(r) for r in rows)
         input_ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(rows), length), dtype=np.int64)
         for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = row
-            attention_mask[i, : len(row)] = 1
+            place = slice(length - len(row), length) if self.padding_side == "left" else slice(0, len(row))
+            input_ids[i, place] = row
+            attention_mask[i, place] = 1
+        if not self.attention_mask:
+            attention_mask[:] = 1
         return input_ids, attention_mask
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -137,7 +137,7 @@ def export_model(
             graphs[spec.name] = info
         if steps is not None:
             steps(len(specs), len(specs))
-        source.tokenizer.backend_tokenizer.save(str(staging / sections["tokenizer"]["file"]))
+        source.tokenizer_json().save(str(staging / sections["tokenizer"]["file"]))
         manifest = Manifest(
             family=source.family,
             source={**source.source, "task": source.task, "opset": opset, "attentions": attentions,

@@ -31,6 +31,16 @@ class SourceModel:
     image_processor: Any
     tokenizer: Any
     source: dict[str, Any]
+    fast_tokenizer: Any = None  # a tokenizers.Tokenizer when ``tokenizer`` has none (SigLIP's SentencePiece)
+
+    def tokenizer_json(self) -> Any:
+        """The ``tokenizers`` form the engine runs (saved as the folder's tokenizer.json)."""
+        if self.fast_tokenizer is not None:
+            return self.fast_tokenizer
+        if not hasattr(self.tokenizer, "backend_tokenizer"):
+            raise ModelSourceError(f"{self.source.get('model')}: the tokenizer has no tokenizer.json form (a fast "
+                                   f"tokenizer is required)")
+        return self.tokenizer.backend_tokenizer
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -116,7 +126,7 @@ def load_pretrained_parts(ref: str, model_class, local_only: bool, allow_pickle:
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
     except (OSError, ValueError) as e:
         raise ModelSourceError(f"{ref}: cannot load the processor or tokenizer ({str(e).splitlines()[0]})") from None
-    if not hasattr(tokenizer, "backend_tokenizer"):
+    if not hasattr(tokenizer, "backend_tokenizer") and not hasattr(tokenizer, "sp_model"):
         raise ModelSourceError(f"{ref}: the tokenizer has no tokenizer.json form (a fast tokenizer is required)")
     return SourceModel(family, task, model, processor, tokenizer,
                        {"model": ref, "kind": "pretrained", "random_weights": False})

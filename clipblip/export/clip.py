@@ -74,44 +74,56 @@ def token_batch(
 
 
 def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec]:
+    tok = tokenizer_facts(source)
+    # ids below bos/eos: checkpoints with the legacy eos_token_id=2 pool at the highest id
+    return tower_specs(source, ClipImageTower(source.model, attentions), ClipTextTower(source.model, attentions),
+                       attentions, fusion_type="clip", ids_below=min(tok["bos_id"], tok["eos_id"]))
+
+
+def tower_specs(source: SourceModel, image_tower: nn.Module, text_tower: nn.Module, attentions: bool,
+                fusion_type: str | None, ids_below: int | None = None) -> list[GraphSpec]:
+    """The image and text tower graphs of a CLIP-like model (CLIP, Chinese-CLIP, SigLIP): each tower
+    maps its input to the projected, unnormalised embedding; ``model_facts`` of the family gives sizes."""
     model = source.model
     vision, text = model.config.vision_config, model.config.text_config
+    sections = families.load_exporter(source.family).manifest_sections(source)
+    facts, tok = sections["model"], sections["tokenizer"]
     size = vision.image_size
-    tokens = (size // vision.patch_size) ** 2 + 1
+    tokens = facts["image_tokens"]
     image_attn = attention_outputs(vision.num_hidden_layers, vision.num_attention_heads, tokens, tokens) \
         if attentions else ()
     text_attn = attention_outputs(text.num_hidden_layers, text.num_attention_heads, "sequence", "sequence") \
         if attentions else ()
-    tok = tokenizer_facts(source)
-    embed_axes = ("batch", model.config.projection_dim)
+    embed_axes = ("batch", facts["embed_dim"])
 
     def image_sample(sizes, generator):
         return {"pixel_values": torch.randn(sizes["batch"], 3, size, size, generator=generator)}
 
     def text_sample(sizes, generator):
-        return token_batch(
-            # ids below bos/eos: checkpoints with the legacy eos_token_id=2 pool at the highest id
-            sizes, generator, high=min(tok["bos_id"], tok["eos_id"]), bos_id=tok["bos_id"], eos_id=tok["eos_id"],
-            pad_id=tok["pad_id"],
-        )
+        return token_batch(sizes, generator, high=ids_below or text.vocab_size, bos_id=tok["bos_id"],
+                           eos_id=tok["eos_id"], pad_id=tok["pad_id"])
+
+    def fusion(config):
+        return fusion_type and {"model_type": fusion_type, "num_heads": config.num_attention_heads,
+                                "hidden_size": config.hidden_size}
 
     max_len = tok["max_length"]
     return [
         GraphSpec(
             name="image_tower",
-            module=ClipImageTower(model, attentions).eval(),
+            module=image_tower.eval(),
             inputs=(TensorSpec("pixel_values", "float32", ("batch", 3, size, size)),),
             outputs=(TensorSpec("image_embeds", "float32", embed_axes), *image_attn),
             sample=image_sample,
             trace_sizes={"batch": 2},
             check_sizes=({"batch": 1}, {"batch": 3}),
             gate_sizes=({"batch": 2},),  # stored in the folder: 2 x 3 x 224 x 224 float16 = 0.6 MB on ViT-B/32
-            fusion={"model_type": "clip", "num_heads": vision.num_attention_heads, "hidden_size": vision.hidden_size},
+            fusion=fusion(vision) or None,
             gate={"image_embeds": 0.999},
         ),
         GraphSpec(
             name="text_tower",
-            module=ClipTextTower(model, attentions).eval(),
+            module=text_tower.eval(),
             inputs=(
                 TensorSpec("input_ids", "int64", ("batch", "sequence")),
                 TensorSpec("attention_mask", "int64", ("batch", "sequence")),
@@ -124,7 +136,7 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
                 {"batch": 3, "sequence": max_len},
                 {"batch": 4, "sequence": min(12, max_len)},
             ),
-            fusion={"model_type": "clip", "num_heads": text.num_attention_heads, "hidden_size": text.hidden_size},
+            fusion=fusion(text) or None,
             gate={"text_embeds": 0.999},
         ),
     ]
@@ -161,36 +173,56 @@ def image_facts(processor: Any, input_size: int) -> dict[str, Any]:
     return facts
 
 
-def tokenizer_facts(source: SourceModel) -> dict[str, Any]:
+def tokenizer_facts(source: SourceModel, padding: str = "longest") -> dict[str, Any]:
+    """How the engine tokenises: the file, max length, special ids, and how rows are padded.
+
+    ``padding`` is "longest" (pad a batch to its longest row, masked) or "max_length" (every row to
+    ``max_length``, as SigLIP's processor does: the model was trained so). A tokenizer whose inputs have no
+    attention mask gets a mask of ones (``attention_mask`` false).
+    """
     tok, text = source.tokenizer, source.model.config.text_config
     max_length = min(int(tok.model_max_length or 10**9), int(text.max_position_embeddings))
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
     return {
         "file": "tokenizer.json",
         "max_length": max_length,
-        "bos_id": int(tok.bos_token_id),
-        "eos_id": int(tok.eos_token_id),
-        "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id),
+        "bos_id": int(bos if bos is not None else eos),
+        "eos_id": int(eos),
+        "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else eos),
+        "padding": padding,
+        "padding_side": str(getattr(tok, "padding_side", "right") or "right"),
+        "attention_mask": "attention_mask" in list(getattr(tok, "model_input_names", ["attention_mask"])),
     }
 
 
 def model_facts(source: SourceModel) -> dict[str, Any]:
     model = source.model
     vision = model.config.vision_config
+    grid = vision.image_size // vision.patch_size
     return {
         "logit_scale": float(model.logit_scale.detach().exp()),
         "embed_dim": int(model.config.projection_dim),
         "image_size": int(vision.image_size),
-        "patch_grid": [vision.image_size // vision.patch_size] * 2,  # image tokens = 1 (class) + grid
+        "patch_grid": [grid, grid],
+        "class_token": True,  # image tokens = 1 (class) + grid
+        "image_tokens": grid * grid + 1,
+    }
+
+
+def dual_encoder_sections(source: SourceModel, tokenizer: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """The manifest sections of a CLIP-like family; scoring and default prompt come from its registry entry."""
+    family = families.family(source.family)
+    return {
+        "tasks": [t.name for t in family.tasks_of(source.task)],
+        "image": image_facts(source.image_processor, source.model.config.vision_config.image_size),
+        "tokenizer": tokenizer,
+        "model": {**model, "scoring": family.scoring, "prompt_template": family.prompt_template},
     }
 
 
 def manifest_sections(source: SourceModel) -> dict[str, Any]:
-    return {
-        "tasks": [t.name for t in families.family(FAMILY).tasks_of(source.task)],
-        "image": image_facts(source.image_processor, source.model.config.vision_config.image_size),
-        "tokenizer": tokenizer_facts(source),
-        "model": model_facts(source),
-    }
+    return dual_encoder_sections(source, tokenizer_facts(source), model_facts(source))
 
 
 # --- loading ----------------------------------------------------------------------------------------

