@@ -24,7 +24,7 @@ from typing import Any
 __all__ = [
     "RANDOM_PREFIX", "Task", "Preset", "Family", "FAMILIES",
     "family", "by_model_type", "model_types", "preset", "preset_names", "task", "export_task", "export_tasks",
-    "task_graphs", "export_hint", "load_exporter", "load_engine_class",
+    "task_graphs", "export_hint", "family_of_task", "title", "load_exporter", "load_engine_class",
 ]
 
 RANDOM_PREFIX = "random:"
@@ -64,6 +64,7 @@ class Family:
     """A model family: manifest ``family``, checkpoint ``model_type``, its exporter, engine, tasks and presets."""
 
     name: str
+    title: str  # as people write it: "Chinese-CLIP"
     model_type: str
     exporter: str  # module path
     engine: str  # "module:Class"
@@ -109,6 +110,7 @@ def _dual_encoder_tasks(model_class: str, example: str) -> tuple[Task, ...]:
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(
         name="clip",
+        title="CLIP",
         model_type="clip",
         exporter="clipblip.export.clip",
         engine="clipblip.engine.clip:ClipEngine",
@@ -129,6 +131,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     ),
     Family(
         name="chinese_clip",
+        title="Chinese-CLIP",
         model_type="chinese_clip",
         exporter="clipblip.export.chinese_clip",
         engine="clipblip.engine.clip:ChineseClipEngine",
@@ -153,6 +156,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     ),
     Family(
         name="siglip",
+        title="SigLIP",
         model_type="siglip",
         exporter="clipblip.export.siglip",
         engine="clipblip.engine.clip:SiglipEngine",
@@ -175,6 +179,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     ),
     Family(
         name="blip",
+        title="BLIP",
         model_type="blip",
         exporter="clipblip.export.blip",
         engine="clipblip.engine.blip:BlipEngine",
@@ -254,6 +259,19 @@ def task(name: str) -> tuple[Family, Task]:
                 return f, t
     names = [t.name for f in FAMILIES.values() for t in f.tasks]
     raise KeyError(f"unknown task {name!r} (clipblip has: {', '.join(names)})")
+
+
+def title(name: str) -> str:
+    """A family's name as people write it (CLIP, Chinese-CLIP, SigLIP, BLIP); an unknown one upper-cased."""
+    return FAMILIES[name].title if name in FAMILIES else name.upper()
+
+
+def family_of_task(name: str, prefer: str | None = None) -> str:
+    """A family that does the engine task ``name``: ``prefer`` if it does, else the first in the registry."""
+    doing = [f.name for f in FAMILIES.values() if any(t.name == name for t in f.tasks)]
+    if not doing:
+        raise KeyError(f"unknown task {name!r}")
+    return prefer if prefer in doing else doing[0]
 
 
 def export_tasks(family_name: str | None = None) -> list[str]:

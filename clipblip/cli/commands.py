@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..families import title as family_title
 from .common import RANDOM_BANNER, check_figure_paths, format_table, open_engine, print_json, save_figure
 from .inputs import expand_images
 from .items import ItemRun, report_errors, run_items
@@ -85,7 +86,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         check_output(args.out, args.force)  # before any work
     modality = "image" if args.images else "text"
     items = image_paths(args, "images", "--images") if args.images else args.texts
-    engine = open_engine(args, "clip")
+    engine = open_engine(args, "embed")
     embed = engine.embed_images if args.images else engine.embed_texts
     run = run_items(items, args.max_batch, lambda part: embed(part, return_errors=True), f"embed {modality}s")
     ok = [i for i in range(run.done) if i not in run.errors]
@@ -132,7 +133,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
         raise UsageError(f"--top-k {args.top_k}: must be at least 1")
     check_figure_paths(args.force, args.plot)
     images = image_paths(args, "images", "--images")
-    engine = open_engine(args, "clip")
+    engine = open_engine(args, "similarity")
     run = run_items(images, args.max_batch, lambda part: engine.similarity(part, args.texts, return_errors=True),
                     "similarity")
     names = [Path(p).name for p in images]
@@ -143,7 +144,8 @@ def cmd_similarity(args: argparse.Namespace) -> int:
         note = RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
         views = [engine.preprocess.view(images[i]) for i in ok]
         fig = similarity_heatmap([run.results[i] for i in ok], [names[i] for i in ok], args.texts,
-                                 title="CLIP cosine similarity", note=note, images=views)
+                                 title=f"{family_title(engine.manifest.family)} cosine similarity", note=note,
+                                 images=views)
         save_figure(fig, args.plot, args.force)
     k = args.top_k or len(args.texts)
     if args.json:
@@ -164,18 +166,25 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     return run.exit_code
 
 
+SCORING_WORDS = {"softmax": "softmax over the labels (they sum to 1)",
+                 "sigmoid": "each label on its own, a sigmoid (they need not sum to 1)"}
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     images = image_paths(args)
-    engine = open_engine(args, "clip")
+    engine = open_engine(args, "classify")
+    template = engine.prompt_template if args.template is None else args.template
     run = run_items(images, args.max_batch,
-                    lambda part: engine.classify(part, args.labels, args.template, return_errors=True), "classify")
+                    lambda part: engine.classify(part, args.labels, template, return_errors=True), "classify")
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
-                    "template": args.template, "interrupted": run.interrupted,
+                    "template": template, "scoring": engine.scoring, "interrupted": run.interrupted,
                     "results": [{"image": image, **run.item(i, labels=[{"label": l, "probability": p}
                                                                        for l, p in run.results[i] or []])}
                                 for i, image in enumerate(images)]})
     else:
+        if run.done > len(run.errors):
+            print(f"probability: {SCORING_WORDS[engine.scoring]}; template {template!r}")
         for i, image in enumerate(images[: run.done]):
             if i not in run.errors:
                 print(image)
@@ -232,7 +241,7 @@ def print_generations(args: argparse.Namespace, images: list[str], engine, run: 
 
 def cmd_caption(args: argparse.Namespace) -> int:
     images = image_paths(args)
-    engine = open_engine(args, "blip", "caption")  # a wrong folder, prompt or option fails before any work
+    engine = open_engine(args, "caption")  # a wrong folder, prompt or option fails before any work
     options = decoding(args, engine, "caption", len(engine.caption_prompt(args.prompt)))
     run = run_items(images, args.max_batch, lambda part: engine.generate_captions(
         part, prompt=args.prompt, return_errors=True, **options), "caption")
@@ -260,7 +269,7 @@ def print_rankings(args: argparse.Namespace, images: list[str], engine, run: Ite
 
 def cmd_vqa(args: argparse.Namespace) -> int:
     images = image_paths(args)
-    engine = open_engine(args, "blip", "vqa")
+    engine = open_engine(args, "vqa")
     if args.candidates is not None:
         from ..engine.generate import OPTION_NAMES
         from ..engine.ranking import candidate_ids
@@ -286,7 +295,7 @@ def cmd_match(args: argparse.Namespace) -> int:
 
     check_figure_paths(args.force, args.plot)
     images = image_paths(args, "images", "--images")
-    engine = open_engine(args, "blip", "match")
+    engine = open_engine(args, "match")
 
     def per_image(part):
         scores, errors = engine.match(part, args.texts, return_errors=True)

@@ -15,25 +15,25 @@ def print_json(document: Any) -> None:
     sys.stdout.write("\n")
 
 
-def open_engine(args: argparse.Namespace, family: str | None = None, task: str | None = None):
-    """The engine for ``args.model_dir``: of ``family`` (and able to do ``task``) when given, else of
-    whatever family the folder holds. A folder of another kind is a WrongModelError saying what to export."""
+def open_engine(args: argparse.Namespace, task: str | None = None):
+    """The engine for ``args.model_dir``, of whatever family the folder holds; with ``task``, the folder must
+    do it (classify: any CLIP-like family; caption: BLIP caption...). A folder of another kind is a
+    WrongModelError saying what to export."""
     from ..engine.base import wanted_export
     from ..errors import WrongModelError
-    from ..families import load_engine_class
+    from ..families import family_of_task, load_engine_class, title as family_title
     from ..manifest import Manifest
 
-    held = Manifest.load(args.model_dir).family
-    if family is not None and held != family:
-        wanted = f"a {family.upper()}{' ' + task if task else ''} folder"
+    manifest = Manifest.load(args.model_dir)
+    if task is not None and task not in manifest.tasks:
+        wanted = family_of_task(task, prefer=manifest.family)
         command = " ".join(filter(None, (args.command, getattr(args, "figure", None))))
-        raise WrongModelError(f"{args.model_dir}: holds a {held.upper()} model; `{command}` needs {wanted}: "
-                              f"{wanted_export(family, task)}")
-    cls = load_engine_class(family or held)
+        held = f"{family_title(manifest.family)} model ({', '.join(manifest.tasks)})"
+        raise WrongModelError(f"{args.model_dir}: holds a {held}; `{command}` needs a folder that does {task}: "
+                              f"{wanted_export(wanted, task)}")
+    cls = load_engine_class(manifest.family)
     engine = cls.from_dir(args.model_dir, provider=args.provider, threads=args.threads, max_batch=args.max_batch,
                           max_image_pixels=args.max_image_pixels)
-    if task is not None:
-        engine.require(task)
     if engine.manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     return engine

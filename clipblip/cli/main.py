@@ -143,11 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="per image, its K best texts, best first")
     p.set_defaults(run=cmd_similarity)
 
-    p = command(sub, "classify", help="zero-shot classification with CLIP")
+    p = command(sub, "classify", help="zero-shot classification (CLIP, Chinese-CLIP, SigLIP)")
     engine_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGES_HELP)
     p.add_argument("--labels", nargs="+", required=True, metavar="LABEL")
-    p.add_argument("--template", default="a photo of a {}.")
+    p.add_argument("--template", default=None, help="where each label goes, as '{}' (default: the model's own "
+                   "prompt, recorded at export: CLIP 'a photo of a {}.', Chinese-CLIP '一张{}的照片。', SigLIP "
+                   "'This is a photo of {}.')")
     p.add_argument("--top-k", type=int, default=5, help="labels shown per image in the table")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=cmd_classify)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
+from ..families import title as family_title
 from .common import check_figure_paths, open_engine, save_figure
 from .inputs import expand_images
 
@@ -62,14 +63,17 @@ def cmd_viz_attention(args: argparse.Namespace) -> int:
     weights = engine.image_attentions(image)  # (layers, heads, tokens, tokens)
     image_fig = viz.image_attention_figure(engine.preprocess.view(image), weights,
                                            engine.manifest.model["patch_grid"], layer=args.layer, head=head,
-                                           rollout=args.rollout, note=note)
+                                           rollout=args.rollout, note=note,
+                                           class_token=engine.manifest.model.get("class_token", True))
     text_fig = None
     if args.text is not None:
-        if engine.manifest.family != "clip":
-            raise UsageError("--text: token attention of a given text needs a CLIP folder (BLIP shows its caption's)")
+        if not hasattr(engine, "text_attentions"):
+            raise UsageError("--text: token attention of a given text needs a CLIP-like folder (CLIP, Chinese-CLIP, "
+                             "SigLIP); BLIP shows its caption's")
         tokens, weights = engine.text_attentions(args.text)
         text_fig = viz.token_attention_figure(weights, tokens, layer=args.layer, head=head,
-                                              title="CLIP text self-attention", note=note)
+                                              title=f"{family_title(engine.manifest.family)} text self-attention",
+                                              note=note)
     elif engine.manifest.family == "blip" and "caption" in engine.tasks:
         explained = engine.caption_attentions(image)
         text_fig = viz.token_attention_figure(explained.self_attention, explained.tokens, layer=args.layer,
@@ -85,7 +89,7 @@ def cmd_viz_cross_attention(args: argparse.Namespace) -> int:
 
     check_figure_paths(args.force, args.out)
     image = one_image(args.image)
-    engine = open_engine(args, "blip", "caption")
+    engine = open_engine(args, "caption")
     explained = engine.caption_attentions(image, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
     note = viz.RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
     fig = viz.cross_attention_figure(engine.preprocess.view(image), explained.words, explained.cross_attention,

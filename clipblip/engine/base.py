@@ -9,6 +9,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import ProviderError, UsageError, WrongModelError
+from ..families import title as family_title
 from ..manifest import Manifest
 from .cache import TextCache
 from .checks import ensure_checked
@@ -50,7 +51,7 @@ class FolderEngine:
         folder = Path(folder)
         manifest = Manifest.load(folder)
         if manifest.family != cls.family:
-            raise WrongModelError(f"{folder}: holds a {manifest.family.upper()} model, not {cls.family.upper()}; "
+            raise WrongModelError(f"{folder}: holds a {family_title(manifest.family)} model, not {family_title(cls.family)}; "
                                   f"{wanted_export(cls.family)}")
         names = sorted(set(graphs(manifest)))
         if provider == "openvino" and all(backend_for(manifest.graph(folder, n), provider) != openvino.BACKEND
@@ -76,7 +77,7 @@ class FolderEngine:
     def require(self, task: str) -> None:
         """WrongModelError unless the folder was exported for ``task``."""
         if task not in self.manifest.tasks:
-            raise WrongModelError(f"{self.folder}: this {self.family.upper()} folder does "
+            raise WrongModelError(f"{self.folder}: this {family_title(self.family)} folder does "
                                   f"{', '.join(self.manifest.tasks)}, not {task}; {wanted_export(self.family, task)}")
 
     @property

@@ -103,11 +103,15 @@ class ClipEngine(FolderEngine):
         return finite_attention(np.stack([w[0] for w in weights]), describe(image))
 
     def text_attentions(self, text: str) -> tuple[list[str], np.ndarray]:
-        """The text's tokens and the text tower's attention weights, (layers, heads, tokens, tokens)."""
+        """The text's tokens and the text tower's attention weights, (layers, heads, tokens, tokens);
+        padding (SigLIP pads every text to its max length) left out."""
         names = attention_names(self.folder, self.manifest, "text_tower")
         input_ids, attention_mask = self.tokenizer([text])
         weights = self.sessions["text_tower"].run(names, {"input_ids": input_ids, "attention_mask": attention_mask})
-        return self.tokenizer.tokens(input_ids[0]), finite_attention(np.stack([w[0] for w in weights]), repr(text))
+        kept = np.flatnonzero(input_ids[0] != self.tokenizer.pad_id) if self.tokenizer.padding == "max_length" \
+            else np.arange(input_ids.shape[1])
+        weights = np.stack([w[0] for w in weights])[..., kept[:, None], kept]  # (layers, heads, kept, kept)
+        return self.tokenizer.tokens(input_ids[0, kept]), finite_attention(weights, repr(text))
 
     def similarity(self, images: Sequence[ImageInput] | ImageInput, texts: Sequence[str] | str, *,
                    return_errors: bool = False):

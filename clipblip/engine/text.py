@@ -72,5 +72,5 @@ class TextTokenizer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def tokens(self, ids: Sequence[int]) -> list[str]:
-        """Readable token strings for labels (CLIP's end-of-word marker dropped)."""
-        return [(self.tokenizer.id_to_token(int(i)) or "?").replace("</w>", "") for i in ids]
+        """Readable token strings for labels (CLIP's end-of-word marker and SentencePiece's word start dropped)."""
+        return [(self.tokenizer.id_to_token(int(i)) or "?").replace("</w>", "").lstrip("▁") or "▁" for i in ids]

@@ -95,7 +95,7 @@ def resolve_task(family: str, architectures: list[str] | None, task: str | None,
     choices = fam.export_tasks
     if not choices:
         if task is not None:  # refused rather than ignored
-            raise UsageError(f"--task {task}: {fam.name.upper()} exports have no task to choose; leave out --task")
+            raise UsageError(f"--task {task}: {fam.title} exports have no task to choose; leave out --task")
         return None
     if task is not None and task not in choices:
         raise UsageError(f"--task {task}: choose {_either(choices)}")
@@ -105,7 +105,7 @@ def resolve_task(family: str, architectures: list[str] | None, task: str | None,
         raise ModelSourceError(f"{ref}: is a {architectures[0]} ({found[0]}) checkpoint; --task {task} needs a "
                                f"{classes[task]} checkpoint")
     if task is None and not found:
-        raise ModelSourceError(f"{ref}: cannot tell the {fam.name.upper()} task from its architectures "
+        raise ModelSourceError(f"{ref}: cannot tell the {fam.title} task from its architectures "
                                f"{architectures}; pass --task {'|'.join(choices)}")
     return task or found[0]
 
@@ -119,7 +119,7 @@ def load_pretrained_parts(ref: str, model_class, local_only: bool, allow_pickle:
         model = model_class.from_pretrained(ref, use_safetensors=None if allow_pickle else True,
                                             local_files_only=local_only, attn_implementation="eager").eval()
     except OSError as e:
-        raise ModelSourceError(f"{ref}: cannot load {family.upper()} weights ({str(e).splitlines()[0]}); clipblip "
+        raise ModelSourceError(f"{ref}: cannot load {families.title(family)} weights ({str(e).splitlines()[0]}); clipblip "
                                f"loads safetensors unless --allow-pickle") from None
     try:
         processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)

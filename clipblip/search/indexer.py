@@ -49,13 +49,14 @@ def model_sha256(model_dir: str | os.PathLike) -> str:
 
 def open_model(model_dir: str | os.PathLike, provider: str = "auto", threads: int | None = None,
                max_batch: int = MAX_BATCH, max_image_pixels: int | None = MAX_IMAGE_PIXELS):
-    """The engine that embeds images for a database: CLIP, or a BLIP retrieval folder's ITC projection."""
+    """The engine that embeds images for a database: a CLIP-like model (CLIP, Chinese-CLIP, SigLIP), or a
+    BLIP retrieval folder's ITC projection."""
     from ..families import load_engine_class
 
     family = Manifest.load(model_dir).family
     engine = load_engine_class(family).from_dir(model_dir, provider=provider, threads=threads, max_batch=max_batch,
                                                 max_image_pixels=max_image_pixels)
-    if family == "blip":
+    if "embed" not in engine.tasks:
         engine.require("match")  # WrongModelError naming the export that makes a retrieval folder
     return engine
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
 from ..errors import ClipblipError, DatabaseError, UsageError, WrongModelError
+from ..families import title as family_title
 from ..manifest import Manifest
 from . import ann
 from .indexer import model_sha256, open_model
@@ -76,7 +77,7 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
     options = {"provider": provider, "threads": threads, "max_batch": max_batch, "max_image_pixels": max_image_pixels}
     with Store.open(db) as store:
         if rerank and itm_dir is None and itm_engine is None and store.meta.family != "blip":
-            raise UsageError(f"--rerank: {db} holds {store.meta.family.upper()} embeddings; give --rerank ITM_DIR, "
+            raise UsageError(f"--rerank: {db} holds {family_title(store.meta.family)} embeddings; give --rerank ITM_DIR, "
                              f"a BLIP retrieval folder (clipblip export Salesforce/blip-itm-base-coco --out DIR)")
         stored = None
         if like is not None:
@@ -113,7 +114,7 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
         folder = itm_dir if itm_dir is not None else own_model
         family = Manifest.load(folder).family
         if family != "blip":
-            raise WrongModelError(f"{folder}: holds a {family.upper()} model; --rerank needs a BLIP retrieval "
+            raise WrongModelError(f"{folder}: holds a {family_title(family)} model; --rerank needs a BLIP retrieval "
                                   f"folder (clipblip export Salesforce/blip-itm-base-coco --out DIR)")
         itm_engine = open_model(folder, **options)
     match, errors = itm_engine.match([paths[i] for i in candidates], [text], return_errors=True)

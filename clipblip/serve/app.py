@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..engine.items import softmax
+from ..engine.clip import label_probabilities
 from ..errors import ClipblipError
 from .batching import QueueFull, ShuttingDown
 from .errors import ApiError
@@ -110,7 +110,7 @@ class SimilarityBody(ImagesBody):
 
 class ClassifyBody(ImagesBody):
     labels: list[str] = Field(min_length=1)
-    template: str = "a photo of a {}."
+    template: str | None = None  # the model's own prompt (its manifest's prompt_template) when not given
 
 
 class Decoding(BaseModel):
@@ -297,14 +297,16 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
     @v1.post("/classify")
     async def classify(body: ClassifyBody):
         info = model_of(body.model, "embed_image")
-        if info.get("logit_scale") is None:
-            raise ApiError(422, "UnsupportedTask", f"model {body.model!r}: zero-shot classification needs a CLIP model")
-        if "{}" not in body.template:
-            raise ApiError(422, "InvalidRequest", f"template {body.template!r}: must contain '{{}}' where the label goes")
+        if info.get("scoring") is None:
+            raise ApiError(422, "UnsupportedTask", f"model {body.model!r}: zero-shot classification needs a CLIP-like "
+                                                   f"model (CLIP, Chinese-CLIP, SigLIP)")
+        template = info["prompt_template"] if body.template is None else body.template
+        if "{}" not in template:
+            raise ApiError(422, "InvalidRequest", f"template {template!r}: must contain '{{}}' where the label goes")
         image_rows, text_rows = await embeddings(body.model, decode_images(body.images),
-                                                 [body.template.format(label) for label in body.labels])
-        probs = softmax(info["logit_scale"] * (image_rows @ text_rows.T))
-        return {"model": body.model, "results": [
+                                                 [template.format(label) for label in body.labels])
+        probs = label_probabilities(image_rows @ text_rows.T, info["scoring"], info["logit_scale"], info["logit_bias"])
+        return {"model": body.model, "template": template, "scoring": info["scoring"], "results": [
             [{"label": label, "probability": float(p)} for label, p in sorted(zip(body.labels, row), key=lambda lp: -lp[1])]
             for row in probs]}
 

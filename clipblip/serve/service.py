@@ -57,7 +57,7 @@ class ModelService:
         self.engine = engine
         self.family = engine.manifest.family
         self.tasks = list(engine.manifest.tasks)
-        self.embeds = self.family == "clip" or "match" in self.tasks  # BLIP retrieval: its ITC projections
+        self.embeds = "embed" in self.tasks or "match" in self.tasks  # BLIP retrieval: its ITC projections
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/models`` says of this model."""
@@ -67,6 +67,9 @@ class ModelService:
                 "ops": self.ops(), "precision": self.engine.precision, "random_weights": manifest.random_weights,
                 "source": manifest.source.get("model"), "max_batch": self.engine.max_batch,
                 "logit_scale": getattr(self.engine, "logit_scale", None),
+                # zero-shot classification: how a label's probability is made, and the model's own prompt
+                "scoring": getattr(self.engine, "scoring", None), "logit_bias": getattr(self.engine, "logit_bias", None),
+                "prompt_template": getattr(self.engine, "prompt_template", None),
                 "dim": getattr(self.engine, "embed_dim", None) if self.embeds else None,
                 "max_new_tokens": {task: generation.get("default_max_new_tokens")
                                    for task in ("caption", "vqa") if task in self.tasks}}

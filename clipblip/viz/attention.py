@@ -33,9 +33,13 @@ def attention_rollout(attentions: np.ndarray) -> np.ndarray:
     return rollout
 
 
-def class_token_map(weights: np.ndarray, grid: Sequence[int]) -> np.ndarray:
-    """How much the class token (row 0) attends to each patch: (grid_h, grid_w), summing to 1."""
-    patches = np.asarray(weights[0, 1:], dtype=np.float64)
+def class_token_map(weights: np.ndarray, grid: Sequence[int], class_token: bool = True) -> np.ndarray:
+    """How much the class token (row 0) attends to each patch: (grid_h, grid_w), summing to 1.
+
+    Without a class token (SigLIP pools its patches with a learnt probe after the last layer): how much
+    attention each patch receives, averaged over all patches looking.
+    """
+    patches = np.asarray(weights[0, 1:] if class_token else weights.mean(axis=0), dtype=np.float64)
     return (patches / patches.sum()).reshape(grid)
 
 
@@ -112,8 +116,9 @@ def token_attention_figure(attentions: np.ndarray, tokens: Sequence[str], *, lay
 
 def image_attention_figure(view: np.ndarray, attentions: np.ndarray, grid: Sequence[int], *,
                            layer: int | None = None, head: int | str = "mean", rollout: bool = False,
-                           note: str | None = None):
-    """Class-token attention over the patch grid, overlaid on the model's view of the image.
+                           note: str | None = None, class_token: bool = True):
+    """Class-token attention over the patch grid (without a class token: the attention each patch
+    receives), overlaid on the model's view of the image.
 
     ``rollout``: attention rollout across all layers. ``layer``: that layer (one head or the mean).
     Neither: every layer's head mean in a strip, then the rollout.
@@ -121,15 +126,16 @@ def image_attention_figure(view: np.ndarray, attentions: np.ndarray, grid: Seque
     layers = attentions.shape[0]
     panels: list[tuple[str, np.ndarray]] = []
     if rollout:
-        panels.append(("attention rollout (all layers)", class_token_map(attention_rollout(attentions), grid)))
+        panels.append(("attention rollout (all layers)", class_token_map(attention_rollout(attentions), grid, class_token)))
     elif layer is not None:
         if not 0 <= layer < layers:
             raise UsageError(f"layer {layer}: the model has layers 0 to {layers - 1}")
         label = "mean of heads" if head == "mean" else f"head {head}"
-        panels.append((f"layer {layer}, {label}", class_token_map(select_heads(attentions[layer], head), grid)))
+        panels.append((f"layer {layer}, {label}", class_token_map(select_heads(attentions[layer], head), grid, class_token)))
     else:
-        panels += [(f"layer {l}", class_token_map(attentions[l].mean(axis=0), grid)) for l in range(layers)]
-        panels.append(("rollout", class_token_map(attention_rollout(attentions), grid)))
+        panels += [(f"layer {l}", class_token_map(attentions[l].mean(axis=0), grid, class_token))
+                   for l in range(layers)]
+        panels.append(("rollout", class_token_map(attention_rollout(attentions), grid, class_token)))
     columns = min(len(panels) + 1, 7)
     rows = -(-(len(panels) + 1) // columns)
     fig = new_figure(2.3 * columns, 2.5 * rows + 0.4)
@@ -141,7 +147,7 @@ def image_attention_figure(view: np.ndarray, attentions: np.ndarray, grid: Seque
         overlay(ax, view, heat, title)
     for ax in axes[len(panels) + 1:]:
         ax.set_axis_off()
-    heading = "class-token attention over image patches"
+    heading = "class-token attention over image patches" if class_token else "attention each image patch receives"
     fig.suptitle(heading if note is None else f"{heading}\n{note}", fontsize=10,
                  color="black" if note is None else "darkred")
     return fig

@@ -94,7 +94,7 @@ async function start() {
   }
   fillModels("caption-model", (m) => m.ops.includes("caption"));
   fillModels("vqa-model", (m) => m.ops.includes("vqa"));
-  fillModels("clip-model", (m) => m.logit_scale !== null && m.ops.includes("embed_image"));
+  fillModels("clip-model", (m) => m.scoring !== null && m.ops.includes("embed_image"));
   $("search").hidden = !db;
   if (db) {
     $("search-info").textContent = `${db.count} photos indexed by ${db.model} (${db.family})`;
@@ -219,6 +219,7 @@ function lookAt(photo) {
   $("look-image").alt = photo.name;
   for (const id of ["caption", "answer"]) $(id).textContent = "";
   $("probabilities").replaceChildren();
+  $("scoring").textContent = "";
   $("look-similar").hidden = !state.database;
   if (!$("caption-form").hidden) caption().catch(failed("caption"));
   $("look").scrollIntoView({ block: "nearest" });
@@ -259,7 +260,13 @@ async function classify() {
     item.append(name, bar, value);
     return item;
   }));
+  $("scoring").textContent = SCORING[answer.scoring] || answer.scoring;
 }
+
+const SCORING = {
+  softmax: "Softmax over these labels: they share 100%.",
+  sigmoid: "Each label scored on its own (sigmoid): they need not add up to 100%.",
+};
 
 function chosen(file) {
   if (!file || !file.type.startsWith("image/")) {
