@@ -15,6 +15,7 @@ from .manifest import Manifest
 # CLIP and the caption model are exported with attention weights, for the report's attention figures.
 SOURCES: dict[str, tuple[tuple[str, str | None], ...]] = {
     "clip": (("openai/clip-vit-base-patch32", None), ("random:clip-base", None)),
+    "chinese_clip": (("OFA-Sys/chinese-clip-vit-base-patch16", None), ("random:chinese-clip-base", None)),
     "caption": (("Salesforce/blip-image-captioning-base", "caption"), ("random:blip-base", "caption")),
     "vqa": (("Salesforce/blip-vqa-base", "vqa"), ("random:blip-base", "vqa")),
     "itm": (("Salesforce/blip-itm-base-coco", "itm"), ("random:blip-base", "itm")),
@@ -24,9 +25,10 @@ LABELS = ("woman in a naval uniform", "man in a suit", "cat", "dog", "blue gift 
 TEXTS = ("a portrait of a woman in uniform", "a blue box of coloured pencils", "a photo of a cat")
 CAPTION_PROMPT = "a picture of"
 QUESTION = "what is in the picture?"
+CHINESE_LABELS = ("猫", "狗", "汽车", "穿制服的女人", "蓝色的礼盒")  # cat, dog, car, woman in uniform, blue gift box
 WITH_ATTENTIONS = ("clip", "caption")
 MARKER = ".clipblip-demo"  # marks a folder the demo wrote, so that a later run may write into it again
-STAGES = 14  # timed stages of a run (exports, loads, runs), for the progress bar; the report is the last
+STAGES = 17  # timed stages of a run (exports, loads, runs), for the progress bar; the report is the last
 
 
 def prepare_folder(out: Path) -> None:
@@ -141,6 +143,33 @@ def run_clip(out: Path, photos: list[Path], timer: Timer, say, provider: str, th
     }
 
 
+def run_chinese_clip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None,
+                     sections: list) -> dict:
+    """Zero-shot classification with Chinese labels, in Chinese-CLIP's own prompt."""
+    from . import viz
+    from .engine import ChineseClipEngine
+
+    folder = out / "models" / "chinese_clip"
+    manifest = timer("chinese-clip export", lambda: ensure_export("chinese_clip", folder, say))
+    engine = timer("chinese-clip load", lambda: ChineseClipEngine.from_dir(folder, provider=provider, threads=threads))
+    ranked = timer("chinese-clip classify", lambda: engine.classify(photos, CHINESE_LABELS))
+    note = viz.RANDOM_WEIGHTS_NOTE if manifest.random_weights else None
+    views = [engine.preprocess.view(p) for p in photos]
+    sections.append(viz.report.Section(
+        f"Chinese-CLIP ({manifest.source['model']})",
+        [f"{p.name}: " + ", ".join(f"{l} {pr:.1%}" for l, pr in r[:3]) for p, r in zip(photos, ranked)],
+        [(f"Zero-shot classification with Chinese labels, template {engine.prompt_template!r} (softmax over the "
+          f"labels)", viz.topk_bars(views, ranked, note=note))],
+    ))
+    return {
+        "model": manifest.source["model"],
+        "random_weights": manifest.random_weights,
+        "template": engine.prompt_template,
+        "classify": [{"image": p.name, "labels": [{"label": l, "probability": pr} for l, pr in r]}
+                     for p, r in zip(photos, ranked)],
+    }
+
+
 def run_blip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None,
              sections: list) -> dict:
     from . import viz
@@ -203,7 +232,9 @@ def summary(results: dict) -> list[str]:
 
     clip, blip = results["clip"], results["blip"]
     lines = ["# clipblip demo", ""]
-    models = [("CLIP", clip["model"], clip["random_weights"])] + [
+    chinese = results["chinese_clip"]
+    models = [("CLIP", clip["model"], clip["random_weights"]),
+              ("Chinese-CLIP", chinese["model"], chinese["random_weights"])] + [
         (f"BLIP {task}", s["model"], s["random_weights"]) for task, s in blip["sources"].items()]
     for label, model, random_weights in models:
         lines.append(f"- {label}: `{model}`" + (" — **RANDOM WEIGHTS**" if random_weights else ""))
@@ -213,7 +244,12 @@ def summary(results: dict) -> list[str]:
     for item in clip["classify"]:
         lines.append(f"- **{item['image']}**: " + ", ".join(
             f"{l['label']} {l['probability']:.1%}" for l in item["labels"][:3]))
-    lines += ["", "![CLIP similarity](clip_similarity.png)", "", "## BLIP captions", ""]
+    lines += ["", "![CLIP similarity](clip_similarity.png)", "",
+              f"## Chinese-CLIP zero-shot classification (template: `{chinese['template']}`)", ""]
+    for item in chinese["classify"]:
+        lines.append(f"- **{item['image']}**: " + ", ".join(
+            f"{l['label']} {l['probability']:.1%}" for l in item["labels"][:3]))
+    lines += ["", "## BLIP captions", ""]
     for plain, prompted in zip(blip["captions"], blip["prompted_captions"]["results"]):
         lines.append(f"- **{plain['image']}**: {plain['text']!r}; with the prompt: {prompted['text']!r}")
     lines += ["", f"## BLIP VQA: “{blip['vqa']['question']}”", ""]
@@ -239,15 +275,16 @@ def run_demo(out: Path, progress: Callable[[str], None], provider: str = "auto",
           viz.toy_attention_figure())])]
     results = {
         "clip": run_clip(out, photos, timer, progress, provider, threads, sections),
+        "chinese_clip": run_chinese_clip(out, photos, timer, progress, provider, threads, sections),
         "blip": run_blip(out, photos, timer, progress, provider, threads, sections),
         "timings_s": timer.seconds,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     lines = summary(results)
     (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    sources = {"CLIP": results["clip"]["model"], **{f"BLIP {t}": s["model"]
+    sources = {"CLIP": results["clip"]["model"], "Chinese-CLIP": results["chinese_clip"]["model"], **{f"BLIP {t}": s["model"]
                                                     for t, s in results["blip"]["sources"].items()}}
-    random_weights = results["clip"]["random_weights"] or any(
+    random_weights = results["clip"]["random_weights"] or results["chinese_clip"]["random_weights"] or any(
         s["random_weights"] for s in results["blip"]["sources"].values())
     viz.report.write_report(out / "report.html", title="clipblip demo", sources=sources,
                             random_weights=random_weights, sections=sections, timings=timer.seconds)

@@ -40,6 +40,7 @@ GENERATION_CAP = 8  # max_new_tokens in the parity tests
 # The demo's model sources swapped for tiny random presets (the real demo falls back to the *-base presets).
 TINY_SOURCES = {
     "clip": (("nobody/not-cached-clip", None), ("random:clip-tiny", None)),
+    "chinese_clip": (("random:chinese-clip-tiny", None),),
     "caption": (("random:blip-tiny", "caption"),),
     "vqa": (("random:blip-tiny", "vqa"),),
     "itm": (("random:blip-tiny", "itm"),),

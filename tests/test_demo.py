@@ -13,6 +13,9 @@ def test_demo_writes_results_with_the_random_banner(monkeypatch, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["clip"]["random_weights"] is True and results["clip"]["model"] == "random:clip-tiny"
     assert [r["image"] for r in results["clip"]["classify"]] == list(demo.PHOTOS)
+    chinese = results["chinese_clip"]
+    assert chinese["random_weights"] is True and chinese["template"] == "一张{}的照片。"
+    assert [sorted(l["label"] for l in r["labels"]) for r in chinese["classify"]] == [sorted(demo.CHINESE_LABELS)] * 2
     blip = results["blip"]
     assert all(s["random_weights"] for s in blip["sources"].values())
     assert [c["image"] for c in blip["captions"]] == list(demo.PHOTOS) and blip["captions"][0]["token_ids"]
@@ -20,11 +23,12 @@ def test_demo_writes_results_with_the_random_banner(monkeypatch, tmp_path):
     assert len(blip["vqa"]["results"]) == 2 and len(blip["match"]["itm"]) == 2
     readme = (tmp_path / "README.md").read_text()
     assert "RANDOM WEIGHTS" in readme and "BLIP captions" in readme and "Timings" in readme
+    assert "Chinese-CLIP: `random:chinese-clip-tiny` — **RANDOM WEIGHTS**" in readme and "穿制服的女人" in readme
     for png in ("clip_similarity.png", "blip_match.png"):
         assert (tmp_path / png).stat().st_size > 0
     assert any("nobody/not-cached-clip unavailable" in m for m in messages)
     demo.run_demo(tmp_path, progress=messages.append)  # a second run reuses the exports
-    assert sum("reusing" in m for m in messages) == 4
+    assert sum("reusing" in m for m in messages) == 5
 
 
 @pytest.mark.slow
