@@ -40,6 +40,7 @@ test-all: $(STAMP) browser qemu
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out bench-output
+	$(PY) benchmarks/clip_families.py --out bench-output/families
 	$(PY) benchmarks/blip_caption.py
 	$(PY) benchmarks/blip_beam.py
 
