@@ -102,6 +102,13 @@ class Family:
 _DUAL_GRAPHS = ("image_tower", "text_tower")
 
 
+def _tiny_towers(text: dict | None = None, **model: Any) -> dict[str, Any]:
+    """Config kwargs of a test preset: 2-layer, 32-wide towers on 32x32 images in 8-pixel patches."""
+    layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    return {"text_config": {**layers, **(text or {})},
+            "vision_config": {**layers, "image_size": 32, "patch_size": 8}, **model}
+
+
 def _dual_encoder_tasks(model_class: str, example: str) -> tuple[Task, ...]:
     """embed, similarity and classify: what every CLIP-like family does with its two towers."""
     return tuple(Task(name, None, model_class, _DUAL_GRAPHS, example) for name in ("embed", "similarity", "classify"))
@@ -120,13 +127,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         presets=(
             Preset("clip-base", "ViT-B/32 with the 12-layer 512-wide text tower: openai/clip-vit-base-patch32's "
                                 "architecture", {}),
-            Preset("clip-tiny", "2-layer, 32-wide towers on 32x32 images: for tests", {
-                "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                "num_attention_heads": 2},
-                "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                  "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-                "projection_dim": 16,
-            }),
+            Preset("clip-tiny", "2-layer, 32-wide towers on 32x32 images: for tests", _tiny_towers(projection_dim=16)),
         ),
     ),
     Family(
@@ -145,13 +146,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                 "text_config": {"vocab_size": 21128},
                 "projection_dim": 512,
             }),
-            Preset("chinese-clip-tiny", "2-layer, 32-wide towers on 32x32 images: for tests", {
-                "text_config": {"vocab_size": 21128, "hidden_size": 32, "intermediate_size": 64,
-                                "num_hidden_layers": 2, "num_attention_heads": 2},
-                "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                  "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-                "projection_dim": 16,
-            }),
+            Preset("chinese-clip-tiny", "2-layer, 32-wide towers on 32x32 images: for tests",
+                   _tiny_towers({"vocab_size": 21128}, projection_dim=16)),
         ),
     ),
     Family(
@@ -169,12 +165,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                 "text_config": {"vocab_size": 32000},
                 "vision_config": {"patch_size": 16},
             }),
-            Preset("siglip-tiny", "2-layer, 32-wide towers on 32x32 images, 16 tokens: for tests", {
-                "text_config": {"vocab_size": 4000, "hidden_size": 32, "intermediate_size": 64,
-                                "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 16},
-                "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                  "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-            }),
+            Preset("siglip-tiny", "2-layer, 32-wide towers on 32x32 images, 16 tokens: for tests",
+                   _tiny_towers({"vocab_size": 4000, "max_position_embeddings": 16})),
         ),
     ),
     Family(

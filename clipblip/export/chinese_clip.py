@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 
 from .. import families
 from . import checkpoint
 from .checkpoint import SourceModel
-from .clip import ClipImageTower, manifest_sections, model_facts, tower_specs  # noqa: F401  (the same sections)
+# the manifest sections and facts are CLIP's
+from .clip import ClipImageTower, ClipTextTower, manifest_sections, model_facts, tower_specs  # noqa: F401
 from .specs import GraphSpec
 from .vocab import chinese_bert_tokenizer
 
@@ -21,17 +21,11 @@ FAMILY = "chinese_clip"
 CONTEXT_LENGTH = 52  # cn_clip's text context (its checkpoints' position table is longer: 512)
 
 
-class ChineseClipTextTower(nn.Module):
+class ChineseClipTextTower(ClipTextTower):
     """input_ids, attention_mask → projected embedding of [CLS] [, attention weights].
 
     A single text has token type 0 everywhere, which BERT's embeddings use when none are given.
     """
-
-    def __init__(self, model: nn.Module, attentions: bool = False):
-        super().__init__()
-        self.text_model = model.text_model
-        self.text_projection = model.text_projection
-        self.attentions = attentions
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=self.attentions)
@@ -42,7 +36,7 @@ class ChineseClipTextTower(nn.Module):
 def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec]:
     # BERT's ids are ordinary below the vocabulary size; fused as BERT ("bert" patterns) for the text side
     return tower_specs(source, ClipImageTower(source.model, attentions), ChineseClipTextTower(source.model, attentions),
-                       attentions, fusion_type=None)
+                       attentions, fusion_types=("clip", "bert"))
 
 
 def load_pretrained(ref: str, task: str | None, architectures: list[str] | None, local_only: bool,

@@ -15,7 +15,7 @@ from .checkpoint import SourceModel
 from .specs import GraphSpec, TensorSpec
 from .vocab import clip_tokenizer
 
-__all__ = ["ClipImageTower", "ClipTextTower", "attention_outputs", "graph_specs", "manifest_sections", "model_facts",
+__all__ = ["ClipImageTower", "ClipTextTower", "attention_outputs", "tower_specs", "tower_facts", "graph_specs", "manifest_sections", "model_facts",
            "load_pretrained", "build_random"]
 
 FAMILY = "clip"
@@ -58,9 +58,12 @@ def attention_outputs(layers: int, heads: int, query_axis, key_axis, prefix: str
 
 
 def token_batch(
-    sizes: dict[str, int], generator: torch.Generator, *, high: int, bos_id: int, eos_id: int, pad_id: int
+    sizes: dict[str, int], generator: torch.Generator, *, high: int, bos_id: int, eos_id: int, pad_id: int,
+    padding_side: str = "right",
 ) -> dict[str, torch.Tensor]:
-    """Random token rows (ids below ``high``) of varied lengths: [bos] ... [eos], then padding (mask 0)."""
+    """Random token rows (ids below ``high``) of varied lengths: [bos] ... [eos], padded (mask 0) on the
+    tokenizer's side, as the engine will feed them: a graph checked on right padding alone could be wrong
+    on left padding (ONNX Runtime's BERT attention fusion is)."""
     batch, seq = sizes["batch"], sizes["sequence"]
     input_ids = torch.randint(0, high, (batch, seq), generator=generator, dtype=torch.int64)
     attention_mask = torch.zeros(batch, seq, dtype=torch.int64)
@@ -70,6 +73,9 @@ def token_batch(
         input_ids[row, length - 1] = eos_id
         input_ids[row, length:] = pad_id
         attention_mask[row, :length] = 1
+        if padding_side == "left":
+            input_ids[row] = input_ids[row].roll(seq - length)
+            attention_mask[row] = attention_mask[row].roll(seq - length)
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
@@ -77,13 +83,14 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
     tok = tokenizer_facts(source)
     # ids below bos/eos: checkpoints with the legacy eos_token_id=2 pool at the highest id
     return tower_specs(source, ClipImageTower(source.model, attentions), ClipTextTower(source.model, attentions),
-                       attentions, fusion_type="clip", ids_below=min(tok["bos_id"], tok["eos_id"]))
+                       attentions, fusion_types=("clip", "clip"), ids_below=min(tok["bos_id"], tok["eos_id"]))
 
 
 def tower_specs(source: SourceModel, image_tower: nn.Module, text_tower: nn.Module, attentions: bool,
-                fusion_type: str | None, ids_below: int | None = None) -> list[GraphSpec]:
+                fusion_types: tuple[str | None, str | None], ids_below: int | None = None) -> list[GraphSpec]:
     """The image and text tower graphs of a CLIP-like model (CLIP, Chinese-CLIP, SigLIP): each tower
-    maps its input to the projected, unnormalised embedding; ``model_facts`` of the family gives sizes."""
+    maps its input to the projected, unnormalised embedding; ``model_facts`` of the family gives sizes.
+    ``fusion_types``: ONNX Runtime's optimizer model type for the (image, text) tower, or None."""
     model = source.model
     vision, text = model.config.vision_config, model.config.text_config
     sections = families.load_exporter(source.family).manifest_sections(source)
@@ -101,11 +108,11 @@ def tower_specs(source: SourceModel, image_tower: nn.Module, text_tower: nn.Modu
 
     def text_sample(sizes, generator):
         return token_batch(sizes, generator, high=ids_below or text.vocab_size, bos_id=tok["bos_id"],
-                           eos_id=tok["eos_id"], pad_id=tok["pad_id"])
+                           eos_id=tok["eos_id"], pad_id=tok["pad_id"], padding_side=tok["padding_side"])
 
-    def fusion(config):
-        return fusion_type and {"model_type": fusion_type, "num_heads": config.num_attention_heads,
-                                "hidden_size": config.hidden_size}
+    def fusion(config, model_type):
+        return model_type and {"model_type": model_type, "num_heads": config.num_attention_heads,
+                               "hidden_size": config.hidden_size}
 
     max_len = tok["max_length"]
     return [
@@ -118,7 +125,7 @@ def tower_specs(source: SourceModel, image_tower: nn.Module, text_tower: nn.Modu
             trace_sizes={"batch": 2},
             check_sizes=({"batch": 1}, {"batch": 3}),
             gate_sizes=({"batch": 2},),  # stored in the folder: 2 x 3 x 224 x 224 float16 = 0.6 MB on ViT-B/32
-            fusion=fusion(vision) or None,
+            fusion=fusion(vision, fusion_types[0]) or None,
             gate={"image_embeds": 0.999},
         ),
         GraphSpec(
@@ -136,7 +143,7 @@ def tower_specs(source: SourceModel, image_tower: nn.Module, text_tower: nn.Modu
                 {"batch": 3, "sequence": max_len},
                 {"batch": 4, "sequence": min(12, max_len)},
             ),
-            fusion=fusion(text) or None,
+            fusion=fusion(text, fusion_types[1]) or None,
             gate={"text_embeds": 0.999},
         ),
     ]
@@ -197,16 +204,20 @@ def tokenizer_facts(source: SourceModel, padding: str = "longest") -> dict[str, 
 
 
 def model_facts(source: SourceModel) -> dict[str, Any]:
-    model = source.model
+    return tower_facts(source.model, embed_dim=source.model.config.projection_dim, class_token=True)
+
+
+def tower_facts(model: nn.Module, embed_dim: int, class_token: bool) -> dict[str, Any]:
+    """logit_scale, the embedding width and the image grid; image tokens = the patches (+ the class token)."""
     vision = model.config.vision_config
     grid = vision.image_size // vision.patch_size
     return {
         "logit_scale": float(model.logit_scale.detach().exp()),
-        "embed_dim": int(model.config.projection_dim),
+        "embed_dim": int(embed_dim),
         "image_size": int(vision.image_size),
         "patch_grid": [grid, grid],
-        "class_token": True,  # image tokens = 1 (class) + grid
-        "image_tokens": grid * grid + 1,
+        "class_token": class_token,
+        "image_tokens": grid * grid + int(class_token),
     }
 
 

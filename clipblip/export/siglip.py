@@ -20,7 +20,7 @@ from torch import nn
 from .. import families
 from . import checkpoint
 from .checkpoint import SourceModel
-from .clip import dual_encoder_sections, tokenizer_facts, tower_specs
+from .clip import dual_encoder_sections, tokenizer_facts, tower_facts, tower_specs
 from .specs import GraphSpec
 from .vocab import siglip_tokenizer
 
@@ -58,22 +58,13 @@ class SiglipTextTower(nn.Module):
 
 def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec]:
     return tower_specs(source, SiglipImageTower(source.model, attentions), SiglipTextTower(source.model, attentions),
-                       attentions, fusion_type=None)
+                       attentions, fusion_types=("clip", "bert"))
 
 
 def model_facts(source: SourceModel) -> dict[str, Any]:
-    model = source.model
-    vision = model.config.vision_config
-    grid = vision.image_size // vision.patch_size
-    return {
-        "logit_scale": float(model.logit_scale.detach().exp()),
-        "logit_bias": float(model.logit_bias.detach()),
-        "embed_dim": int(vision.hidden_size),
-        "image_size": int(vision.image_size),
-        "patch_grid": [grid, grid],
-        "class_token": False,  # image tokens = the patches; a learnt probe pools them
-        "image_tokens": grid * grid,
-    }
+    model = source.model  # no class token: a learnt probe pools the patches
+    return {**tower_facts(model, embed_dim=model.config.vision_config.hidden_size, class_token=False),
+            "logit_bias": float(model.logit_bias.detach())}
 
 
 def manifest_sections(source: SourceModel) -> dict[str, Any]:

@@ -196,6 +196,7 @@ def test_looking_at_a_result_captions_answers_and_labels_as_the_engines_do(page,
     for i, (label, probability) in enumerate(ranked):
         assert rows.nth(i).locator(".label").text_content() == label
         assert float(rows.nth(i).locator("progress").get_attribute("value")) == pytest.approx(probability, abs=1e-4)
+    expect(page.locator("#scoring")).to_contain_text("Softmax over these labels")  # the page says how it scores
     assert any(re.search(r"/v1/photos/[0-9a-f]{64}$", url) for url in page.requests)  # the original, asked for
 
     shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
