@@ -102,6 +102,10 @@ class Family:
 _DUAL_GRAPHS = ("image_tower", "text_tower")
 
 
+# the SentencePiece ids of SigLIP's tokenizer (transformers' defaults, 49406/49407, are CLIP's, outside its vocabulary)
+_SIGLIP_TEXT_IDS = {"vocab_size": 32000, "pad_token_id": 1, "eos_token_id": 1, "bos_token_id": None}
+
+
 def _tiny_towers(text: dict | None = None, **model: Any) -> dict[str, Any]:
     """Config kwargs of a test preset: 2-layer, 32-wide towers on 32x32 images in 8-pixel patches."""
     layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
@@ -162,11 +166,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         presets=(
             Preset("siglip-base", "google/siglip-base-patch16-224's architecture: ViT-B/16 at 224 with attention "
                                   "pooling, 12-layer 768-wide text tower over 64 tokens", {
-                "text_config": {"vocab_size": 32000},
+                "text_config": _SIGLIP_TEXT_IDS,
                 "vision_config": {"patch_size": 16},
             }),
             Preset("siglip-tiny", "2-layer, 32-wide towers on 32x32 images, 16 tokens: for tests",
-                   _tiny_towers({"vocab_size": 4000, "max_position_embeddings": 16})),
+                   _tiny_towers({**_SIGLIP_TEXT_IDS, "vocab_size": 4000, "max_position_embeddings": 16})),
         ),
     ),
     Family(

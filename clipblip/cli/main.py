@@ -24,7 +24,7 @@ IMAGES_HELP = "image files, folders (searched recursively for image files) or qu
 # the extra that installs each optional top-level package (`pip install clipblip[EXTRA]`)
 EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "safetensors": "export",
           "matplotlib": "viz", "onnxruntime": "cpu", "fastapi": "serve", "uvicorn": "serve",
-          "prometheus_client": "serve", "ray": "ray", "yaml": "ray"}
+          "prometheus_client": "serve", "ray": "ray", "yaml": "ray", "pyarrow": "ray"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -238,6 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", required=True, metavar="DB", help="the database file (created if missing), e.g. photos.db")
     runtime_options(p, "images embedded and committed per batch")
     p.add_argument("--json", action="store_true", help="print what the run did as one JSON document")
+    ray = p.add_argument_group("on Ray Data (the `ray` extra); the model folder and the images must be readable at "
+                               "the same absolute paths on every node")
+    ray.add_argument("--ray", action="store_true", help="embed on an actor pool of Ray Data; this process decides "
+                                                        "what to embed and writes the database")
+    ray.add_argument("--ray-address", default=None, help="the cluster to join (default: RAY_ADDRESS, else a local "
+                                                         "cluster of WORKERS x THREADS CPUs)")
+    ray.add_argument("--workers", type=int, default=1, help="engines in the pool, each loads the folder once "
+                                                            "(default 1); --threads is each one's CPUs")
+    ray.add_argument("--emit-job", metavar="FILE.yaml", default=None,
+                     help="write a KubeRay RayJob that runs this index with --ray on a cluster, and exit")
+    ray.add_argument("--job-image", default="clipblip:latest", help="with --emit-job: the container image (clipblip "
+                                                                   "with the `ray` extra; default clipblip:latest)")
+    ray.add_argument("--job-volume-claim", default="clipblip-data",
+                     help="with --emit-job: the PersistentVolumeClaim that holds the folder, images and database")
+    ray.add_argument("--job-mount", default="/data", help="with --emit-job: where every pod mounts it (default /data)")
+    ray.add_argument("--force", action="store_true", help="with --emit-job: replace a job file clipblip wrote before")
     p.set_defaults(run=cmd_index)
 
     p = command(sub, "search", help="the images of a search database nearest to a text or an image")

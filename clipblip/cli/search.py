@@ -11,16 +11,31 @@ from .progress import ProgressBar
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from ..manifest import Manifest
     from ..search.indexer import Indexer
 
-    indexer = Indexer(args.db, args.model_dir, max_batch=args.max_batch, provider=args.provider,
-                      threads=args.threads, max_image_pixels=args.max_image_pixels)
+    ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--workers", args.workers != 1))
+                if value]
+    if ray_only and not args.ray and args.emit_job is None:
+        from ..errors import UsageError
+
+        raise UsageError(f"{ray_only[0]}: only with --ray (or --emit-job)")
+    if args.emit_job is not None:
+        return emit_job(args)
+    options = dict(max_batch=args.max_batch, provider=args.provider, threads=args.threads,
+                   max_image_pixels=args.max_image_pixels)
+    if args.ray:
+        from ..search.ray_index import RayIndexer
+
+        indexer = RayIndexer(args.db, args.model_dir, workers=args.workers, address=args.ray_address, **options)
+    else:
+        indexer = Indexer(args.db, args.model_dir, **options)
     with ProgressBar(0, "index") as bar:
         try:
             report = indexer.run(args.paths, progress=lambda done, total: bar.update(done, total))
         except KeyboardInterrupt:
             report = indexer.report
-    if indexer.engine is not None and indexer.engine.manifest.random_weights:
+    if Manifest.load(args.model_dir).random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     if args.json:
         print_json({**report.to_dict(), **({"interrupted": True} if report.interrupted else {})})
@@ -34,6 +49,36 @@ def cmd_index(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     return PartialFailure.exit_code if report.failed else 0
+
+
+def emit_job(args: argparse.Namespace) -> int:
+    """Write the KubeRay RayJob of this index (paths as the pods see them, under --job-mount)."""
+    import posixpath
+
+    import yaml
+
+    from .. import __version__
+    from ..errors import UsageError
+    from ..files import atomic_output
+    from ..search.ray_index import rayjob_manifest
+
+    mount = args.job_mount.rstrip("/") or "/"
+    for name, path in [("DIR", args.model_dir), ("--db", args.db), *(("PATH", p) for p in args.paths)]:
+        if not posixpath.isabs(path) or not posixpath.normpath(path).startswith(mount + "/"):
+            raise UsageError(f"{name} {path}: with --emit-job, give the path the pods see, under --job-mount {mount}")
+    import ray
+
+    job = rayjob_manifest(args.model_dir, args.paths, args.db, name="clipblip-index", image=args.job_image,
+                          workers=args.workers, threads=args.threads or 1, volume_claim=args.job_volume_claim,
+                          mount=mount, ray_version=ray.__version__)
+    header = (f"# written by clipblip {__version__}: a KubeRay RayJob; `kubectl apply -f {args.emit_job}` creates a "
+              f"Ray cluster,\n# runs this index on it, and deletes the cluster when it ends. The image must hold "
+              f"clipblip with the `ray` extra;\n# the claim {args.job_volume_claim!r} must hold the model folder, the "
+              f"images and the database at these paths.\n")
+    with atomic_output(args.emit_job, args.force) as tmp:
+        tmp.write_text(header + yaml.safe_dump(job, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    print(f"wrote {args.emit_job}", file=sys.stderr)
+    return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:

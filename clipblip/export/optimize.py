@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import logging
 import os
 import warnings
@@ -83,9 +86,14 @@ def fuse_graph(spec: GraphSpec, path: Path) -> dict[str, Any]:
     if spec.fusion is None:
         return {"applied": False, "reason": "no fusion pattern for this graph"}
     fused_path = path.with_name(path.stem + ".fused.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = optimizer.optimize_model(str(path), opt_level=0, **spec.fusion)
+    # the optimizer's notes on shape inference (logged under top-level module names) and prints are not ours
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            model = optimizer.optimize_model(str(path), opt_level=0, **spec.fusion)
+    finally:
+        logging.disable(logging.NOTSET)
     counts = Counter(node.op_type for node in model.model.graph.node)
     model.save_model_to_file(str(fused_path))
     record = {"applied": True, **spec.fusion, "fused": {op: counts[op] for op in FUSED_OPS if counts[op]}}

@@ -195,21 +195,28 @@ class Indexer:
                 else:
                     candidates.append((path, st))
             store.commit()
-            if candidates and self.engine is None:
-                self.engine = open_model(self.model_dir, max_batch=self.max_batch, **self.engine_options)
-            done = 0
             try:
-                for batch in (candidates[part] for part in batches(len(candidates), self.max_batch)):
-                    self.index_batch(store, known, batch)
-                    store.commit()
-                    done += len(batch)
-                    if progress is not None:
-                        progress(done, len(candidates))
+                if candidates:
+                    self.embed_changed(store, known, candidates, progress)
             except KeyboardInterrupt:
                 store.connection.rollback()
                 self.report.interrupted = True
                 raise
         return self.report
+
+    def embed_changed(self, store: Store, known: dict[str, Entry], candidates: list,
+                      progress: Callable[[int, int], None] | None) -> None:
+        """Hash and embed the files whose size or mtime changed, committing batch by batch (in this process;
+        :class:`clipblip.search.ray_index.RayIndexer` does it on Ray Data)."""
+        if self.engine is None:
+            self.engine = open_model(self.model_dir, max_batch=self.max_batch, **self.engine_options)
+        done = 0
+        for batch in (candidates[part] for part in batches(len(candidates), self.max_batch)):
+            self.index_batch(store, known, batch)
+            store.commit()
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(candidates))
 
     def index_batch(self, store: Store, known: dict[str, Entry], batch: list) -> None:
         to_embed: list[Entry] = []

@@ -1,0 +1,150 @@
+"""Indexing throughput: one process against Ray Data with 1 and 2 workers, on the same photos and cores.
+
+    python benchmarks/index_ray.py [--images 240] [--model random:clip-base] [--precision int8] [--out DIR]
+
+A collection of --images photo-sized JPEGs (crops of matplotlib's sample photos at 640 × 480, each
+different) is indexed into a fresh database by: one process (2 engine threads); Ray with 1 worker of 2
+threads; Ray with 2 workers of 1 thread (the 2 cores never oversubscribed). Ray's cluster start is timed
+apart from the run. Also timed, in this process: the engine alone on the same files (read, decode, embed)
+and the driver alone (committing rows to SQLite), which give the fraction of a run outside the engine
+and, from it, what N nodes would give (benchmarks/README.md). Writes results.json and results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from common import cpu_class, cpu_flags, cpu_name  # benchmarks/common.py
+
+
+def collection(root: Path, count: int) -> list[Path]:
+    from matplotlib import cbook
+
+    photos = [Image.open(cbook.get_sample_data(name, asfileobj=False)).convert("RGB").resize((800, 600))
+              for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")]
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        x, y = (i * 7) % 160, (i * 13) % 120
+        path = root / f"photo_{i:05d}.jpg"
+        photos[i % 2].crop((x, y, x + 640, y + 480)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=240)
+    parser.add_argument("--model", default="random:clip-base")
+    parser.add_argument("--precision", default="int8")
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--out", default="bench-output/index-ray")
+    parser.add_argument("--work", default=None, help="keep the export and photos here, and reuse them")
+    args = parser.parse_args(argv)
+
+    import ray
+
+    from clipblip.export import export_model
+    from clipblip.search import index_paths
+    from clipblip.search.indexer import open_model
+    from clipblip.search.ray_index import RayIndexer
+    from clipblip.search.store import Entry, Meta, Store
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    with (nullcontext(args.work) if args.work else tempfile.TemporaryDirectory()) as tmp:
+        tmp = Path(tmp)
+        model = tmp / f"model-{args.precision}"
+        if not (model / "manifest.json").exists():
+            print(f"exporting {args.model} {args.precision}", file=sys.stderr, flush=True)
+            export_model(args.model, model, precision=args.precision)
+        photos = tmp / "photos"
+        paths = sorted(photos.glob("*.jpg")) if photos.is_dir() else []
+        if len(paths) != args.images:
+            shutil.rmtree(photos, ignore_errors=True)
+            paths = collection(photos, args.images)
+        n = len(paths)
+
+        def fresh(name: str) -> Path:
+            db = tmp / f"{name}.db"
+            db.unlink(missing_ok=True)
+            return db
+
+        # the engine alone, in this process: read + decode + embed, batch by batch (warm)
+        engine = open_model(model, threads=2, max_batch=args.max_batch)
+        engine.embed_images([str(p) for p in paths[: args.max_batch]])
+        engine_s = timed(lambda: [engine.embed_images([str(p) for p in paths[i:i + args.max_batch]])
+                                  for i in range(0, n, args.max_batch)])
+        vectors = engine.embed_images([str(p) for p in paths[: args.max_batch]])
+        del engine
+
+        # the driver alone: committing n rows, batch by batch
+        def commits():
+            with Store.create(fresh("commits"), Meta(str(model), "0" * 64, "clip", vectors.shape[1])) as store:
+                for i in range(0, n, args.max_batch):
+                    for j, p in enumerate(paths[i:i + args.max_batch]):
+                        store.put(Entry(str(p), 1, 1, f"{i + j:064x}"), vectors[j % len(vectors)])
+                    store.commit()
+        driver_s = timed(commits)
+
+        print("timing one process", file=sys.stderr, flush=True)
+        single_s = timed(lambda: index_paths(fresh("single"), model, [photos], threads=2, max_batch=args.max_batch))
+        results["one process, 2 threads"] = {"seconds": single_s, "images_per_s": n / single_s}
+        for workers, threads in ((1, 2), (2, 1)):
+            print(f"timing Ray, {workers} worker(s) x {threads} thread(s)", file=sys.stderr, flush=True)
+            start_s = timed(lambda: ray.init(address="local", num_cpus=workers * threads, include_dashboard=False,
+                                             logging_level="ERROR", log_to_driver=False))
+            try:
+                run_s = timed(lambda: RayIndexer(fresh(f"ray{workers}"), model, workers=workers, threads=threads,
+                                                 max_batch=args.max_batch).run([str(photos)]))
+            finally:
+                ray.shutdown()
+            results[f"Ray, {workers} worker(s) x {threads} thread(s)"] = {
+                "seconds": run_s, "images_per_s": n / run_s, "cluster_start_s": start_s,
+                "with_start_images_per_s": n / (run_s + start_s)}
+    ray_one = results["Ray, 1 worker(s) x 2 thread(s)"]["seconds"]
+    report = {
+        "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cpu_class": cpu_class(), "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(), "ray": ray.__version__, "model": f"{args.model} {args.precision}", "images": n,
+        "image_size": "640x480 JPEG", "max_batch": args.max_batch, "runs": results,
+        "engine_alone_s": engine_s, "engine_alone_images_per_s": n / engine_s, "driver_commits_s": driver_s,
+        "ray_overhead_ms_per_image": 1000 * (ray_one - single_s) / n,
+        "outside_engine_fraction_single": 1 - engine_s / single_s,
+    }
+    lines = [f"# Indexing on Ray Data ({report['date']})", "",
+             f"{report['cpu']} ({report['cpu_class']}; {', '.join(report['cpu_flags'])}), {report['cores']} cores; "
+             f"Ray {report['ray']}; {report['model']}; {n} photos of 640 × 480; batches of {args.max_batch}.", "",
+             "| run | images/s | seconds | cluster start s |", "|---|---|---|---|"]
+    for name, run in results.items():
+        lines.append(f"| {name} | {run['images_per_s']:.1f} | {run['seconds']:.1f} | "
+                     f"{run.get('cluster_start_s', float('nan')):.1f} |")
+    lines += ["", f"- engine alone (read, decode, embed; 2 threads): {n / engine_s:.1f} images/s",
+              f"- driver alone (SQLite commits): {1000 * driver_s / n:.2f} ms an image",
+              f"- Ray's overhead (1 worker x 2 threads against one process): "
+              f"{report['ray_overhead_ms_per_image']:.1f} ms an image",
+              f"- one process, time outside the engine: {100 * report['outside_engine_fraction_single']:.0f} %"]
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return report
+
+
+if __name__ == "__main__":
+    main()
