@@ -288,6 +288,28 @@ def int8_folders(tmp_path_factory) -> dict[str, Path]:
     return {"clip": root / "clip", "blip": root / "blip"}
 
 
+@dataclass
+class TinyDemo:
+    out: Path  # the demo's folder (report.html, results.json, README.md...)
+    messages: list  # what it said
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> TinyDemo:
+    """One `clipblip demo` run on the tiny presets (the real demo falls back to the *-base presets)."""
+    from clipblip import demo
+    from tests.helpers import TINY_SOURCES
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(demo, "SOURCES", TINY_SOURCES)
+    out, messages = tmp_path_factory.mktemp("demo"), []
+    try:
+        demo.run_demo(out, progress=messages.append)
+    finally:
+        monkeypatch.undo()
+    return TinyDemo(out, messages)
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's headless Chromium (the report and the page are checked in it)."""

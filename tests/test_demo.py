@@ -6,10 +6,9 @@ from clipblip import demo
 from tests.helpers import TINY_SOURCES
 
 
-def test_demo_writes_results_with_the_random_banner(monkeypatch, tmp_path):
+def test_demo_writes_results_with_the_random_banner(tiny_demo, monkeypatch):
     monkeypatch.setattr(demo, "SOURCES", TINY_SOURCES)  # the real demo falls back to the *-base presets
-    messages = []
-    demo.run_demo(tmp_path, progress=messages.append)
+    tmp_path, messages = tiny_demo.out, list(tiny_demo.messages)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["clip"]["random_weights"] is True and results["clip"]["model"] == "random:clip-tiny"
     assert [r["image"] for r in results["clip"]["classify"]] == list(demo.PHOTOS)

@@ -102,6 +102,10 @@ def fuse_graph(spec: GraphSpec, path: Path) -> dict[str, Any]:
     except ParityError as e:
         fused_path.unlink()
         return {**record, "applied": False, "reason": f"fused graph failed parity: {e}"}
+    except Exception as e:  # noqa: BLE001  (a fused graph ONNX Runtime cannot load: its attention outputs fused away)
+        fused_path.unlink(missing_ok=True)
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        return {**record, "applied": False, "reason": f"fused graph is not usable: {first[:300]}"}
     os.replace(fused_path, path)
     return record
 

@@ -5,23 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipblip import demo
-from tests.helpers import TINY_SOURCES
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(demo, "SOURCES", TINY_SOURCES)
-    out = tmp_path_factory.mktemp("report")
-    try:
-        demo.run_demo(out, progress=lambda message: None)
-    finally:
-        monkeypatch.undo()
-    return out / "report.html"
+def report(tiny_demo):
+    return tiny_demo.out / "report.html"
 
 
 def test_report_is_self_contained_with_every_figure(report):

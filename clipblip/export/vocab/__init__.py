@@ -76,21 +76,32 @@ def chinese_bert_tokenizer(model_max_length: int = 52):
                          model_max_length=model_max_length)
 
 
-def siglip_tokenizer(vocab_size: int, model_max_length: int, folder: str):
-    """A SiglipTokenizer over a SentencePiece unigram model trained (deterministically, one thread) into
-    ``folder`` on the CLIP vocabulary's words; pieces 0, 1, 2 are <pad>, </s>, <unk> as in SigLIP's."""
-    import os
+@lru_cache(maxsize=2)
+def _siglip_sentencepiece(vocab_size: int) -> bytes:
+    """A SentencePiece unigram model of ``vocab_size`` pieces at most, trained (deterministically, one thread) on
+    the CLIP and BERT vocabularies' words; pieces 0, 1, 2 are <pad>, </s>, <unk> as in SigLIP's."""
+    import io
 
     import sentencepiece as spm
-    from transformers import SiglipTokenizer
 
     vocab, _ = _clip_vocab_and_merges()
     bert = resources.files(__name__).joinpath("bert_uncased_vocab.txt").read_text(encoding="utf-8").splitlines()
     words = sorted({t[:-4] for t in vocab if t.endswith("</w>")} | {t for t in bert if not t.startswith("[")})
-    prefix = os.path.join(folder, "spiece")
+    model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(words), model_prefix=prefix, vocab_size=vocab_size, model_type="unigram",
+        sentence_iterator=iter(words), model_writer=model, vocab_size=vocab_size, model_type="unigram",
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, hard_vocab_limit=False, seed_sentencepiece_size=10**6,
-        character_coverage=1.0, shuffle_input_sentence=False,
-        minloglevel=2)
-    return SiglipTokenizer(vocab_file=prefix + ".model", model_max_length=model_max_length)
+        character_coverage=1.0, shuffle_input_sentence=False, minloglevel=2)
+    return model.getvalue()
+
+
+def siglip_tokenizer(vocab_size: int, model_max_length: int, folder: str):
+    """A SiglipTokenizer over :func:`_siglip_sentencepiece`'s model, written into ``folder``."""
+    import os
+
+    from transformers import SiglipTokenizer
+
+    path = os.path.join(folder, "spiece.model")
+    with open(path, "wb") as f:
+        f.write(_siglip_sentencepiece(vocab_size))
+    return SiglipTokenizer(vocab_file=path, model_max_length=model_max_length)
