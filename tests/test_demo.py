@@ -3,6 +3,7 @@ import json
 import pytest
 
 from clipblip import demo
+from clipblip.manifest import Manifest
 from tests.helpers import TINY_SOURCES
 
 
@@ -26,8 +27,11 @@ def test_demo_writes_results_with_the_random_banner(tiny_demo, monkeypatch):
     for png in ("clip_similarity.png", "blip_match.png"):
         assert (tmp_path / png).stat().st_size > 0
     assert any("nobody/not-cached-clip unavailable" in m for m in messages)
-    demo.run_demo(tmp_path, progress=messages.append)  # a second run reuses the exports
-    assert sum("reusing" in m for m in messages) == 5
+    said = []  # a second run reuses every export it finds (what run_demo calls for each model)
+    for name in demo.SOURCES:
+        folder = tmp_path / "models" / (name if "clip" in name else f"blip-{name}")
+        assert demo.ensure_export(name, folder, said.append).source == Manifest.load(folder).source, name
+    assert sum("reusing" in m for m in said) == len(demo.SOURCES) == 5
 
 
 @pytest.mark.slow

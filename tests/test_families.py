@@ -119,16 +119,14 @@ def test_served(folder, photos):
     assert code == 0, err[-2000:]
 
 
-@pytest.mark.parametrize("family", NEW)
-def test_int8_keeps_every_graph_int8_passes_verify_and_stays_close(family, tmp_path, photos, capsys):
-    preset = f"random:{families.family(family).presets[-1].name}"
-    fp32 = load_engine_class(family).from_dir(export_model(preset, tmp_path / "fp32") and tmp_path / "fp32")
-    manifest = export_model(preset, tmp_path / "int8", precision="int8")
+def test_int8_keeps_every_graph_int8_passes_verify_and_stays_close(folder, tmp_path, photos, capsys):
+    family, model = folder
+    manifest = export_model(f"random:{families.family(family).presets[-1].name}", tmp_path / "int8", precision="int8")
     assert {name: graph.precision for name, graph in manifest.graphs.items()} == {
         "image_tower": "int8", "text_tower": "int8"}
     code, out, _ = run_cli(capsys, "verify", tmp_path / "int8")
     assert code == 0 and out.count("pass") >= 2
-    int8 = load_engine_class(family).from_dir(tmp_path / "int8")
+    fp32, int8 = (load_engine_class(family).from_dir(path) for path in (model, tmp_path / "int8"))
     texts = ["一只猫", "a photo of a dog", ""]
     assert (np.sum(int8.embed_images(photos) * fp32.embed_images(photos), axis=1) > 0.99).all()
     text_rows = np.sum(int8.embed_texts(texts) * fp32.embed_texts(texts), axis=1)
