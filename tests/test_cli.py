@@ -142,3 +142,13 @@ def test_viz_commands(clip_with_attentions, blip_caption_with_attentions, blip_c
     code, _, err = run_cli(capsys, "viz", "attention", clip_with_attentions.exported, photos[0], "--head", "7",
                        "--layer", 0, "--out", tmp_path / "y.png")
     assert code == 2 and "head 7" in err
+
+
+def test_tables_line_up_with_wide_characters():
+    from clipblip.cli.common import display_width, format_table
+
+    lines = format_table(["a.png", "猫猫.png"], ["一只猫", "穿制服的女人", "a blue box"],
+                         [[0.1, 0.2, 0.3], [0.4, -0.5, 0.6]]).splitlines()
+    assert len({display_width(line) for line in lines}) == 1
+    starts = [display_width(line[: line.index("0.")]) for line in lines[1:]]  # where the first value begins
+    assert starts[0] == starts[1] and display_width(lines[0]) == display_width(lines[1])

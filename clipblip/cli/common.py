@@ -58,10 +58,24 @@ def save_figure(fig, path, force: bool) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
+def display_width(text: str) -> int:
+    """Terminal columns of ``text``: wide (CJK) characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+
+
+def pad(text: str, width: int, right: bool = False) -> str:
+    room = " " * max(0, width - display_width(text))
+    return room + text if right else text + room
+
+
 def format_table(row_labels: Sequence[str], col_labels: Sequence[str], matrix) -> str:
-    width = max(len(r) for r in row_labels)
+    """A text table of ``matrix`` that lines up in a terminal, wide (CJK) labels included."""
+    width = max(display_width(r) for r in row_labels)
     cols = [c if len(c) <= 24 else c[:21] + "..." for c in col_labels]
-    lines = [" " * width + "  " + "  ".join(f"{c:>{max(len(c), 6)}}" for c in cols)]
+    widths = [max(display_width(c), 6) for c in cols]
+    lines = [" " * width + "  " + "  ".join(pad(c, w, right=True) for c, w in zip(cols, widths))]
     for label, row in zip(row_labels, matrix):
-        lines.append(f"{label:<{width}}  " + "  ".join(f"{v:>{max(len(c), 6)}.3f}" for c, v in zip(cols, row)))
+        lines.append(pad(label, width) + "  " + "  ".join(f"{v:>{w}.3f}" for w, v in zip(widths, row)))
     return "\n".join(lines)
