@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -94,12 +95,14 @@ class RayIndexer(Indexer):
         started = not ray.is_initialized()
         if started:
             if self.address:
-                ray.init(address=self.address, logging_level="WARNING", log_to_driver=False)
+                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
             else:  # a local cluster of exactly the CPUs the pool asks for
                 ray.init(address="local", num_cpus=self.workers * self.threads, include_dashboard=False,
-                         logging_level="WARNING", log_to_driver=False)
+                         logging_level="ERROR", log_to_driver=False)
         try:
-            self.embed_on_ray(store, known, candidates, progress)
+            with warnings.catch_warnings():  # "fewer input blocks than actors": a small run uses fewer workers
+                warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+                self.embed_on_ray(store, known, candidates, progress)
         finally:
             if started:
                 ray.shutdown()
