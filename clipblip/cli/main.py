@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_serve)
 
     p = command(sub, "index", help="embed the images under PATHs into a search database (new and changed files only)")
-    p.add_argument("model_dir", metavar="DIR", help="a CLIP, Chinese-CLIP or SigLIP folder, or a BLIP retrieval (itm) folder")
+    p.add_argument("model_dir", metavar="DIR",
+                   help="a CLIP, Chinese-CLIP or SigLIP folder, or a BLIP retrieval (itm) folder")
     p.add_argument("paths", nargs="+", metavar="PATH", help=IMAGES_HELP)
     p.add_argument("--db", required=True, metavar="DB", help="the database file (created if missing), e.g. photos.db")
     runtime_options(p, "images embedded and committed per batch")

@@ -29,7 +29,7 @@ class ChineseClipTextTower(ClipTextTower):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=self.attentions)
-        embeds = self.text_projection(out.last_hidden_state[:, 0, :])  # (batch, sequence, hidden) → (batch, embed_dim)
+        embeds = self.text_projection(out.last_hidden_state[:, 0, :])  # (batch, seq, hidden) → (batch, embed_dim)
         return (embeds, *out.attentions) if self.attentions else embeds
 
 

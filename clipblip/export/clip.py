@@ -15,8 +15,10 @@ from .checkpoint import SourceModel
 from .specs import GraphSpec, TensorSpec
 from .vocab import clip_tokenizer
 
-__all__ = ["ClipImageTower", "ClipTextTower", "attention_outputs", "tower_specs", "tower_facts", "graph_specs", "manifest_sections", "model_facts",
-           "load_pretrained", "build_random"]
+__all__ = [
+    "ClipImageTower", "ClipTextTower", "attention_outputs", "tower_specs", "tower_facts", "graph_specs",
+    "manifest_sections", "model_facts", "load_pretrained", "build_random",
+]
 
 FAMILY = "clip"
 
