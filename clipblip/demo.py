@@ -226,29 +226,33 @@ def run_blip(out: Path, photos: list[Path], timer: Timer, say, provider: str, th
     }
 
 
+def model_sources(results: dict) -> dict[str, dict]:
+    """Per model of the demo, by its label: the results holding its ``model`` and ``random_weights``."""
+    return {"CLIP": results["clip"], "Chinese-CLIP": results["chinese_clip"],
+            **{f"BLIP {task}": source for task, source in results["blip"]["sources"].items()}}
+
+
+def top3(classified: list[dict]) -> list[str]:
+    """A line per image: its three most probable labels."""
+    return [f"- **{item['image']}**: " + ", ".join(f"{l['label']} {l['probability']:.1%}" for l in item["labels"][:3])
+            for item in classified]
+
+
 def summary(results: dict) -> list[str]:
     """The demo's README.md, as lines."""
     from .viz import RANDOM_WEIGHTS_NOTE
 
-    clip, blip = results["clip"], results["blip"]
+    clip, chinese, blip = results["clip"], results["chinese_clip"], results["blip"]
     lines = ["# clipblip demo", ""]
-    chinese = results["chinese_clip"]
-    models = [("CLIP", clip["model"], clip["random_weights"]),
-              ("Chinese-CLIP", chinese["model"], chinese["random_weights"])] + [
-        (f"BLIP {task}", s["model"], s["random_weights"]) for task, s in blip["sources"].items()]
-    for label, model, random_weights in models:
-        lines.append(f"- {label}: `{model}`" + (" — **RANDOM WEIGHTS**" if random_weights else ""))
-    if any(r for _, _, r in models):
+    for label, source in model_sources(results).items():
+        flag = " — **RANDOM WEIGHTS**" if source["random_weights"] else ""
+        lines.append(f"- {label}: `{source['model']}`{flag}")
+    if any(source["random_weights"] for source in model_sources(results).values()):
         lines += ["", f"**{RANDOM_WEIGHTS_NOTE}.**"]
-    lines += ["", "## CLIP zero-shot classification (template: `a photo of a {}.`)", ""]
-    for item in clip["classify"]:
-        lines.append(f"- **{item['image']}**: " + ", ".join(
-            f"{l['label']} {l['probability']:.1%}" for l in item["labels"][:3]))
+    lines += ["", "## CLIP zero-shot classification (template: `a photo of a {}.`)", "", *top3(clip["classify"])]
     lines += ["", "![CLIP similarity](clip_similarity.png)", "",
-              f"## Chinese-CLIP zero-shot classification (template: `{chinese['template']}`)", ""]
-    for item in chinese["classify"]:
-        lines.append(f"- **{item['image']}**: " + ", ".join(
-            f"{l['label']} {l['probability']:.1%}" for l in item["labels"][:3]))
+              f"## Chinese-CLIP zero-shot classification (template: `{chinese['template']}`)", "",
+              *top3(chinese["classify"])]
     lines += ["", "## BLIP captions", ""]
     for plain, prompted in zip(blip["captions"], blip["prompted_captions"]["results"]):
         lines.append(f"- **{plain['image']}**: {plain['text']!r}; with the prompt: {prompted['text']!r}")
@@ -282,10 +286,8 @@ def run_demo(out: Path, progress: Callable[[str], None], provider: str = "auto",
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     lines = summary(results)
     (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    sources = {"CLIP": results["clip"]["model"], "Chinese-CLIP": results["chinese_clip"]["model"], **{f"BLIP {t}": s["model"]
-                                                    for t, s in results["blip"]["sources"].items()}}
-    random_weights = results["clip"]["random_weights"] or results["chinese_clip"]["random_weights"] or any(
-        s["random_weights"] for s in results["blip"]["sources"].values())
+    sources = {label: source["model"] for label, source in model_sources(results).items()}
+    random_weights = any(source["random_weights"] for source in model_sources(results).values())
     viz.report.write_report(out / "report.html", title="clipblip demo", sources=sources,
                             random_weights=random_weights, sections=sections, timings=timer.seconds)
     if steps is not None:

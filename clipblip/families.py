@@ -23,7 +23,7 @@ from typing import Any
 
 __all__ = [
     "RANDOM_PREFIX", "Task", "Preset", "Family", "FAMILIES",
-    "family", "by_model_type", "model_types", "preset", "preset_names", "task", "export_task", "export_tasks",
+    "family", "by_model_type", "model_types", "preset", "preset_names", "export_task", "export_tasks",
     "task_graphs", "export_hint", "family_of_task", "title", "load_exporter", "load_engine_class",
 ]
 
@@ -245,16 +245,6 @@ def preset(name: str) -> tuple[Family, Preset]:
             if p.name == bare:
                 return f, p
     raise KeyError(f"unknown random preset {name!r}; choose one of {', '.join(preset_names())}")
-
-
-def task(name: str) -> tuple[Family, Task]:
-    """The family and task of an engine task name (a manifest's ``tasks`` entry: embed, caption, match...)."""
-    for f in FAMILIES.values():
-        for t in f.tasks:
-            if t.name == name:
-                return f, t
-    names = [t.name for f in FAMILIES.values() for t in f.tasks]
-    raise KeyError(f"unknown task {name!r} (clipblip has: {', '.join(names)})")
 
 
 def title(name: str) -> str:

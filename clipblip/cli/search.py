@@ -66,11 +66,15 @@ def emit_job(args: argparse.Namespace) -> int:
     for name, path in [("DIR", args.model_dir), ("--db", args.db), *(("PATH", p) for p in args.paths)]:
         if not posixpath.isabs(path) or not posixpath.normpath(path).startswith(mount + "/"):
             raise UsageError(f"{name} {path}: with --emit-job, give the path the pods see, under --job-mount {mount}")
-    import ray
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        ray_version = version("ray")  # the cluster's Ray: the one this clipblip was installed with
+    except PackageNotFoundError:
+        raise ModuleNotFoundError("No module named 'ray'", name="ray") from None  # named as a missing extra
     job = rayjob_manifest(args.model_dir, args.paths, args.db, name="clipblip-index", image=args.job_image,
                           workers=args.workers, threads=args.threads or 1, volume_claim=args.job_volume_claim,
-                          mount=mount, ray_version=ray.__version__)
+                          mount=mount, ray_version=ray_version)
     header = (f"# written by clipblip {__version__}: a KubeRay RayJob; `kubectl apply -f {args.emit_job}` creates a "
               f"Ray cluster,\n# runs this index on it, and deletes the cluster when it ends. The image must hold "
               f"clipblip with the `ray` extra;\n# the claim {args.job_volume_claim!r} must hold the model folder, the "

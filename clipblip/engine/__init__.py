@@ -7,5 +7,5 @@ from .images import ImagePreprocessor, load_image
 from .session import resolve_providers
 from .text import TextTokenizer
 
-__all__ = ["BlipEngine", "CaptionAttention", "ChineseClipEngine", "ClipEngine", "SiglipEngine", "Generation", "GenerationOptions", "MatchScores",
-           "ImagePreprocessor", "TextTokenizer", "load_image", "resolve_providers"]
+__all__ = ["BlipEngine", "CaptionAttention", "ChineseClipEngine", "ClipEngine", "SiglipEngine", "Generation",
+           "GenerationOptions", "MatchScores", "ImagePreprocessor", "TextTokenizer", "load_image", "resolve_providers"]

@@ -51,8 +51,8 @@ class FolderEngine:
         folder = Path(folder)
         manifest = Manifest.load(folder)
         if manifest.family != cls.family:
-            raise WrongModelError(f"{folder}: holds a {family_title(manifest.family)} model, not {family_title(cls.family)}; "
-                                  f"{wanted_export(cls.family)}")
+            raise WrongModelError(f"{folder}: holds a {family_title(manifest.family)} model, not "
+                                  f"{family_title(cls.family)}; {wanted_export(cls.family)}")
         names = sorted(set(graphs(manifest)))
         if provider == "openvino" and all(backend_for(manifest.graph(folder, n), provider) != openvino.BACKEND
                                           for n in names):

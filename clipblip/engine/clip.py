@@ -14,7 +14,7 @@ import numpy as np
 
 from ..defaults import MAX_BATCH
 from ..errors import ModelLoadError, TextInputError, UsageError
-from ..families import task_graphs
+from ..families import FAMILIES, task_graphs
 from ..manifest import Manifest
 from .base import FolderEngine
 from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
@@ -42,11 +42,12 @@ class ClipEngine(FolderEngine):
         super().__init__(folder, manifest, sessions, max_batch, max_image_pixels)
         self.logit_scale = float(manifest.model["logit_scale"])
         self.logit_bias = float(manifest.model.get("logit_bias", 0.0))
-        self.scoring = manifest.model.get("scoring", "softmax")
+        registered = FAMILIES[manifest.family]  # folders exported before these facts were written: the family's
+        self.scoring = manifest.model.get("scoring", registered.scoring)
         if self.scoring not in SCORINGS:
             raise ModelLoadError(f"{folder}: manifest scoring {self.scoring!r} is not one clipblip knows "
                                  f"({', '.join(SCORINGS)})")
-        self.prompt_template = manifest.model.get("prompt_template", "a photo of a {}.")
+        self.prompt_template = manifest.model.get("prompt_template", registered.prompt_template)
         self.embed_dim = int(manifest.model["embed_dim"])
 
     @classmethod

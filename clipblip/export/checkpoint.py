@@ -11,7 +11,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from .. import families
@@ -35,12 +35,7 @@ class SourceModel:
 
     def tokenizer_json(self) -> Any:
         """The ``tokenizers`` form the engine runs (saved as the folder's tokenizer.json)."""
-        if self.fast_tokenizer is not None:
-            return self.fast_tokenizer
-        if not hasattr(self.tokenizer, "backend_tokenizer"):
-            raise ModelSourceError(f"{self.source.get('model')}: the tokenizer has no tokenizer.json form (a fast "
-                                   f"tokenizer is required)")
-        return self.tokenizer.backend_tokenizer
+        return self.fast_tokenizer if self.fast_tokenizer is not None else self.tokenizer.backend_tokenizer
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -111,29 +106,33 @@ def resolve_task(family: str, architectures: list[str] | None, task: str | None,
 
 
 def load_pretrained_parts(ref: str, model_class, local_only: bool, allow_pickle: bool, family: str,
-                          task: str | None) -> SourceModel:
-    """A checkpoint's model (eager attention, eval mode), image processor and fast tokenizer."""
+                          task: str | None, to_fast: Callable[[Any], Any] | None = None) -> SourceModel:
+    """A checkpoint's model (eager attention, eval mode), image processor and fast tokenizer; ``to_fast``
+    converts a family's tokenizer that has no ``tokenizers`` form (SigLIP's SentencePiece) into one."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
     try:
         model = model_class.from_pretrained(ref, use_safetensors=None if allow_pickle else True,
                                             local_files_only=local_only, attn_implementation="eager").eval()
     except OSError as e:
-        raise ModelSourceError(f"{ref}: cannot load {families.title(family)} weights ({str(e).splitlines()[0]}); clipblip "
-                               f"loads safetensors unless --allow-pickle") from None
+        raise ModelSourceError(f"{ref}: cannot load {families.title(family)} weights ({str(e).splitlines()[0]}); "
+                               f"clipblip loads safetensors unless --allow-pickle") from None
     try:
         processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
     except (OSError, ValueError) as e:
         raise ModelSourceError(f"{ref}: cannot load the processor or tokenizer ({str(e).splitlines()[0]})") from None
-    if not hasattr(tokenizer, "backend_tokenizer") and not hasattr(tokenizer, "sp_model"):
-        raise ModelSourceError(f"{ref}: the tokenizer has no tokenizer.json form (a fast tokenizer is required)")
+    fast = None
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        if to_fast is None:
+            raise ModelSourceError(f"{ref}: the tokenizer has no tokenizer.json form (a fast tokenizer is required)")
+        fast = to_fast(tokenizer)
     return SourceModel(family, task, model, processor, tokenizer,
-                       {"model": ref, "kind": "pretrained", "random_weights": False})
+                       {"model": ref, "kind": "pretrained", "random_weights": False}, fast)
 
 
 def load_pretrained(family: str, ref: str, task: str | None, architectures: list[str] | None, local_only: bool,
-                    allow_pickle: bool = False) -> SourceModel:
+                    allow_pickle: bool = False, to_fast: Callable[[Any], Any] | None = None) -> SourceModel:
     """Load a checkpoint of ``family`` with the registry's transformers class for its export task.
 
     Only transformers' own classes are used: a checkpoint's remote code is never run.
@@ -142,12 +141,12 @@ def load_pretrained(family: str, ref: str, task: str | None, architectures: list
 
     task = resolve_task(family, architectures, task, ref)
     model_class = getattr(transformers, families.family(family).model_class(task))
-    return load_pretrained_parts(ref, model_class, local_only, allow_pickle, family, task)
+    return load_pretrained_parts(ref, model_class, local_only, allow_pickle, family, task, to_fast)
 
 
 def random_source(family: str, preset: families.Preset, task: str | None, model, image_processor,
-                  tokenizer) -> SourceModel:
+                  tokenizer, fast_tokenizer: Any = None) -> SourceModel:
     """A SourceModel for a random-weight preset (seed 0)."""
     return SourceModel(family, task, model, image_processor, tokenizer, {
         "model": families.RANDOM_PREFIX + preset.name, "kind": "random", "random_weights": True, "seed": 0,
-    })
+    }, fast_tokenizer)

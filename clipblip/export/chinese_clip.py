@@ -35,8 +35,8 @@ class ChineseClipTextTower(ClipTextTower):
 
 def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec]:
     # BERT's ids are ordinary below the vocabulary size; fused as BERT ("bert" patterns) for the text side
-    return tower_specs(source, ClipImageTower(source.model, attentions), ChineseClipTextTower(source.model, attentions),
-                       attentions, fusion_types=("clip", "bert"))
+    return tower_specs(source, manifest_sections(source), ClipImageTower(source.model, attentions),
+                       ChineseClipTextTower(source.model, attentions), attentions, fusion_types=("clip", "bert"))
 
 
 def load_pretrained(ref: str, task: str | None, architectures: list[str] | None, local_only: bool,

@@ -82,20 +82,23 @@ def token_batch(
 
 
 def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec]:
-    tok = tokenizer_facts(source)
+    sections = manifest_sections(source)
+    tok = sections["tokenizer"]
     # ids below bos/eos: checkpoints with the legacy eos_token_id=2 pool at the highest id
-    return tower_specs(source, ClipImageTower(source.model, attentions), ClipTextTower(source.model, attentions),
-                       attentions, fusion_types=("clip", "clip"), ids_below=min(tok["bos_id"], tok["eos_id"]))
+    return tower_specs(source, sections, ClipImageTower(source.model, attentions),
+                       ClipTextTower(source.model, attentions), attentions, fusion_types=("clip", "clip"),
+                       ids_below=min(tok["bos_id"], tok["eos_id"]))
 
 
-def tower_specs(source: SourceModel, image_tower: nn.Module, text_tower: nn.Module, attentions: bool,
-                fusion_types: tuple[str | None, str | None], ids_below: int | None = None) -> list[GraphSpec]:
+def tower_specs(source: SourceModel, sections: dict[str, Any], image_tower: nn.Module, text_tower: nn.Module,
+                attentions: bool, fusion_types: tuple[str | None, str | None],
+                ids_below: int | None = None) -> list[GraphSpec]:
     """The image and text tower graphs of a CLIP-like model (CLIP, Chinese-CLIP, SigLIP): each tower
-    maps its input to the projected, unnormalised embedding; ``model_facts`` of the family gives sizes.
-    ``fusion_types``: ONNX Runtime's optimizer model type for the (image, text) tower, or None."""
+    maps its input to the projected, unnormalised embedding; the family's manifest ``sections`` give the
+    sizes and the padding. ``fusion_types``: ONNX Runtime's optimizer model type for the (image, text)
+    tower, or None."""
     model = source.model
     vision, text = model.config.vision_config, model.config.text_config
-    sections = families.load_exporter(source.family).manifest_sections(source)
     facts, tok = sections["model"], sections["tokenizer"]
     size = vision.image_size
     tokens = facts["image_tokens"]

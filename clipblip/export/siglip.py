@@ -57,8 +57,8 @@ class SiglipTextTower(nn.Module):
 
 
 def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec]:
-    return tower_specs(source, SiglipImageTower(source.model, attentions), SiglipTextTower(source.model, attentions),
-                       attentions, fusion_types=("clip", "bert"))
+    return tower_specs(source, manifest_sections(source), SiglipImageTower(source.model, attentions),
+                       SiglipTextTower(source.model, attentions), attentions, fusion_types=("clip", "bert"))
 
 
 def model_facts(source: SourceModel) -> dict[str, Any]:
@@ -100,16 +100,11 @@ def fast_tokenizer(slow) -> Any:
     return tokenizer
 
 
-def with_fast_tokenizer(source: SourceModel) -> SourceModel:
-    """SigLIP's SentencePiece tokenizer gets its ``tokenizers`` form; SigLIP 2's is one already."""
-    if not hasattr(source.tokenizer, "backend_tokenizer"):
-        source.fast_tokenizer = fast_tokenizer(source.tokenizer)
-    return source
-
-
 def load_pretrained(ref: str, task: str | None, architectures: list[str] | None, local_only: bool,
                     allow_pickle: bool = False) -> SourceModel:
-    return with_fast_tokenizer(checkpoint.load_pretrained(FAMILY, ref, task, architectures, local_only, allow_pickle))
+    """A SigLIP checkpoint: SigLIP's SentencePiece tokenizer converted, SigLIP 2's (a fast one) as it is."""
+    return checkpoint.load_pretrained(FAMILY, ref, task, architectures, local_only, allow_pickle,
+                                      to_fast=fast_tokenizer)
 
 
 def build_random(preset: families.Preset, task: str | None = None) -> SourceModel:
@@ -127,4 +122,4 @@ def build_random(preset: families.Preset, task: str | None = None) -> SourceMode
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = siglip_tokenizer(text.vocab_size, text.max_position_embeddings, folder)
         tokenizer.sp_model  # loaded: the file may go
-    return with_fast_tokenizer(checkpoint.random_source(FAMILY, preset, None, model, processor, tokenizer))
+    return checkpoint.random_source(FAMILY, preset, None, model, processor, tokenizer, fast_tokenizer(tokenizer))

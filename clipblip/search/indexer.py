@@ -227,11 +227,7 @@ class Indexer:
                 self.fail(store, known, path, ImageError(f"{path}: cannot be read ({e.strerror or e})"))
                 continue
             entry = Entry(path, st.st_size, st.st_mtime_ns, sha)
-            old = known.get(path)
-            if old is not None and old.sha256 == sha:
-                store.touch(entry)  # touched, or copied over with the same bytes
-                self.report.unchanged += 1
-            else:
+            if not self.kept_unchanged(store, known, entry):
                 to_embed.append(entry)
         if not to_embed:
             return
@@ -240,8 +236,21 @@ class Indexer:
             if i in errors:
                 self.fail(store, known, entry.path, errors[i])
             else:
-                store.put(entry, vectors[i])
-                self.report.embedded += 1
+                self.put(store, entry, vectors[i])
+
+    def kept_unchanged(self, store: Store, known: dict[str, Entry], entry: Entry) -> bool:
+        """Whether ``entry`` has the bytes already indexed (touched, or copied over with the same bytes): its
+        new size and mtime are recorded and it counts as unchanged."""
+        old = known.get(entry.path)
+        if old is None or old.sha256 != entry.sha256:
+            return False
+        store.touch(entry)
+        self.report.unchanged += 1
+        return True
+
+    def put(self, store: Store, entry: Entry, vector) -> None:
+        store.put(entry, vector)
+        self.report.embedded += 1
 
     def fail(self, store: Store, known: dict[str, Entry], path: str, error: ClipblipError) -> None:
         """Record a file that cannot be embedded; an older entry of it (now stale) is removed."""

@@ -77,7 +77,8 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
     options = {"provider": provider, "threads": threads, "max_batch": max_batch, "max_image_pixels": max_image_pixels}
     with Store.open(db) as store:
         if rerank and itm_dir is None and itm_engine is None and store.meta.family != "blip":
-            raise UsageError(f"--rerank: {db} holds {family_title(store.meta.family)} embeddings; give --rerank ITM_DIR, "
+            raise UsageError(f"--rerank: {db} holds {family_title(store.meta.family)} embeddings; "
+                             f"give --rerank ITM_DIR, "
                              f"a BLIP retrieval folder (clipblip export Salesforce/blip-itm-base-coco --out DIR)")
         stored = None
         if like is not None:

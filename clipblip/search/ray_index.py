@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -141,15 +142,10 @@ class RayIndexer(Indexer):
         for path, sha, vector, error in zip(batch["path"], batch["sha256"], batch["vector"], batch["error"]):
             st = stats[str(path)]
             entry = Entry(str(path), st.st_size, st.st_mtime_ns, str(sha))
-            old = known.get(entry.path)
             if error:
                 self.fail(store, known, entry.path, ImageError(str(error)))
-            elif old is not None and old.sha256 == entry.sha256:
-                store.touch(entry)  # touched, or copied over with the same bytes
-                self.report.unchanged += 1
-            else:
-                store.put(entry, np.asarray(vector, dtype=np.float32))
-                self.report.embedded += 1
+            elif not self.kept_unchanged(store, known, entry):
+                self.put(store, entry, np.asarray(vector, dtype=np.float32))
 
 
 def rayjob_manifest(model_dir: str, paths: Sequence[str], db: str, *, name: str, image: str, workers: int,
@@ -174,7 +170,7 @@ def rayjob_manifest(model_dir: str, paths: Sequence[str], db: str, *, name: str,
         "kind": "RayJob",
         "metadata": {"name": name},
         "spec": {
-            "entrypoint": " ".join(_shell_quote(part) for part in command),
+            "entrypoint": shlex.join(command),
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 600,
             "rayClusterSpec": {
@@ -188,8 +184,3 @@ def rayjob_manifest(model_dir: str, paths: Sequence[str], db: str, *, name: str,
         },
     }
 
-
-def _shell_quote(part: str) -> str:
-    import shlex
-
-    return shlex.quote(part)

@@ -68,7 +68,8 @@ class ModelService:
                 "source": manifest.source.get("model"), "max_batch": self.engine.max_batch,
                 "logit_scale": getattr(self.engine, "logit_scale", None),
                 # zero-shot classification: how a label's probability is made, and the model's own prompt
-                "scoring": getattr(self.engine, "scoring", None), "logit_bias": getattr(self.engine, "logit_bias", None),
+                "scoring": getattr(self.engine, "scoring", None),
+                "logit_bias": getattr(self.engine, "logit_bias", None),
                 "prompt_template": getattr(self.engine, "prompt_template", None),
                 "dim": getattr(self.engine, "embed_dim", None) if self.embeds else None,
                 "max_new_tokens": {task: generation.get("default_max_new_tokens")

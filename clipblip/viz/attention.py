@@ -126,12 +126,14 @@ def image_attention_figure(view: np.ndarray, attentions: np.ndarray, grid: Seque
     layers = attentions.shape[0]
     panels: list[tuple[str, np.ndarray]] = []
     if rollout:
-        panels.append(("attention rollout (all layers)", class_token_map(attention_rollout(attentions), grid, class_token)))
+        panels.append(("attention rollout (all layers)",
+                       class_token_map(attention_rollout(attentions), grid, class_token)))
     elif layer is not None:
         if not 0 <= layer < layers:
             raise UsageError(f"layer {layer}: the model has layers 0 to {layers - 1}")
         label = "mean of heads" if head == "mean" else f"head {head}"
-        panels.append((f"layer {layer}, {label}", class_token_map(select_heads(attentions[layer], head), grid, class_token)))
+        panels.append((f"layer {layer}, {label}",
+                       class_token_map(select_heads(attentions[layer], head), grid, class_token)))
     else:
         panels += [(f"layer {l}", class_token_map(attentions[l].mean(axis=0), grid, class_token))
                    for l in range(layers)]
