@@ -10,7 +10,7 @@ from PIL import Image
 
 from clipblip import __version__
 from clipblip.cli import main
-from clipblip.cli.inputs import expand_images
+from clipblip.inputs import expand_images
 from clipblip.cli.progress import ProgressBar
 from clipblip.engine import BlipEngine, ClipEngine
 from clipblip.errors import ImageError, PartialFailure, UsageError

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import UsageError
 from ..families import title as family_title
 from .common import RANDOM_BANNER, check_figure_paths, format_table, open_engine, print_json, save_figure
-from .inputs import expand_images
+from ..inputs import expand_images
 from .items import ItemRun, report_errors, run_items
 from .progress import ProgressBar
 
@@ -66,7 +66,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def image_paths(args: argparse.Namespace, attribute: str = "images", option: str = "IMAGE") -> list[str]:
     """The command's image arguments with folders and patterns expanded; skipped files are counted."""
     found = expand_images(getattr(args, attribute), option)
-    found.report_skipped()
+    if found.skipped:
+        print(f"clipblip: skipped {found.skipped} file{'s' * (found.skipped != 1)} that are not images "
+              f"(by their extension)", file=sys.stderr)
     return found.paths
 
 
@@ -271,16 +273,16 @@ def cmd_vqa(args: argparse.Namespace) -> int:
     images = image_paths(args)
     engine = open_engine(args, "vqa")
     if args.candidates is not None:
-        from ..engine.generate import OPTION_NAMES
-        from ..engine.ranking import candidate_ids
+        from ..engine.generate import option_rules
 
-        ignored = ["--sample" if name == "do_sample" else f"--{name.replace('_', '-')}"
-                   for name in ("max_new_tokens", "preset", *OPTION_NAMES) if getattr(args, name) is not None]
+        rules = option_rules()
+        ignored = [(rules[name].flag if name in rules else None) or f"--{name.replace('_', '-')}"
+                   for name in ("preset", *rules) if getattr(args, name) is not None]
         if ignored:
             raise UsageError(f"--candidates: ranks the given answers, so {', '.join(ignored)} would be ignored; "
                              f"leave them out")
 
-        candidate_ids(engine, args.question, args.candidates)  # bad candidates fail before any work
+        engine.candidate_ids(args.question, args.candidates)  # bad candidates fail before any work
         run = run_items(images, args.max_batch, lambda part: engine.rank_answers(
             part, args.question, args.candidates, return_errors=True), "vqa")
         return print_rankings(args, images, engine, run)

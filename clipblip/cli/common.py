@@ -19,21 +19,12 @@ def open_engine(args: argparse.Namespace, task: str | None = None):
     """The engine for ``args.model_dir``, of whatever family the folder holds; with ``task``, the folder must
     do it (classify: any CLIP-like family; caption: BLIP caption...). A folder of another kind is a
     WrongModelError saying what to export."""
-    from ..engine.base import wanted_export
-    from ..errors import WrongModelError
-    from ..families import family_of_task, load_engine_class, title as family_title
-    from ..manifest import Manifest
+    from ..engine.opening import open_engine as open_folder
 
-    manifest = Manifest.load(args.model_dir)
-    if task is not None and task not in manifest.tasks:
-        wanted = family_of_task(task, prefer=manifest.family)
-        command = " ".join(filter(None, (args.command, getattr(args, "figure", None))))
-        held = f"{family_title(manifest.family)} model ({', '.join(manifest.tasks)})"
-        raise WrongModelError(f"{args.model_dir}: holds a {held}; `{command}` needs a folder that does {task}: "
-                              f"{wanted_export(wanted, task)}")
-    cls = load_engine_class(manifest.family)
-    engine = cls.from_dir(args.model_dir, provider=args.provider, threads=args.threads, max_batch=args.max_batch,
-                          max_image_pixels=args.max_image_pixels)
+    command = " ".join(filter(None, (args.command, getattr(args, "figure", None))))
+    engine = open_folder(args.model_dir, task or (), provider=args.provider, threads=args.threads,
+                         max_batch=args.max_batch, max_image_pixels=args.max_image_pixels,
+                         needed_by=f"`clipblip {command}`")
     if engine.manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     return engine

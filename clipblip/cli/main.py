@@ -9,7 +9,8 @@ import re
 import signal
 import sys
 import threading
-from typing import NoReturn, Sequence
+import typing
+from typing import Any, Callable, NoReturn, Sequence
 
 from .. import __version__, families
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS, PROVIDER_CHOICES
@@ -40,28 +41,40 @@ class Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def early_stopping(value: str) -> bool | str:
-    choices = {"true": True, "false": False, "never": "never"}
-    if value.lower() not in choices:
-        raise argparse.ArgumentTypeError(f"{value!r}: choose true, false or never")
-    return choices[value.lower()]
+def option_parser(name: str, kind: Any) -> Callable[[str], Any]:
+    """The command-line reader of a decoding option of type ``kind``: int, float, or a choice of true/false and
+    literal words (``bool | Literal["never"]``)."""
+    words = [w for arg in typing.get_args(kind) for w in typing.get_args(arg) if isinstance(w, str)]
+    if not words:  # int, float, or one of them or None
+        return next(k for k in (kind, *typing.get_args(kind)) if k in (int, float))
+    choices = {"true": True, "false": False, **{w: w for w in words}}
+
+    def parse(value: str) -> Any:
+        if value.lower() not in choices:
+            raise argparse.ArgumentTypeError(f"{value!r}: choose {', '.join(choices)}")
+        return choices[value.lower()]
+
+    parse.__name__ = name
+    parse.metavar = "{" + ",".join(choices) + "}"
+    return parse
 
 
 def decoding_options(p: argparse.ArgumentParser, default_length: str) -> None:
-    """transformers' generate() options; unset ones come from the checkpoint's generation config."""
+    """transformers' generate() options, one flag per field of GenerationOptions; unset ones come from the
+    checkpoint's generation config."""
+    from ..engine.generate import option_rules, option_types
+
     g = p.add_argument_group("decoding (default: greedy, or what the checkpoint's generation config says)")
-    g.add_argument("--max-new-tokens", type=int, default=None, help=f"(default {default_length}, or the checkpoint's)")
-    g.add_argument("--num-beams", type=int, default=None, help="beam search with N beams")
-    g.add_argument("--min-new-tokens", type=int, default=None)
-    g.add_argument("--length-penalty", type=float, default=None, help="beam scores / length ** X")
-    g.add_argument("--early-stopping", type=early_stopping, default=None, metavar="{true,false,never}")
-    g.add_argument("--repetition-penalty", type=float, default=None)
-    g.add_argument("--no-repeat-ngram-size", type=int, default=None)
-    g.add_argument("--sample", dest="do_sample", action="store_true", default=None, help="sample instead of searching")
-    g.add_argument("--temperature", type=float, default=None)
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None, help="the same seed gives the same sampled text")
+    kinds = option_types()
+    for name, rule in option_rules().items():
+        flag = rule.flag or "--" + name.replace("_", "-")
+        help = rule.help + (f" (default {default_length}, or the checkpoint's)" if name == "max_new_tokens" else "")
+        if kinds[name] is bool:
+            g.add_argument(flag, dest=name, action="store_true", default=None, help=help)
+        else:
+            parse = option_parser(name, kinds[name])
+            g.add_argument(flag, dest=name, type=parse, default=None, help=help,
+                           metavar=getattr(parse, "metavar", "N" if parse is int else "X"))
     g.add_argument("--preset", choices=["paper"], default=None,
                    help="paper: BLIP's published settings (3 beams; caption 5-20 tokens, VQA 1-10, prompt included)")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..families import title as family_title
 from .common import check_figure_paths, open_engine, save_figure
-from .inputs import expand_images
+from ..inputs import expand_images
 
 
 def cmd_viz_toy(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from .decoder import DeviceDecoder, HostDecoder
 from .generate import OPTION_NAMES, Generation, GenerationOptions, beam_decode, greedy_decode, sample_decode, trim
 from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
 from .items import as_texts, attention_names, batches, check_finite, finish, finite_attention, softmax
+from .ranking import best_first, candidate_ids, teacher_forced_scores
 
 __all__ = ["BlipEngine", "CaptionAttention", "MatchScores"]
 
@@ -302,11 +303,36 @@ class BlipEngine(FolderEngine):
         check_finite(np.concatenate([itm, itc], axis=1), range(len(images)), errors, "match scores")
         return finish(MatchScores(itm, itc), errors, len(images), return_errors)
 
+    def candidate_ids(self, question: str, candidates: Sequence[str]) -> list[list[int]]:
+        """Each candidate answer's token ids, checked (TextInputError, GenerationConfigError) before any work."""
+        return candidate_ids(self.tokenizer, question, candidates, int(self.generation["max_positions"]))
+
     def rank_answers(self, images: Sequence[ImageInput] | ImageInput, question: str, candidates: Sequence[str], *,
                      return_errors: bool = False):
         """Rank candidate answers as BLIP's authors do (``inference: 'rank'``): per image a list of
         ``(candidate, score)`` best first, the score being the log-likelihood of ``[DEC] candidate [SEP]``
         teacher-forced over the question encoding (None for a failed image)."""
-        from .ranking import rank_answers
-
-        return rank_answers(self, images, question, candidates, return_errors)
+        self.require("vqa")
+        ids = self.candidate_ids(question, candidates)  # before any work
+        candidates = list(candidates)
+        images = as_images(images)
+        results: list[list[tuple[str, float]] | None] = [None] * len(images)
+        errors: dict = {}
+        ends = {f"{k}_id": int(self.generation[f"{k}_id"]) for k in ("bos", "eos", "pad")}
+        for indices, pixel_values in self.usable_images(images, errors):
+            image_embeds = self._run("image_tower", pixel_values=pixel_values)[0]  # (usable, tokens, width)
+            check_finite(image_embeds, indices, errors, "image encoding")
+            input_ids, attention_mask = self.tokenizer([question] * len(indices))  # (usable, question_len)
+            question_states = self._run("question_encoder", input_ids=input_ids, attention_mask=attention_mask,
+                                        image_embeds=image_embeds)[0]  # (usable, question_len, width)
+            check_finite(question_states, indices, errors, "question encoding")
+            for row, index in enumerate(indices):
+                if index in errors:
+                    continue
+                scores = teacher_forced_scores(self.decoder, question_states[row : row + 1], ids,
+                                               max_rows=self.max_batch * 16, **ends)  # (candidates,)
+                if not np.isfinite(scores).all():
+                    errors[index] = NumericalError(f"item {index}: the decoder's logits have NaN/Inf")
+                    continue
+                results[index] = best_first(candidates, scores)
+        return finish(results, errors, len(images), return_errors)

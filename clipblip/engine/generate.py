@@ -6,21 +6,24 @@ random generator). Logits processors and warpers live in :mod:`clipblip.engine.l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Literal, Protocol, get_type_hints
 
 import numpy as np
 
 from ..errors import GenerationConfigError
 from . import logits as lp
 
-__all__ = ["Generation", "GenerationOptions", "OPTION_NAMES", "greedy_decode", "sample_decode", "beam_decode", "Decoder"]
+__all__ = ["Generation", "GenerationOptions", "OPTION_NAMES", "OptionRule", "option_rules", "option_types", "greedy_decode", "sample_decode", "beam_decode", "Decoder"]
 
 
 class Decoder(Protocol):
-    """What the loops need of a decoder: an empty cache, one step, and ways to drop or reorder rows."""
+    """What the loops need of a decoder: cross-attention keys and values of encoder states, an empty cache, one
+    step, and ways to drop or reorder rows."""
 
     device_argmax: bool  # whether ``step_argmax`` picks greedy tokens where the logits are
+
+    def cross(self, encoder_states: np.ndarray) -> list[Any]: ...
 
     def empty_cache(self, batch: int) -> list[Any]: ...
 
@@ -51,57 +54,72 @@ def _number(value) -> bool:
 
 
 @dataclass(frozen=True)
+class OptionRule:
+    """How one decoding option is declared, once: what it does (``help``, shown by ``--help`` and the API docs),
+    when a value is valid (``valid(value, options)``, the other options at hand), the error's wording when it is
+    not (``must``), and its command-line flag when it is not ``--name-with-dashes``."""
+
+    help: str
+    valid: Callable[[Any, Any], bool]
+    must: str
+    flag: str | None = None
+
+
+def option(default: Any, help: str, valid: Callable[[Any, Any], bool], must: str, flag: str | None = None) -> Any:
+    """A field of :class:`GenerationOptions` with its rule: the CLI flags (``clipblip caption/vqa``) and the
+    HTTP API's request fields (``/v1/caption``, ``/v1/vqa``) are made from these fields."""
+    return field(default=default, metadata={"rule": OptionRule(help, valid, must, flag)})
+
+
+@dataclass(frozen=True)
 class GenerationOptions:
     """How to decode, as transformers' ``generate()`` options; validated once, on construction
     (GenerationConfigError naming the option). ``num_beams > 1`` is beam search, ``do_sample`` sampling,
-    otherwise greedy; the processors (min_new_tokens, repetition_penalty, no_repeat_ngram_size) apply to all."""
+    otherwise greedy; the processors (min_new_tokens, repetition_penalty, no_repeat_ngram_size) apply to all.
+    Each field is declared once, with its help and its rule (:func:`option`): a new option is a new field here
+    (and its effect in the loop); the command line and the HTTP API take it from this class."""
 
-    max_new_tokens: int = 30
-    num_beams: int = 1
-    min_new_tokens: int = 0
-    length_penalty: float = 1.0
-    early_stopping: bool | str = False
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    seed: int | None = None
+    max_new_tokens: int = option(30, "how many tokens to generate at most",
+                                 lambda v, o: _integer(v) and v >= 1, "must be a positive integer")
+    num_beams: int = option(1, "beam search with N beams (1: greedy or sampling)",
+                            lambda v, o: _integer(v) and v >= 1, "must be an integer >= 1")
+    min_new_tokens: int = option(0, "no end of text before N tokens",
+                                 lambda v, o: _integer(v) and v >= 0, "must be an integer >= 0")
+    length_penalty: float = option(1.0, "beam search: a finished beam's score is divided by its length ** X "
+                                        "(> 0 favours longer texts)", lambda v, o: _number(v), "must be a finite number")
+    early_stopping: bool | Literal["never"] = option(
+        False, "beam search: true stops when num_beams texts are finished; false when no running beam can "
+               "beat them (estimated); never: by the exact rule", lambda v, o: v is True or v is False or
+        (isinstance(v, str) and v == "never"), 'must be True, False or "never"')
+    repetition_penalty: float = option(1.0, "divide the score of every token already in the text by X (> 1: "
+                                            "fewer repeats)", lambda v, o: _number(v) and v > 0,
+                                       "must be a number > 0")
+    no_repeat_ngram_size: int = option(0, "never repeat an N-gram (0: off)",
+                                       lambda v, o: _integer(v) and v >= 0, "must be an integer >= 0")
+    do_sample: bool = option(False, "sample each token instead of searching",
+                             lambda v, o: isinstance(v, (bool, np.bool_)), "must be True or False", flag="--sample")
+    temperature: float = option(1.0, "sampling: divide the scores by X before the softmax (< 1: surer, "
+                                     "> 1: more varied)",
+                                lambda v, o: _number(v) and v >= 0 and not (o.do_sample is True and v == 0),
+                                "must be a number > 0 when sampling (>= 0 otherwise)")
+    top_k: int = option(50, "sampling: draw from the N best tokens only (0: no limit)",
+                        lambda v, o: _integer(v) and v >= 0, "must be an integer >= 0 (0: no top-k filter)")
+    top_p: float = option(1.0, "sampling: draw from the fewest best tokens whose probabilities add up to X",
+                          lambda v, o: _number(v) and 0 <= v <= 1, "must be a number in [0, 1]")
+    seed: int | None = option(None, "sampling: the same seed N gives the same text (default: a new one each call)",
+                              lambda v, o: v is None or (_integer(v) and v >= 0), "must be None or an integer >= 0")
 
     def __post_init__(self):
-        def bad(name, why):
-            raise GenerationConfigError(f"{name}={getattr(self, name)!r}: {why}")
-
-        if not _integer(self.max_new_tokens) or self.max_new_tokens < 1:
-            bad("max_new_tokens", "must be a positive integer")
-        if not _integer(self.num_beams) or self.num_beams < 1:
-            bad("num_beams", "must be an integer >= 1")
-        if not _integer(self.min_new_tokens) or self.min_new_tokens < 0:
-            bad("min_new_tokens", "must be an integer >= 0")
+        for name, rule in option_rules().items():
+            value = getattr(self, name)
+            if not rule.valid(value, self):
+                raise GenerationConfigError(f"{name}={value!r}: {rule.must}")
         if self.min_new_tokens > self.max_new_tokens:
-            bad("min_new_tokens", f"must not pass max_new_tokens={self.max_new_tokens}")
-        if not _number(self.length_penalty):
-            bad("length_penalty", "must be a finite number")
-        if not (self.early_stopping is True or self.early_stopping is False
-                or (isinstance(self.early_stopping, str) and self.early_stopping == "never")):
-            bad("early_stopping", 'must be True, False or "never"')
-        if not _number(self.repetition_penalty) or self.repetition_penalty <= 0:
-            bad("repetition_penalty", "must be a number > 0")
-        if not _integer(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
-            bad("no_repeat_ngram_size", "must be an integer >= 0")
-        if not isinstance(self.do_sample, (bool, np.bool_)):
-            bad("do_sample", "must be True or False")
-        if not _number(self.temperature) or self.temperature < 0 or (self.do_sample and self.temperature == 0):
-            bad("temperature", "must be a number > 0 when sampling (>= 0 otherwise)")
-        if not _integer(self.top_k) or self.top_k < 0:
-            bad("top_k", "must be an integer >= 0 (0: no top-k filter)")
-        if not _number(self.top_p) or not 0 <= self.top_p <= 1:
-            bad("top_p", "must be a number in [0, 1]")
-        if self.seed is not None and (not _integer(self.seed) or self.seed < 0):
-            bad("seed", "must be None or an integer >= 0")
+            raise GenerationConfigError(f"min_new_tokens={self.min_new_tokens}: must not pass "
+                                        f"max_new_tokens={self.max_new_tokens}")
         if self.do_sample and self.num_beams > 1:
-            bad("num_beams", "beam sampling (do_sample with num_beams > 1) is not supported")
+            raise GenerationConfigError(f"num_beams={self.num_beams}: beam sampling (do_sample with num_beams > 1) "
+                                        f"is not supported")
 
     @property
     def processes(self) -> bool:
@@ -119,13 +137,27 @@ class GenerationOptions:
             scores = lp.min_new_tokens(scores, generated, self.min_new_tokens, eos_id)
         return scores
 
+    def warp(self, scores: np.ndarray) -> np.ndarray:
+        """Sampling's warpers, in transformers' order: temperature, top-k, top-p (each skipped at its neutral value)."""
+        return lp.warp(scores, self.temperature, self.top_k, self.top_p)
+
     def rng(self) -> np.random.Generator:
         """The random generator of one call: seeded, or fresh entropy when ``seed`` is None."""
         return np.random.Generator(np.random.PCG64(self.seed))
 
 
+def option_rules() -> dict[str, OptionRule]:
+    """Every decoding option's rule, in declaration order."""
+    return {f.name: f.metadata["rule"] for f in fields(GenerationOptions)}
+
+
+def option_types() -> dict[str, Any]:
+    """Every decoding option's type, as declared (``int``, ``float``, ``bool``, ``bool | Literal["never"]``...)."""
+    return get_type_hints(GenerationOptions)
+
+
 # the options a caller may leave unset (max_new_tokens has its own argument everywhere)
-OPTION_NAMES = tuple(name for name in GenerationOptions.__dataclass_fields__ if name != "max_new_tokens")
+OPTION_NAMES = tuple(name for name in option_rules() if name != "max_new_tokens")
 
 
 def _row_loop(decoder: Decoder, prompt: np.ndarray, cross: list[Any], options: GenerationOptions, eos_id: int,
@@ -185,8 +217,7 @@ def sample_decode(decoder: Decoder, prompt: np.ndarray, cross: list[Any], option
                   eos_id: int, pad_id: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """As greedy_decode, each token drawn from the processed, warped softmax (temperature, top-k, top-p)."""
     return _row_loop(decoder, prompt, cross, options, eos_id, pad_id,
-                     lambda scores: lp.sample(lp.warp(scores, options.temperature, options.top_k, options.top_p),
-                                              rng))
+                     lambda scores: lp.sample(options.warp(scores), rng))
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

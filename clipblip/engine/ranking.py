@@ -10,30 +10,28 @@ the decoder is causal, so they cannot change the positions before them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ..errors import GenerationConfigError, NumericalError, TextInputError
-from .images import ImageInput, as_images
-from .items import batches, check_finite, finish
+from ..errors import GenerationConfigError, TextInputError
+from .generate import Decoder
+from .items import batches
+from .text import TextTokenizer
 
-if TYPE_CHECKING:
-    from .blip import BlipEngine
-
-__all__ = ["rank_answers", "candidate_ids"]
+__all__ = ["candidate_ids", "teacher_forced_scores", "best_first"]
 
 
 def _shown(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-def candidate_ids(engine: BlipEngine, question: str, candidates: Sequence[str]) -> list[list[int]]:
+def candidate_ids(tokenizer: TextTokenizer, question: str, candidates: Sequence[str], limit: int) -> list[list[int]]:
     """Validate the question and the candidates; each candidate's token ids without [CLS] and [SEP].
 
     TextInputError for a non-string question, an empty candidate list, a non-string or blank
     candidate; GenerationConfigError for a candidate whose ``[DEC] candidate [SEP]`` passes the
-    model's positions. Nothing runs on a model.
+    model's ``limit`` positions. Nothing runs on a model.
     """
     if not isinstance(question, str):
         raise TextInputError(f"question: expected a string, got {type(question).__name__}")
@@ -45,8 +43,6 @@ def candidate_ids(engine: BlipEngine, question: str, candidates: Sequence[str]) 
     for i, candidate in enumerate(candidates):
         if not isinstance(candidate, str):
             raise TextInputError(f"candidate {i}: expected a string, got {type(candidate).__name__}")
-    limit = int(engine.generation["max_positions"])
-    tokenizer = engine.tokenizer
     # the tokenizer truncates silently; a candidate this long in characters would not fit anyway
     # (at least one token per 64 characters)
     for i, candidate in enumerate(candidates):
@@ -67,23 +63,24 @@ def candidate_ids(engine: BlipEngine, question: str, candidates: Sequence[str]) 
     return out
 
 
-def teacher_forced_scores(engine: BlipEngine, question_states: np.ndarray, ids: list[list[int]]) -> np.ndarray:
+def teacher_forced_scores(decoder: Decoder, question_states: np.ndarray, ids: list[list[int]], *,
+                          bos_id: int, eos_id: int, pad_id: int, max_rows: int) -> np.ndarray:
     """Log-likelihood of each ``[DEC] ids[j] [SEP]`` given one question encoding (1, question_len, width):
-    float64 (len(ids),), summed over the tokens after [DEC], [SEP] included (NaN/Inf where the logits were)."""
-    bos, eos, pad = (int(engine.generation[k]) for k in ("bos_id", "eos_id", "pad_id"))
+    float64 (len(ids),), summed over the tokens after [DEC], [SEP] included (NaN/Inf where the logits were).
+    At most ``max_rows`` candidates run as one batch."""
     scores = np.empty(len(ids), dtype=np.float64)
-    for part in batches(len(ids), engine.max_batch * 16):  # one batch for any usual candidate list
+    for part in batches(len(ids), max_rows):  # one batch for any usual candidate list
         rows = ids[part]
         lengths = np.array([len(r) + 2 for r in rows])  # [DEC] tokens [SEP]
-        sequence = np.full((len(rows), lengths.max()), pad, dtype=np.int64)  # (candidates, longest)
+        sequence = np.full((len(rows), lengths.max()), pad_id, dtype=np.int64)  # (candidates, longest)
         for j, row in enumerate(rows):
-            sequence[j, : lengths[j]] = [bos, *row, eos]
-        cross = engine.decoder.cross(np.repeat(question_states, len(rows), axis=0))  # 2 x layers of
+            sequence[j, : lengths[j]] = [bos_id, *row, eos_id]
+        cross = decoder.cross(np.repeat(question_states, len(rows), axis=0))  # 2 x layers of
         # (candidates, heads, question_len, head_dim)
-        past = engine.decoder.empty_cache(len(rows))
+        past = decoder.empty_cache(len(rows))
         total = np.zeros(len(rows), dtype=np.float64)
         for t in range(sequence.shape[1] - 1):  # step t feeds column t and scores column t + 1
-            logits, past = engine.decoder.step(sequence[:, t : t + 1], past, cross)  # (candidates, vocab)
+            logits, past = decoder.step(sequence[:, t : t + 1], past, cross)  # (candidates, vocab)
             logits = np.asarray(logits, dtype=np.float64).reshape(len(rows), -1)
             with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf rows become that image's error
                 top = logits.max(axis=-1, keepdims=True)
@@ -94,30 +91,7 @@ def teacher_forced_scores(engine: BlipEngine, question_states: np.ndarray, ids: 
     return scores
 
 
-def rank_answers(engine: BlipEngine, images: Sequence[ImageInput] | ImageInput, question: str,
-                 candidates: Sequence[str], return_errors: bool = False):
-    """Per image, ``[(candidate, score), ...]`` best first (None for a failed image); a score is the
-    log-likelihood of ``[DEC] candidate [SEP]`` teacher-forced over the question encoding."""
-    engine.require("vqa")
-    ids = candidate_ids(engine, question, candidates)  # before any work
-    candidates = list(candidates)
-    images = as_images(images)
-    results: list[list[tuple[str, float]] | None] = [None] * len(images)
-    errors: dict = {}
-    for indices, pixel_values in engine.usable_images(images, errors):
-        image_embeds = engine._run("image_tower", pixel_values=pixel_values)[0]  # (usable, tokens, width)
-        check_finite(image_embeds, indices, errors, "image encoding")
-        input_ids, attention_mask = engine.tokenizer([question] * len(indices))  # (usable, question_len)
-        question_states = engine._run("question_encoder", input_ids=input_ids, attention_mask=attention_mask,
-                                      image_embeds=image_embeds)[0]  # (usable, question_len, width)
-        check_finite(question_states, indices, errors, "question encoding")
-        for row, index in enumerate(indices):
-            if index in errors:
-                continue
-            scores = teacher_forced_scores(engine, question_states[row : row + 1], ids)  # (candidates,)
-            if not np.isfinite(scores).all():
-                errors[index] = NumericalError(f"item {index}: the decoder's logits have NaN/Inf")
-                continue
-            order = sorted(range(len(candidates)), key=lambda j: -scores[j])  # stable: ties keep the given order
-            results[index] = [(candidates[j], float(scores[j])) for j in order]
-    return finish(results, errors, len(images), return_errors)
+def best_first(candidates: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
+    """``(candidate, score)`` pairs, best first; ties keep the given order."""
+    order = sorted(range(len(candidates)), key=lambda j: -scores[j])
+    return [(candidates[j], float(scores[j])) for j in order]

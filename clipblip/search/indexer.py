@@ -51,14 +51,10 @@ def open_model(model_dir: str | os.PathLike, provider: str = "auto", threads: in
                max_batch: int = MAX_BATCH, max_image_pixels: int | None = MAX_IMAGE_PIXELS):
     """The engine that embeds images for a database: a CLIP-like model (CLIP, Chinese-CLIP, SigLIP), or a
     BLIP retrieval folder's ITC projection."""
-    from ..families import load_engine_class
+    from ..engine.opening import open_engine
 
-    family = Manifest.load(model_dir).family
-    engine = load_engine_class(family).from_dir(model_dir, provider=provider, threads=threads, max_batch=max_batch,
-                                                max_image_pixels=max_image_pixels)
-    if "embed" not in engine.tasks:
-        engine.require("match")  # WrongModelError naming the export that makes a retrieval folder
-    return engine
+    return open_engine(model_dir, ("embed", "match"), provider=provider, threads=threads, max_batch=max_batch,
+                       max_image_pixels=max_image_pixels, needed_by="a search database")
 
 
 class Scope:
@@ -117,7 +113,7 @@ def glob_regex(pattern: str) -> str:
 def expand(args: Sequence[str]) -> tuple[list[str], int]:
     """Absolute image paths under ``args`` (files, folders, patterns), each once, and the count of skipped
     files. A folder or pattern that holds no image gives none (its old entries are then removed)."""
-    from ..cli.inputs import ImageArgs, expand_images, folder_images
+    from ..inputs import ImageArgs, expand_images, folder_images
 
     paths, skipped = [], 0
     for arg in args:

@@ -21,11 +21,12 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..engine.clip import label_probabilities
+from ..engine.generate import OPTION_NAMES, option_rules, option_types
 from ..errors import ClipblipError
 from .batching import QueueFull, ShuttingDown
 from .errors import ApiError
@@ -113,26 +114,22 @@ class ClassifyBody(ImagesBody):
     template: str | None = None  # the model's own prompt (its manifest's prompt_template) when not given
 
 
-class Decoding(BaseModel):
-    """transformers' generate() options; unset ones come from the checkpoint's generation config."""
-
-    max_new_tokens: int | None = None
-    num_beams: int | None = None
-    min_new_tokens: int | None = None
-    length_penalty: float | None = None
-    early_stopping: bool | Literal["never"] | None = None
-    repetition_penalty: float | None = None
-    no_repeat_ngram_size: int | None = None
-    do_sample: bool | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-
+class DecodingFields(BaseModel):
     def options(self) -> tuple:
         """The set options other than max_new_tokens, hashable (a batching key)."""
         return tuple(sorted((name, value) for name, value in self.model_dump(exclude={"max_new_tokens"}).items()
-                            if value is not None and name in Decoding.model_fields))
+                            if value is not None and name in OPTION_NAMES))
+
+
+def decoding_model() -> type[BaseModel]:
+    """transformers' generate() options as request fields, one per field of GenerationOptions (its type and help);
+    unset ones come from the checkpoint's generation config."""
+    kinds = option_types()
+    return create_model("Decoding", __base__=DecodingFields, **{
+        name: (kinds[name] | None, Field(None, description=rule.help)) for name, rule in option_rules().items()})
+
+
+Decoding = decoding_model()
 
 
 class CaptionBody(ImagesBody, Decoding):

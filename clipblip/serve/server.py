@@ -36,13 +36,12 @@ def parse_folders(specs: list[str]) -> dict[str, Path]:
 def load_services(folders: dict[str, Path], provider: str = "auto", threads: int | None = None,
                   max_batch: int = MAX_BATCH, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> dict[str, ModelService]:
     """An engine per folder (its family from the manifest), wrapped as a service."""
-    from ..families import load_engine_class
-    from ..manifest import Manifest
+    from ..engine.opening import open_engine
 
     services = {}
     for name, folder in folders.items():
-        engine = load_engine_class(Manifest.load(folder).family).from_dir(
-            folder, provider=provider, threads=threads, max_batch=max_batch, max_image_pixels=max_image_pixels)
+        engine = open_engine(folder, provider=provider, threads=threads, max_batch=max_batch,
+                             max_image_pixels=max_image_pixels)
         services[name] = ModelService(name, engine)
     return services
 

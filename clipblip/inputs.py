@@ -1,15 +1,15 @@
-"""Image arguments: files, folders (searched recursively) and quoted glob patterns, in a stable order."""
+"""Image arguments: files, folders (searched recursively) and quoted glob patterns, in a stable order; the CLI
+and the search index find their files here (stdlib only)."""
 
 from __future__ import annotations
 
 import glob
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import UsageError
+from .errors import UsageError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageArgs", "expand_images"]
 
@@ -26,11 +26,6 @@ class ImageArgs:
 
     paths: list[str] = field(default_factory=list)
     skipped: int = 0
-
-    def report_skipped(self) -> None:
-        if self.skipped:
-            print(f"clipblip: skipped {self.skipped} file{'s' * (self.skipped != 1)} that are not images "
-                  f"(by their extension)", file=sys.stderr)
 
 
 def is_image_name(path: str) -> bool:
