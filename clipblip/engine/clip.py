@@ -21,7 +21,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
 from .items import (as_texts, attention_names, batches, check_finite, finish, finite_attention, l2_normalize,
                     softmax)
 
-__all__ = ["ClipEngine", "ChineseClipEngine", "SiglipEngine", "label_probabilities"]
+__all__ = ["label_prompts", "ClipEngine", "ChineseClipEngine", "SiglipEngine", "label_probabilities"]
 
 SCORINGS = ("softmax", "sigmoid")
 
@@ -138,10 +138,9 @@ class ClipEngine(FolderEngine):
         labels = as_texts(labels)
         if not labels:
             raise UsageError("labels: give at least one label")
-        if "{}" not in template:
-            raise UsageError(f"template {template!r}: must contain '{{}}' where the label goes")
+        prompts = label_prompts(template, labels)
         images = as_images(images)
-        similarity, errors = self.similarity(images, [template.format(l) for l in labels], return_errors=True)
+        similarity, errors = self.similarity(images, prompts, return_errors=True)
         probs = self.label_probabilities(similarity)
         ranked = [None if i in errors else sorted(zip(labels, map(float, row)), key=lambda pair: -pair[1])
                   for i, row in enumerate(probs)]
@@ -159,6 +158,24 @@ class SiglipEngine(ClipEngine):
     """Runs an exported SigLIP folder: texts padded to max length, each label scored by its own sigmoid."""
 
     family = "siglip"
+
+
+def label_prompts(template: str, labels: Sequence[str]) -> list[str]:
+    """Each label put in ``template`` where its one ``{}`` is (``{{`` and ``}}`` are literal braces); a UsageError
+    naming the template unless it holds exactly one plain ``{}``."""
+    import string
+
+    if not isinstance(template, str):
+        raise UsageError(f"template: expected a string, got {type(template).__name__}")
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as e:  # a single { or }
+        raise UsageError(f"template {template!r}: {e} (write a literal brace as '{{{{' or '}}}}')") from None
+    if fields != [("", "", None)]:
+        raise UsageError(f"template {template!r}: must hold exactly one '{{}}', where the label goes "
+                         f"(write a literal brace as '{{{{' or '}}}}')")
+    return [template.format(label) for label in labels]
 
 
 def label_probabilities(similarity: np.ndarray, scoring: str, logit_scale: float, logit_bias: float = 0.0

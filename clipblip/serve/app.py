@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..engine.clip import label_probabilities
+from ..engine.clip import label_probabilities, label_prompts
 from ..engine.generate import OPTION_NAMES, option_rules, option_types
 from ..errors import ClipblipError
 from .batching import QueueFull, ShuttingDown
@@ -298,10 +298,11 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
             raise ApiError(422, "UnsupportedTask", f"model {body.model!r}: zero-shot classification needs a CLIP-like "
                                                    f"model (CLIP, Chinese-CLIP, SigLIP)")
         template = info["prompt_template"] if body.template is None else body.template
-        if "{}" not in template:
-            raise ApiError(422, "InvalidRequest", f"template {template!r}: must contain '{{}}' where the label goes")
-        image_rows, text_rows = await embeddings(body.model, decode_images(body.images),
-                                                 [template.format(label) for label in body.labels])
+        try:
+            prompts = label_prompts(template, body.labels)
+        except ClipblipError as e:
+            raise ApiError(422, "InvalidRequest", str(e)) from None
+        image_rows, text_rows = await embeddings(body.model, decode_images(body.images), prompts)
         probs = label_probabilities(image_rows @ text_rows.T, info["scoring"], info["logit_scale"], info["logit_bias"])
         return {"model": body.model, "template": template, "scoring": info["scoring"], "results": [
             [{"label": label, "probability": float(p)} for label, p in sorted(zip(body.labels, row), key=lambda lp: -lp[1])]

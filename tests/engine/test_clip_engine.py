@@ -73,8 +73,11 @@ def test_empty_inputs_give_empty_arrays(engine):
 def test_bad_arguments_are_named(engine, photos, tmp_path):
     with pytest.raises(UsageError, match="labels"):
         engine.classify(photos, [])
-    with pytest.raises(UsageError, match="template"):
-        engine.classify(photos, ["cat"], template="no slot")
+    for template in ("no slot", "a {} photo {}", "a {0}", "a {label}", "a { photo", "a {:>9}"):
+        with pytest.raises(UsageError, match="template"):
+            engine.classify(photos, ["cat"], template=template)
+    literal = engine.classify(photos[:1], ["cat"], template="{{a}} photo of a {}")  # literal braces are kept
+    assert literal[0][0][0] == "cat"
     with pytest.raises(ImageError, match="missing.png"):
         engine.embed_images([tmp_path / "missing.png"])
 
