@@ -57,18 +57,22 @@ def _number(value) -> bool:
 class OptionRule:
     """How one decoding option is declared, once: what it does (``help``, shown by ``--help`` and the API docs),
     when a value is valid (``valid(value, options)``, the other options at hand), the error's wording when it is
-    not (``must``), and its command-line flag when it is not ``--name-with-dashes``."""
+    not (``must``), its command-line flag when it is not ``--name-with-dashes``, and whether a checkpoint's
+    ``generation_config.json`` may set it (export records it; the engine takes it as the default)."""
 
     help: str
     valid: Callable[[Any, Any], bool]
     must: str
     flag: str | None = None
+    in_config: bool = True
 
 
-def option(default: Any, help: str, valid: Callable[[Any, Any], bool], must: str, flag: str | None = None) -> Any:
-    """A field of :class:`GenerationOptions` with its rule: the CLI flags (``clipblip caption/vqa``) and the
-    HTTP API's request fields (``/v1/caption``, ``/v1/vqa``) are made from these fields."""
-    return field(default=default, metadata={"rule": OptionRule(help, valid, must, flag)})
+def option(default: Any, help: str, valid: Callable[[Any, Any], bool], must: str, flag: str | None = None,
+           in_config: bool = True) -> Any:
+    """A field of :class:`GenerationOptions` with its rule: the CLI flags (``clipblip caption/vqa``), the HTTP
+    API's request fields (``/v1/caption``, ``/v1/vqa``) and the generation-config keys that export records are
+    made from these fields."""
+    return field(default=default, metadata={"rule": OptionRule(help, valid, must, flag, in_config)})
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,8 @@ class GenerationOptions:
     top_p: float = option(1.0, "sampling: draw from the fewest best tokens whose probabilities add up to X",
                           lambda v, o: _number(v) and 0 <= v <= 1, "must be a number in [0, 1]")
     seed: int | None = option(None, "sampling: the same seed N gives the same text (default: a new one each call)",
-                              lambda v, o: v is None or (_integer(v) and v >= 0), "must be None or an integer >= 0")
+                              lambda v, o: v is None or (_integer(v) and v >= 0), "must be None or an integer >= 0",
+                              in_config=False)
 
     def __post_init__(self):
         for name, rule in option_rules().items():

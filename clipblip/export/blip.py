@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import families
+from ..engine.generate import option_rules
 from . import checkpoint
 from .checkpoint import SourceModel
 from .clip import attention_outputs, image_facts, token_batch
@@ -387,9 +388,8 @@ def manifest_sections(source: SourceModel) -> dict[str, Any]:
 
 
 # the decoding settings of a checkpoint's generation_config.json that the engine takes as its defaults
-GENERATION_KEYS = ("max_length", "max_new_tokens", "min_length", "min_new_tokens", "num_beams", "length_penalty",
-                   "early_stopping", "repetition_penalty", "no_repeat_ngram_size", "do_sample", "temperature",
-                   "top_k", "top_p")
+# (transformers' lengths that count the prompt, and every decoding option a config may set)
+GENERATION_KEYS = ("max_length", "min_length", *(name for name, rule in option_rules().items() if rule.in_config))
 
 
 def generation_defaults(model) -> dict[str, Any]:
