@@ -28,6 +28,8 @@ def caption(blip_caption):
      dict(repetition_penalty=1.3, min_new_tokens=3, max_new_tokens=6)),
     (["--sample", "--seed", "7", "--temperature", "1.5", "--top-k", "20", "--max-new-tokens", "6"],
      dict(do_sample=True, seed=7, temperature=1.5, top_k=20, max_new_tokens=6)),
+    (["--sample", "--seed", "3", "--min-p", "0.2", "--max-new-tokens", "6"],
+     dict(do_sample=True, seed=3, min_p=0.2, max_new_tokens=6)),
     (["--preset", "paper"], dict(num_beams=3, max_new_tokens=19, min_new_tokens=4)),  # [DEC] is the prompt
 ])
 def test_cli_options_give_the_engines_tokens(blip_caption, caption, photos, capsys, argv, options):

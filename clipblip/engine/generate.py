@@ -110,6 +110,8 @@ class GenerationOptions:
                         lambda v, o: _integer(v) and v >= 0, "must be an integer >= 0 (0: no top-k filter)")
     top_p: float = option(1.0, "sampling: draw from the fewest best tokens whose probabilities add up to X",
                           lambda v, o: _number(v) and 0 <= v <= 1, "must be a number in [0, 1]")
+    min_p: float = option(0.0, "sampling: drop the tokens less probable than X times the most probable one (0: off)",
+                          lambda v, o: _number(v) and 0 <= v <= 1, "must be a number in [0, 1]")
     seed: int | None = option(None, "sampling: the same seed N gives the same text (default: a new one each call)",
                               lambda v, o: v is None or (_integer(v) and v >= 0), "must be None or an integer >= 0",
                               in_config=False)
@@ -143,8 +145,9 @@ class GenerationOptions:
         return scores
 
     def warp(self, scores: np.ndarray) -> np.ndarray:
-        """Sampling's warpers, in transformers' order: temperature, top-k, top-p (each skipped at its neutral value)."""
-        return lp.warp(scores, self.temperature, self.top_k, self.top_p)
+        """Sampling's warpers, in transformers' order: temperature, top-k, top-p, min-p (each skipped at its neutral
+        value)."""
+        return lp.warp(scores, self.temperature, self.top_k, self.top_p, self.min_p)
 
     def rng(self) -> np.random.Generator:
         """The random generator of one call: seeded, or fresh entropy when ``seed`` is None."""

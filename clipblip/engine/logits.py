@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["log_softmax", "softmax", "min_new_tokens", "repetition_penalty", "no_repeat_ngram", "temperature",
-           "top_k", "top_p", "warp", "sample"]
+           "top_k", "top_p", "min_p", "warp", "sample"]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -85,13 +85,24 @@ def top_p(scores: np.ndarray, p: float, min_tokens_to_keep: int = 1) -> np.ndarr
     return np.where(remove, np.float32(-np.inf), scores)
 
 
-def warp(scores: np.ndarray, t: float, k: int, p: float) -> np.ndarray:
-    """transformers' warpers in its order: temperature, top-k, top-p (each skipped at its neutral value)."""
+def min_p(scores: np.ndarray, p: float, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """Drop the tokens whose probability is below ``p`` times the best token's (the best ``min_tokens_to_keep``
+    always stay)."""
+    probs = softmax(scores)  # (rows, vocab)
+    remove = probs < p * probs.max(axis=-1, keepdims=True)
+    keep = np.argsort(-probs, axis=-1, kind="stable")[:, :min_tokens_to_keep]  # (rows, min_tokens_to_keep)
+    np.put_along_axis(remove, keep, False, axis=-1)
+    return np.where(remove, np.float32(-np.inf), scores)
+
+
+def warp(scores: np.ndarray, t: float, k: int, p: float, m: float = 0.0) -> np.ndarray:
+    """transformers' warpers in its order: temperature, top-k, top-p, min-p (each skipped at its neutral value)."""
     if t != 1.0:
         scores = temperature(scores, t)
     if k != 0:
         scores = top_k(scores, k)
-    return top_p(scores, p)
+    scores = top_p(scores, p)
+    return min_p(scores, m) if m > 0 else scores
 
 
 def sample(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:

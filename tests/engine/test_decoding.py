@@ -138,14 +138,20 @@ def test_sampled_frequencies_follow_the_filtered_softmax():
     assert chi2 < 16.3  # chi-square, 3 degrees of freedom, p = 0.001
 
 
-def test_warpers_match_transformers():
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+@pytest.mark.parametrize("t, k, p, m", [(0.7, 10, 0.8, 0.0), (1.0, 0, 1.0, 0.3), (0.7, 10, 0.8, 0.5),
+                                        (1.3, 0, 1.0, 1.0)])
+def test_warpers_match_transformers(t, k, p, m):
+    from transformers.generation.logits_process import (MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
 
     scores = np.random.default_rng(0).normal(size=(3, 50)).astype(np.float32)
     ref = torch.from_numpy(scores.copy())
-    for warper in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(10), TopPLogitsWarper(0.8)):
-        ref = warper(None, ref)
-    assert np.array_equal(np.isinf(lp.warp(scores, 0.7, 10, 0.8)), np.isinf(ref.numpy()))
+    for warper in (TemperatureLogitsWarper(t), TopKLogitsWarper(k) if k else None, TopPLogitsWarper(p),
+                   MinPLogitsWarper(m) if m else None):
+        ref = ref if warper is None else warper(None, ref)
+    ours = lp.warp(scores, t, k, p, m)
+    assert np.array_equal(np.isinf(ours), np.isinf(ref.numpy()))
+    assert np.isfinite(ours).sum() < scores.size  # each case removes tokens
 
 
 @pytest.mark.parametrize("option, value", [

@@ -258,7 +258,7 @@ def test_decoding_options_pass_through_and_batch_only_with_their_like(server, en
     bodies = [{"model": "caption", "images": images, "max_new_tokens": 6, "num_beams": 3, "length_penalty": 2.0},
               {"model": "caption", "images": images, "max_new_tokens": 6},
               {"model": "caption", "images": images, "max_new_tokens": 6, "do_sample": True, "seed": 3,
-               "temperature": 1.5}]
+               "temperature": 1.5, "min_p": 0.2}]
     with ThreadPoolExecutor(max_workers=3) as pool:  # sent together: each must still get its own decoding
         answers = list(pool.map(lambda body: server.post("/v1/caption", body).json(), bodies, timeout=120))
     for body, answer in zip(bodies, answers):
