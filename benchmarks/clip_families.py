@@ -14,18 +14,17 @@ Writes results.json and results.md into --out.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from PIL import Image
-from run import environment, measure, summarise  # benchmarks/run.py
+from common import (cell, environment, export_once, interleaved, measured_line, sample_image, say, summarise,
+                    table, write_results)  # benchmarks/common.py
 
 FAMILIES = ("chinese_clip", "siglip", "clip")
+LIBRARIES = ("torch", "transformers", "onnxruntime")
 LABELS = {"chinese_clip": ["猫", "狗", "汽车", "穿制服的女人", "蓝色的礼盒"],
           "siglip": ["a cat", "a dog", "a car", "a woman in uniform", "a blue gift box"],
           "clip": ["a cat", "a dog", "a car", "a woman in uniform", "a blue gift box"]}
@@ -37,7 +36,7 @@ def preset(family: str, size: str) -> str:
     return f"random:{[p.name for p in registry(family).presets if p.name.endswith(size)][0]}"
 
 
-def workloads(family: str, size: str, folders: dict[str, Path], threads: int, image: Image.Image) -> dict:
+def workloads(family: str, size: str, folders: dict[str, Path], threads: int, image) -> dict:
     from clipblip.export.sources import load_source
     from clipblip.families import family as registry, load_engine_class
 
@@ -81,18 +80,18 @@ def workloads(family: str, size: str, folders: dict[str, Path], threads: int, im
 
 
 def markdown(report: dict) -> str:
-    env = report["environment"]
     lines = [f"# Chinese-CLIP, SigLIP and CLIP against PyTorch eager ({report['date']})", "",
-             f"{env['cpu']} ({env['cpu_class']}; {env['cpu_flags']}), {env['threads']} threads, onnxruntime "
-             f"{env['onnxruntime']}, torch {env['torch']}; random-weight base presets; p50 of {report['repeat']}.", "",
-             "| family | work | eager fp32 ms | clipblip fp32 ms | clipblip int8 ms | fp32 × | int8 × |",
-             "|---|---|---|---|---|---|---|"]
-    for family, works in report["latency"].items():
-        for work, variants in works.items():
-            get = lambda name, key="p50_ms": variants.get(name, {}).get(key, float("nan"))  # noqa: E731
-            lines.append(f"| {family} | {work} | {get('eager fp32'):.1f} | {get('clipblip fp32'):.1f} | "
-                         f"{get('clipblip int8'):.1f} | {get('clipblip fp32', 'ratio_to_eager_fp32'):.2f} | "
-                         f"{get('clipblip int8', 'ratio_to_eager_fp32'):.2f} |")
+             f"{measured_line(report['date'], report['environment'], *LIBRARIES)} Random-weight {report['size']} "
+             f"presets; p50 of {report['repeat']} interleaved runs.", ""]
+
+    def get(variants: dict, name: str, key: str = "p50_ms") -> float | None:
+        return variants.get(name, {}).get(key)
+
+    lines += table(["family", "work", "eager fp32 ms", "clipblip fp32 ms", "clipblip int8 ms", "fp32 ×", "int8 ×"], (
+        [family, work, cell(get(v, "eager fp32")), cell(get(v, "clipblip fp32")), cell(get(v, "clipblip int8")),
+         cell(get(v, "clipblip fp32", "ratio_to_eager_fp32"), 2),
+         cell(get(v, "clipblip int8", "ratio_to_eager_fp32"), 2)]
+        for family, works in report["latency"].items() for work, v in works.items()))
     return "\n".join(lines) + "\n"
 
 
@@ -108,32 +107,20 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     size, repeat = ("tiny", args.repeat or 2) if args.quick else ("base", args.repeat or 7)
     pause = args.pause if args.pause is not None else (0.0 if args.quick else 0.2)
-    from matplotlib import cbook
-
-    from clipblip.export import export_model
-
     torch.set_num_threads(args.threads)
-    image = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    latency: dict = {}
+    image = sample_image()
+    timings: dict = {}
     with (nullcontext(args.work) if args.work else tempfile.TemporaryDirectory()) as tmp:
         for family in args.families:
-            folders = {}
-            for precision in ("fp32", "int8"):
-                folder = Path(tmp) / f"{family}-{precision}"
-                if not (folder / "manifest.json").exists():
-                    print(f"exporting {preset(family, size)} {precision}", file=sys.stderr, flush=True)
-                    export_model(preset(family, size), folder, precision=precision)
-                folders[precision] = folder
-            latency[family] = {}
+            folders = {precision: export_once(preset(family, size), Path(tmp) / f"{family}-{precision}",
+                                              precision=precision) for precision in ("fp32", "int8")}
+            timings[family] = {}
             for work, (items, variants) in workloads(family, size, folders, args.threads, image).items():
-                print(f"timing {family}: {work}", file=sys.stderr, flush=True)
-                latency[family][work] = summarise(measure(variants, repeat, pause), items)
-    report = {"date": time.strftime("%Y-%m-%d"), "environment": environment(args.threads), "repeat": repeat,
-              "pause_s": pause, "size": size, "latency": latency}
-    (out / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(markdown(report), encoding="utf-8")
+                say(f"timing {family}: {work}")
+                timings[family][work] = summarise(interleaved(variants, repeat, pause=pause), items=items)
+    report = {"date": time.strftime("%Y-%m-%d"), "environment": environment(args.threads, *LIBRARIES),
+              "repeat": repeat, "pause_s": pause, "size": size, "latency": timings}
+    write_results(Path(args.out) / "results.json", report, markdown(report))
     print(markdown(report))
     return report
 

@@ -11,14 +11,14 @@ and timed interleaved in one process, one step of each per round, with the engin
 one token, a past of ``--past`` positions (decoded greedily by the fp32 step) and the cross K/V the fp32
 cross_kv graph computes from a real photo's image embeddings. Reported: median and p90 ms per step, the
 bytes of weights the graph holds, and (unless --no-gate) the teacher-forced gate the export applies:
-top-1 agreement and least centred logit cosine against fp32 over 16 greedy steps.
+top-1 agreement and least centred logit cosine against fp32 over 16 greedy steps. With --out, the results
+(with the environment) go to FILE.json and the printed tables to FILE.md.
 Random-weight presets have the real architecture: the timings are honest, the gate values only indicative.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from common import cpu_name  # benchmarks/common.py
+from common import (cell, environment, export_once, interleaved, measured_line, sample_photo, table,
+                    write_results)  # benchmarks/common.py
 
 # name → how to make it from the fp32 graph (quantize_weight_only's keywords), or a fixed source
 VARIANTS = {
@@ -59,21 +60,12 @@ def weight_bytes(path: Path) -> int:
     return sum(size(t) for t in model.graph.initializer)
 
 
-def interleaved(runs: dict[str, callable], rounds: int, baseline: str | None = None) -> dict[str, dict[str, float]]:
-    """Each round calls every function once, in a fresh random order. Per function: median, p10, p90 and min
-    ms, and (with ``baseline``) the median over rounds of its time / the baseline's time in the same round,
-    a paired figure that is steadier than the medians on a machine others are using."""
-    times = {name: [] for name in runs}
-    for fn in runs.values():  # warm-up
-        fn()
-        fn()
-    order = list(runs)
-    for _ in range(rounds):
-        random.shuffle(order)
-        for name in order:
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append((time.perf_counter() - start) * 1000)
+def paired(runs: dict[str, callable], rounds: int, baseline: str | None = None) -> dict[str, dict[str, float]]:
+    """Each round calls every function once, in a fresh random order, after two warm-up rounds. Per function:
+    median, p10, p90 and min ms, and (with ``baseline``) the median over rounds of its time / the baseline's time
+    in the same round, a paired figure that is steadier than the medians on a machine others are using."""
+    times = {name: [t * 1000 for t in seconds]
+             for name, seconds in interleaved(runs, rounds, warmup=2, order="shuffle").items()}
     result = {}
     for name, t in times.items():
         result[name] = {"median_ms": statistics.median(t), "p10_ms": float(np.percentile(t, 10)),
@@ -95,22 +87,16 @@ def main() -> None:
     parser.add_argument("--past", type=int, default=10)
     parser.add_argument("--no-gate", action="store_true", help="skip the teacher-forced gate values")
     parser.add_argument("--no-cross", action="store_true", help="skip the cross_kv graph's timings")
-    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here (and the tables beside it, .md)")
     args = parser.parse_args()
-
-    from matplotlib import cbook
 
     from clipblip.engine import BlipEngine
     from clipblip.engine.session import session_options
-    from clipblip.export import export_model
     from clipblip.export.optimize import quantize_weight_only
     from clipblip.manifest import Manifest
 
     random.seed(0)
-    if not (args.fp32 / "manifest.json").exists():
-        print(f"exporting {args.model} (fp32) to {args.fp32}")
-        export_model(args.model, args.fp32, task="caption")
-    manifest = Manifest.load(args.fp32)
+    manifest = Manifest.load(export_once(args.model, args.fp32, task="caption"))
     fp32_step = args.fp32 / manifest.graphs["decoder_step"].file
     fp32_cross = args.fp32 / manifest.graphs["cross_kv"].file
     assert manifest.graphs["decoder_step"].precision == "fp32", f"{args.fp32} is not an fp32 export"
@@ -143,8 +129,7 @@ def main() -> None:
 
     # cross K/V of a real photo (fp32 image tower and cross_kv graph), and a past decoded greedily by fp32
     engine = BlipEngine.from_dir(args.fp32, provider="cpu", threads=args.threads)
-    photo = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    states = engine.image_embeds([photo]).astype(np.float32)
+    states = engine.image_embeds([sample_photo()]).astype(np.float32)
     cross_session = ort.InferenceSession(str(fp32_cross), options, providers=["CPUExecutionProvider"])
     cross_names = [o.name for o in cross_session.get_outputs()]
     cross = dict(zip(cross_names, cross_session.run(cross_names, {"encoder_hidden_states": states})))
@@ -160,8 +145,8 @@ def main() -> None:
     cross_bytes = sum(v.nbytes for v in cross.values())
 
     print(f"timing {len(sessions)} decoder steps, {args.rounds} rounds")
-    step_times = interleaved({name: (lambda s=s: s.run(outputs, feeds)) for name, s in sessions.items()}, args.rounds,
-                             baseline="int8")
+    step_times = paired({name: (lambda s=s: s.run(outputs, feeds)) for name, s in sessions.items()}, args.rounds,
+                        baseline="int8")
 
     gates = {}
     if not args.no_gate:
@@ -193,37 +178,38 @@ def main() -> None:
         cross_sessions = {n: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
                           for n, p in cross_paths.items()}
         print(f"timing {len(cross_sessions)} cross_kv graphs")
-        cross_times = interleaved({n: (lambda s=s: s.run(cross_names, {"encoder_hidden_states": states}))
-                                   for n, s in cross_sessions.items()}, max(5, args.rounds // 6), baseline="int8")
+        cross_times = paired({n: (lambda s=s: s.run(cross_names, {"encoder_hidden_states": states}))
+                              for n, s in cross_sessions.items()}, max(5, args.rounds // 6), baseline="int8")
         cross_times = {n: {**t, "weight_mb": weight_bytes(cross_paths[n]) / 1e6} for n, t in cross_times.items()}
 
-    header = (f"{args.model} (random weights), {cpu_name()}, {args.threads} threads, CPUExecutionProvider, "
-              f"onnxruntime {ort.__version__}; batch 1, past {args.past}, cross K/V {cross_bytes / 1e6:.1f} MB "
-              f"fed per step; median of {args.rounds} interleaved rounds")
-    print(header)
-    print("| decoder step | median ms | p10 ms | min ms | × int8 (paired) | weights MB | top-1 agreement "
-          "| least logit cosine |")
-    print("|---|---|---|---|---|---|---|---|")
+    env = environment(args.threads, "onnxruntime", "onnx", provider="CPUExecutionProvider")
+    date = time.strftime("%Y-%m-%d")
+    lines = [f"{measured_line(date, env, 'onnxruntime')} {args.model} (random weights), CPUExecutionProvider; batch 1, "
+             f"past {args.past}, cross K/V {cross_bytes / 1e6:.1f} MB fed per step; median of {args.rounds} "
+             f"interleaved rounds.", ""]
     rows = {}
     for name in sessions:
-        t, g = step_times[name], gates.get(name, {})
-        rows[name] = {**t, "weight_mb": weight_bytes(paths[name]) / 1e6, "how": VARIANTS[name], **g}
-        top1 = (f"{g['top1_agreement']:.3f} ({g['exact_top1_agreement']:.3f} exact)"
-                if g and g["top1_agreement"] is not None else "—")
-        cos = f"{g['least_cosine']:.4f}" if g and g["least_cosine"] is not None else "—"
-        ratio = f"{t['paired_ratio']:.2f}" if "paired_ratio" in t else "—"
-        print(f"| {name} | {t['median_ms']:.2f} | {t['p10_ms']:.2f} | {t['min_ms']:.2f} | {ratio} "
-              f"| {rows[name]['weight_mb']:.0f} | {top1} | {cos} |")
+        rows[name] = {**step_times[name], "weight_mb": weight_bytes(paths[name]) / 1e6, "how": VARIANTS[name],
+                      **gates.get(name, {})}
+
+    def top1(g: dict) -> str:
+        return (f"{g['top1_agreement']:.3f} ({g['exact_top1_agreement']:.3f} exact)"
+                if g.get("top1_agreement") is not None else "—")
+
+    lines += table(["decoder step", "median ms", "p10 ms", "min ms", "× int8 (paired)", "weights MB",
+                    "top-1 agreement", "least logit cosine"], (
+        [name, cell(r["median_ms"], 2), cell(r["p10_ms"], 2), cell(r["min_ms"], 2), cell(r.get("paired_ratio"), 2),
+         cell(r["weight_mb"], 0), top1(r), cell(r.get("least_cosine"), 4)] for name, r in rows.items()))
     if cross_times:
-        print(f"\n| cross_kv graph ({states.shape[1]} tokens) | median ms | p10 ms | min ms | × int8 (paired) "
-              "| weights MB |")
-        print("|---|---|---|---|---|---|")
-        for name, t in cross_times.items():
-            print(f"| {name} | {t['median_ms']:.2f} | {t['p10_ms']:.2f} | {t['min_ms']:.2f} | {t['paired_ratio']:.2f} "
-                  f"| {t['weight_mb']:.0f} |")
+        lines += [""] + table([f"cross_kv graph ({states.shape[1]} tokens)", "median ms", "p10 ms", "min ms",
+                               "× int8 (paired)", "weights MB"], (
+            [name, cell(t["median_ms"], 2), cell(t["p10_ms"], 2), cell(t["min_ms"], 2), cell(t["paired_ratio"], 2),
+             cell(t["weight_mb"], 0)] for name, t in cross_times.items()))
+    print("\n".join(lines))
     if args.out:
-        args.out.write_text(json.dumps({"environment": header, "decoder_step": rows, "cross_kv": cross_times},
-                                       indent=1, default=str))
+        write_results(args.out, {"date": date, "environment": env, "model": args.model, "random_weights": True,
+                                 "past": args.past, "rounds": args.rounds, "decoder_step": rows,
+                                 "cross_kv": cross_times}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -24,10 +24,8 @@ import argparse
 import contextlib
 import copy
 import importlib.util
-import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,10 +33,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-if str(REPO) not in sys.path:  # run from a checkout without installing clipblip
-    sys.path.insert(0, str(REPO))
+# benchmarks/common.py; it puts this checkout first on sys.path (clipblip is run from it, installed or not)
+from common import (PHOTOS, cell, commit_text, describe, environment as environment_record, interleaved, machine_text,
+                    sample_image, summarise, table, write_results)
 
 PRESETS = {"clip": ("clip", None), "caption": ("blip", "caption")}  # name: (preset family, task)
 PRECISIONS = ("fp32", "fp16")
@@ -49,6 +46,7 @@ GOALS = (  # (workload, variant, baseline, at least)
     ("CLIP image embedding, batch 1", "clipblip fp16", "eager fp16", 1.5),
     (f"BLIP caption, {NEW_TOKENS} new tokens", "clipblip fp16", "eager fp16", 3.0),
 )
+RATIOS = {"ratio_to_eager_fp32": "eager fp32", "ratio_to_eager_fp16": "eager fp16"}  # every timing's, in one run
 NEEDED = ("numpy", "PIL", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "safetensors")
 
 
@@ -133,20 +131,15 @@ def probe(cuda: bool) -> int:
 
 
 def environment(device: str) -> dict:
-    import onnx
-    import onnxruntime as ort
     import torch
-    import transformers
-    from common import cpu_name  # benchmarks/common.py
 
     from clipblip.engine.session import installed_runtimes
 
-    env = {"device": device, "python": platform.python_version(), "torch": torch.__version__,
-           "torch_cuda": torch.version.cuda, "transformers": transformers.__version__, "onnx": onnx.__version__,
-           "onnxruntime": ort.__version__, "onnxruntime_distributions": installed_runtimes(),
-           "cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-           "tf32": "PyTorch defaults for timings (matmul TF32 off, cuDNN TF32 on), both off for parity; "
-                   "ONNX Runtime CUDA provider defaults (clipblip passes no provider options)"}
+    env = environment_record(
+        torch.get_num_threads(), "torch", "transformers", "onnx", "onnxruntime", device=device,
+        torch_cuda=torch.version.cuda, onnxruntime_distributions=installed_runtimes(),
+        tf32="PyTorch defaults for timings (matmul TF32 off, cuDNN TF32 on), both off for parity; "
+             "ONNX Runtime CUDA provider defaults (clipblip passes no provider options)")
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name(0)
         try:
@@ -218,62 +211,12 @@ def export_all(models: Path, size: str, deadline: float) -> tuple[dict[str, Path
 # --- measuring ------------------------------------------------------------------------------------------
 
 
-def measure(variants: dict[str, Callable[[], object]], warmup: int, rounds: int, deadline: float,
-            errors: dict[str, str]) -> dict[str, list[float]]:
-    """Warm every variant up, then time them interleaved, one call each per round, until ``rounds`` or the
-    deadline (at least 3 rounds when warm-up went through). A variant that raises is dropped, its error kept."""
-    live = dict(variants)
-    for name, fn in variants.items():
-        try:
-            for _ in range(warmup):
-                fn()
-        except Exception as e:  # a variant that cannot run is reported, the others go on
-            errors[name] = describe(e)
-            live.pop(name)
-    times: dict[str, list[float]] = {name: [] for name in live}
-    for round_ in range(rounds):
-        if round_ >= 3 and time.monotonic() > deadline:
-            break
-        for name, fn in list(live.items()):
-            start = time.perf_counter()
-            try:
-                fn()
-            except Exception as e:
-                errors[name] = describe(e)
-                live.pop(name)
-                continue
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def describe(error: Exception) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 def attempt(fn: Callable[[], object]):
     """fn(), or the one-line description of what it raised."""
     try:
         return fn()
     except Exception as e:  # an informational figure must not stop the run
         return describe(e)
-
-
-def summarise(times: dict[str, list[float]]) -> dict[str, dict]:
-    import numpy as np
-
-    medians = {name: statistics.median(samples) for name, samples in times.items() if samples}
-    out = {}
-    for name, samples in times.items():
-        if not samples:
-            continue
-        p50 = medians[name]
-        row = {"p50_ms": p50 * 1000, "p95_ms": float(np.percentile(samples, 95)) * 1000, "samples": len(samples)}
-        for base in ("eager fp32", "eager fp16"):
-            if base in medians:
-                row[f"x_{base.replace(' ', '_')}"] = medians[base] / p50
-        out[name] = row
-    return out
 
 
 @contextlib.contextmanager
@@ -499,7 +442,8 @@ def timings(bench: Bench, deadline: float, quick: bool) -> tuple[dict, dict]:
         log(f"timing {work}")
         share = time.monotonic() + left / (len(workloads) - i)  # this workload's share of the time left
         with tf32(None):
-            results[work] = summarise(measure(variants, warmup, rounds, share, errors))
+            results[work] = summarise(interleaved(variants, rounds, warmup=warmup, deadline=share, errors=errors),
+                                      ratios=RATIOS)
     lengths = {f"{side} {p}": attempt(lambda side=side, p=p: len(
         (bench.eager_caption_ids if side == "eager" else bench.caption_ids)(p, image)[0]))
         for side in ("eager", "clipblip") for p in PRECISIONS}
@@ -527,15 +471,15 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# clipblip on {env.get('gpu', '?')}", "",
              f"Measured {report['date']} by benchmarks/gpu.sh: {env.get('nvidia_smi', env.get('gpu'))}, driver CUDA "
-             f"{env.get('driver_cuda', '?')}; {env['cpu']} ({env['cores']} cores); Python {env['python']}, torch "
+             f"{env.get('driver_cuda', '?')}; {machine_text(env)}; Python {env['python']}, torch "
              f"{env['torch']} (CUDA {env['torch_cuda']}), transformers {env['transformers']}, onnx {env['onnx']}, "
-             f"onnxruntime {env['onnxruntime']} ({', '.join(env['onnxruntime_distributions'])}). Models: "
-             f"{report['models']} (RANDOM weights: speed only). TF32: {env['tf32']}. Eager attention: "
-             f"{report.get('eager_attention', '?')}. clipblip sessions: {report.get('providers', '?')}.", "",
+             f"onnxruntime {env['onnxruntime']} ({', '.join(env['onnxruntime_distributions'])}); clipblip at "
+             f"{commit_text(env)}. Models: {report['models']} (RANDOM weights: speed only). TF32: "
+             f"{env['tf32']}. Eager attention: {report.get('eager_attention', '?')}. clipblip sessions: "
+             f"{report.get('providers', '?')}.", "",
              f"Status: {report['status']}.", ""]
     if report.get("exports"):
-        lines += ["## Exports", "", "| model | status |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in report["exports"].items()] + [""]
+        lines += ["## Exports", ""] + table(["model", "status"], report["exports"].items()) + [""]
     checks_ = report.get("checks")
     if checks_:
         lines += ["## Checks", ""]
@@ -551,7 +495,8 @@ def markdown(report: dict) -> str:
         lines.append(f"- fp16 gates: **{'PASS' if gates['passed'] else 'FAIL'}**")
         for name, g in gates["graphs"].items():
             lines.append(f"  - {name}: kept {g['precision']}, passed {g['passed']} on {g['provider']}, least cosine "
-                         f"{g['least_cosine']} (threshold {g['threshold']})" + (f", {g['reason']}" if g["reason"] else ""))
+                         f"{g['least_cosine']} (threshold {g['threshold']})"
+                         + (f", {g['reason']}" if g["reason"] else ""))
         arg = checks_["argmax on the device"]
         lines.append(f"- greedy argmax on the device, same tokens as the host argmax: "
                      f"**{'PASS' if arg['passed'] else 'FAIL'}** "
@@ -560,13 +505,11 @@ def markdown(report: dict) -> str:
         lines.append("")
     if report.get("latency"):
         lines += ["## Timings", "", "Medians of interleaved rounds after warm-up, the same image (grace_hopper.jpg).",
-                  "", "| work | variant | p50 ms | p95 ms | runs | × eager fp32 | × eager fp16 |",
-                  "|---|---|---|---|---|---|---|"]
-        for work, variants in report["latency"].items():
-            for name, r in variants.items():
-                ratios = [f"{r[k]:.2f}×" if k in r else "—" for k in ("x_eager_fp32", "x_eager_fp16")]
-                lines.append(f"| {work} | {name} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['samples']} | "
-                             f"{ratios[0]} | {ratios[1]} |")
+                  ""]
+        lines += table(["work", "variant", "p50 ms", "p95 ms", "runs", *(f"× {base}" for base in RATIOS.values())], (
+            [work, name, cell(r["p50_ms"], 2), cell(r["p95_ms"], 2), r["samples"],
+             *(cell(r.get(key), 2, "×") for key in RATIOS)]
+            for work, variants in report["latency"].items() for name, r in variants.items()))
         extra = report.get("timing_notes", {})
         if extra.get("caption_tokens_generated"):
             lines += ["", f"Caption tokens generated per variant: {extra['caption_tokens_generated']}."]
@@ -584,9 +527,7 @@ def markdown(report: dict) -> str:
 
 
 def save(report: dict, out: Path) -> None:
-    (out / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n",
-                                      encoding="utf-8")
-    (out / "results.md").write_text(markdown(report), encoding="utf-8")
+    write_results(out / "results.json", report, markdown(report))
 
 
 def photos() -> list:
@@ -595,10 +536,7 @@ def photos() -> list:
     from PIL import Image
 
     try:
-        from matplotlib import cbook
-
-        return [Image.open(cbook.get_sample_data(name, asfileobj=False)).convert("RGB")
-                for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")]
+        return [sample_image(name) for name in PHOTOS]
     except Exception as e:  # no matplotlib here: the speed does not depend on the picture
         log(f"generated images instead of matplotlib's photos ({describe(e)})")
         rng = np.random.default_rng(0)
@@ -648,7 +586,8 @@ def run(args) -> int:
     report["goals"] = goals(report["latency"])
     report["elapsed_s"] = round(time.monotonic() - start, 1)
     met = sum(g["met"] for g in report["goals"])
-    report["status"] = (f"complete in {report['elapsed_s']} s; checks {'PASS' if report['checks']['passed'] else 'FAIL'}; "
+    report["status"] = (f"complete in {report['elapsed_s']} s; checks "
+                        f"{'PASS' if report['checks']['passed'] else 'FAIL'}; "
                         f"goals met {met} of {len(report['goals'])}")
     save(report, out)
     print(markdown(report), flush=True)
@@ -679,7 +618,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         parser.error("--out is required")
-    sys.path.insert(0, str(HERE))  # benchmarks/common.py
     return run(args)
 
 

@@ -15,25 +15,18 @@ results.json and results.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from common import cpu_class, cpu_flags, cpu_name  # benchmarks/common.py
+from common import (PHOTOS, cell, commit_text, environment, export_once, machine_text, sample_image, say, table,
+                    write_results)  # benchmarks/common.py
 
 
 def collection(root: Path, count: int) -> list[Path]:
-    from matplotlib import cbook
-
-    photos = [Image.open(cbook.get_sample_data(name, asfileobj=False)).convert("RGB").resize((800, 600))
-              for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")]
+    photos = [sample_image(name).resize((800, 600)) for name in PHOTOS]
     root.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
@@ -82,7 +75,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
 
-    from clipblip.export import export_model
     from clipblip.search import index_paths
     from clipblip.search.indexer import open_model
     from clipblip.search.ray_index import RayIndexer
@@ -93,10 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {}
     with (nullcontext(args.work) if args.work else tempfile.TemporaryDirectory()) as tmp:
         tmp = Path(tmp)
-        model = tmp / f"model-{args.precision}"
-        if not (model / "manifest.json").exists():
-            print(f"exporting {args.model} {args.precision}", file=sys.stderr, flush=True)
-            export_model(args.model, model, precision=args.precision)
+        model = export_once(args.model, tmp / f"model-{args.precision}", precision=args.precision)
         photos = tmp / "photos"
         paths = sorted(photos.glob("*.jpg")) if photos.is_dir() else []
         if len(paths) != args.images:
@@ -127,12 +116,12 @@ def main(argv: list[str] | None = None) -> dict:
                     store.commit()
         driver_s = timed(commits)
 
-        print("timing one process", file=sys.stderr, flush=True)
+        say("timing one process")
         clock = Clock()
         index_paths(fresh("single"), model, [photos], threads=2, max_batch=args.max_batch, progress=clock)
         results["one process, 2 threads"] = clock.summary()
         for workers, threads in ((1, 2), (2, 1)):
-            print(f"timing Ray, {workers} worker(s) x {threads} thread(s)", file=sys.stderr, flush=True)
+            say(f"timing Ray, {workers} worker(s) x {threads} thread(s)")
             start_s = timed(lambda: ray.init(address="local", num_cpus=workers * threads, include_dashboard=False,
                                              logging_level="ERROR", log_to_driver=False))
             clock = Clock()
@@ -145,28 +134,27 @@ def main(argv: list[str] | None = None) -> dict:
     single = results["one process, 2 threads"]["steady_images_per_s"]
     ray_one = results["Ray, 1 worker(s) x 2 thread(s)"]["steady_images_per_s"]
     report = {
-        "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cpu_class": cpu_class(), "cpu_flags": cpu_flags(),
-        "cores": os.cpu_count(), "ray": ray.__version__, "model": f"{args.model} {args.precision}", "images": n,
+        "date": time.strftime("%Y-%m-%d"), "environment": environment(2, "ray", "onnxruntime"),
+        "model": f"{args.model} {args.precision}", "images": n,
         "image_size": "640x480 JPEG", "max_batch": args.max_batch, "runs": results,
         "engine_alone_s": engine_s, "engine_alone_images_per_s": n / engine_s, "driver_commits_s": driver_s,
         "ray_overhead_ms_per_image": 1000 * (1 / ray_one - 1 / single),
         "outside_engine_fraction_single": 1 - (engine_s / n) * single,  # of a steady one-process run
     }
+    env = report["environment"]
     lines = [f"# Indexing on Ray Data ({report['date']})", "",
-             f"{report['cpu']} ({report['cpu_class']}; {', '.join(report['cpu_flags'])}), {report['cores']} cores; "
-             f"Ray {report['ray']}; {report['model']}; {n} photos of 640 × 480; batches of {args.max_batch}.", "",
-             "| run | steady images/s | whole run images/s | seconds | to first batch s | cluster start s |",
-             "|---|---|---|---|---|---|"]
-    for name, run in results.items():
-        lines.append(f"| {name} | {run['steady_images_per_s']:.1f} | {run['images_per_s']:.1f} | {run['seconds']:.1f} | "
-                     f"{run['first_batch_s']:.1f} | {run.get('cluster_start_s', float('nan')):.1f} |")
+             f"{machine_text(env)}; Ray {env['ray']}, onnxruntime {env['onnxruntime']}, clipblip at "
+             f"{commit_text(env)}; {report['model']}; {n} photos of 640 × 480; batches of {args.max_batch}.",
+             ""]
+    lines += table(["run", "steady images/s", "whole run images/s", "seconds", "to first batch s", "cluster start s"], (
+        [name, cell(run["steady_images_per_s"]), cell(run["images_per_s"]), cell(run["seconds"]),
+         cell(run["first_batch_s"]), cell(run.get("cluster_start_s"))] for name, run in results.items()))
     lines += ["", f"- engine alone (read, decode, embed; 2 threads): {n / engine_s:.1f} images/s",
               f"- driver alone (SQLite commits): {1000 * driver_s / n:.2f} ms an image",
               f"- Ray's overhead, steady state (1 worker x 2 threads against one process): "
               f"{report['ray_overhead_ms_per_image']:.1f} ms an image",
               f"- one process, time outside the engine: {100 * report['outside_engine_fraction_single']:.0f} %"]
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_results(out / "results.json", report, "\n".join(lines))
     print("\n".join(lines))
     return report
 

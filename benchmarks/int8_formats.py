@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import cpu_class, cpu_flags, cpu_name  # noqa: E402  benchmarks/common.py
+from common import (commit_text, environment, export_once, interleaved, machine_text, table,
+                    write_results)  # benchmarks/common.py
 
 VARIANTS = ("fp32", "s8", "u8s7", "n8", "u8u8")
 
@@ -63,19 +61,16 @@ def main() -> None:
 
     rows = []
     for model in args.models:
-        folder = args.work / model.replace("random:", "").replace("/", "_")
-        if not (folder / "manifest.json").exists():
-            from clipblip.export import export_model
-
-            print(f"exporting {model} (fp32) to {folder}", flush=True)
-            export_model(model, folder, task="caption" if "blip" in model else None)
+        folder = export_once(model, args.work / model.replace("random:", "").replace("/", "_"),
+                             task="caption" if "blip" in model else None)
         manifest = Manifest.load(folder)
         for graph, info in manifest.graphs.items():
             fp32 = folder / info.file
             check = _load(folder, graph, info)
             sessions = {}
             for variant in VARIANTS:
-                path = fp32 if variant == "fp32" else build(fp32, variant, args.work / f"{folder.name}.{graph}.{variant}.onnx")
+                path = (fp32 if variant == "fp32"
+                        else build(fp32, variant, args.work / f"{folder.name}.{graph}.{variant}.onnx"))
                 if path is not None:
                     sessions[variant] = ort.InferenceSession(str(path), session_options(args.threads),
                                                              providers=["CPUExecutionProvider"])
@@ -90,27 +85,20 @@ def main() -> None:
             if not args.no_time:
                 first = {key.split("/", 2)[2]: value[:1].astype(np.float32) if value.dtype == np.float16 else value[:1]
                          for key, value in check.items() if key.startswith("case0/in/")}
-                times = {v: [] for v in sessions}
-                for session in sessions.values():
-                    session.run(None, first)
-                for _ in range(args.rounds):
-                    for variant, session in sessions.items():
-                        time.sleep(0.05)
-                        start = time.perf_counter()
-                        session.run(None, first)
-                        times[variant].append((time.perf_counter() - start) * 1000)
+                times = interleaved({v: (lambda s=s: s.run(None, first)) for v, s in sessions.items()}, args.rounds,
+                                    pause=0.05)
                 for variant, t in times.items():
-                    row["variants"][variant]["median_ms"] = round(statistics.median(t), 2)
+                    row["variants"][variant]["median_ms"] = round(statistics.median(t) * 1000, 2)
                 row["input"] = {k: list(v.shape) for k, v in first.items() if not k.startswith(("past_", "cross_"))}
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    report = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cpu_flags": cpu_flags(), "cpu_class": cpu_class(),
-              "threads": args.threads, "onnxruntime": ort.__version__, "timed": not args.no_time, "rows": rows}
-    lines = [f"{report['date']}, {report['cpu']} ({report['cpu_class']}: {' '.join(report['cpu_flags'])}), "
-             f"{args.threads} threads, onnxruntime {ort.__version__}; least cosine to fp32 on the stored check"
-             + ("; batch-1 median ms" if not args.no_time else ""), "",
-             "| model | graph | gate | " + " | ".join(VARIANTS) + " |", "|---|---|---|" + "---|" * len(VARIANTS)]
+    env = environment(args.threads, "onnxruntime")
+    report = {"date": time.strftime("%Y-%m-%d"), "environment": env, "timed": not args.no_time, "rows": rows}
+    lines = [f"{report['date']}, {machine_text(env)}, {args.threads} threads, onnxruntime {env['onnxruntime']}, "
+             f"clipblip at {commit_text(env)}; least cosine to fp32 on the stored check"
+             + ("; batch-1 median ms" if not args.no_time else ""), ""]
+    cells_by_row = []
     for row in rows:
         cells = []
         for variant in VARIANTS:
@@ -120,12 +108,11 @@ def main() -> None:
                 continue
             cell = f"{v['least_cosine']:.5f}" + ("" if v["passes_gate"] else " ✗")
             cells.append(cell + (f", {v['median_ms']} ms" if "median_ms" in v else ""))
-        lines.append(f"| {row['model']} | {row['graph']} | {min(row['gate'].values())} | " + " | ".join(cells) + " |")
+        cells_by_row.append([row["model"], row["graph"], min(row["gate"].values()), *cells])
+    lines += table(["model", "graph", "gate", *VARIANTS], cells_by_row)
     print("\n".join(lines))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        write_results(args.out, report, "\n".join(lines))
 
 
 if __name__ == "__main__":

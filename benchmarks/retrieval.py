@@ -19,26 +19,20 @@ clip-base weights, images and threads.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_name, median_ms  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import (REPO, environment, export_once, measured_line, median_ms, say, table,
+                    write_results)  # benchmarks/common.py
 
 DIM = 512
 CLUSTERS = 4096
 LATENT = 64
 EF_SWEEP = (64, 128, 256, 512, 1024)
-MODEL_DIR = ROOT / "bench-output" / "models" / "clip-base-int8"
+LIBRARIES = ("faiss", "numpy", "onnxruntime", "torch")
+MODEL_DIR = REPO / "bench-output" / "models" / "clip-base-int8"
 
 
 def mixture(n: int, rng: np.random.Generator, centers: np.ndarray, basis: np.ndarray, spread: float = 0.8) \
@@ -85,7 +79,7 @@ def bench_size(n: int, n_queries: int, threads: int, ef_sweep=EF_SWEEP) -> dict:
     queries = picks + rng.standard_normal(picks.shape, dtype=np.float32) * (0.4 / np.sqrt(DIM))
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     queries = queries.astype(np.float32)  # float32 like query.py's query (a float64 one would make numpy upcast)
-    print(f"[{n}] data in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+    say(f"[{n}] data in {time.perf_counter() - t:.1f} s")
     truth = exact_topk(vectors, queries, 10)
 
     exact_times = []
@@ -99,7 +93,7 @@ def bench_size(n: int, n_queries: int, threads: int, ef_sweep=EF_SWEEP) -> dict:
     t = time.perf_counter()
     index = ann.AnnIndex.build(vectors, [str(i) for i in range(n)])
     build_s = time.perf_counter() - t
-    print(f"[{n}] HNSW build {build_s:.1f} s", file=sys.stderr, flush=True)
+    say(f"[{n}] HNSW build {build_s:.1f} s")
     sweep = {}
     for ef in sorted(set(ef_sweep) | {ann.EF_SEARCH}):
         index.search(queries[0], 10, ef_search=ef)  # warm-up
@@ -111,7 +105,7 @@ def bench_size(n: int, n_queries: int, threads: int, ef_sweep=EF_SWEEP) -> dict:
             hits += len(set(ids.tolist()) & set(want.tolist()))
         sweep[ef] = {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
                      "recall_at_10": hits / (10 * len(queries))}
-        print(f"[{n}] ef {ef}: {sweep[ef]}", file=sys.stderr, flush=True)
+        say(f"[{n}] ef {ef}: {sweep[ef]}")
     del index, vectors
     return {"n": n, "build_s": build_s, "exact_p50_ms": float(np.percentile(exact_times, 50)),
             "exact_p95_ms": float(np.percentile(exact_times, 95)), "ef_default": ann.EF_SEARCH,
@@ -142,11 +136,7 @@ def bench_indexing(count: int, threads: int, batches: tuple[int, ...], repeat: i
     from clipblip.search import index_paths
     from clipblip.search.indexer import open_model
 
-    if not (MODEL_DIR / "manifest.json").exists():
-        from clipblip.export import export_model
-
-        print(f"exporting random:clip-base int8 to {MODEL_DIR}", file=sys.stderr, flush=True)
-        export_model("random:clip-base", MODEL_DIR, precision="int8")
+    export_once("random:clip-base", MODEL_DIR, precision="int8")
     torch.set_num_threads(threads)
     result = {"images": count, "threads": threads, "model": "random:clip-base, int8 export", "clipblip": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +154,7 @@ def bench_indexing(count: int, threads: int, batches: tuple[int, ...], repeat: i
 
             ms = median_ms(once, repeat)
             result["clipblip"][str(batch)] = {"median_s": ms / 1000, "images_per_s": count / (ms / 1000)}
-            print(f"index --max-batch {batch}: {count / (ms / 1000):.1f} images/s", file=sys.stderr, flush=True)
+            say(f"index --max-batch {batch}: {count / (ms / 1000):.1f} images/s")
 
         from clipblip.export.sources import load_source
 
@@ -179,33 +169,27 @@ def bench_indexing(count: int, threads: int, batches: tuple[int, ...], repeat: i
 
         ms = median_ms(eager, repeat)
         result["eager"] = {"median_s": ms / 1000, "images_per_s": count / (ms / 1000)}
-        print(f"eager batch 1: {count / (ms / 1000):.1f} images/s", file=sys.stderr, flush=True)
+        say(f"eager batch 1: {count / (ms / 1000):.1f} images/s")
     return result
 
 
 def markdown(report: dict) -> str:
-    env = report["environment"]
-    lines = [f"Measured {report['date']} on {env['cpu']} ({env['cores']} cores), {env['threads']} threads.", "",
+    lines = [measured_line(report["date"], report["environment"], *LIBRARIES), "",
              "## Search: HNSW (faiss IndexHNSWFlat, M=32, efConstruction=40) vs exact numpy", "",
              f"{DIM}-d Gaussian mixture of {CLUSTERS} clusters (anisotropic noise: a {LATENT}-d power-law latent), "
              f"L2-normalised; {report['queries']} queries near the "
-             "data, one at a time, index in memory.", "",
-             "| vectors | build s | exact p50 ms | exact p95 ms | efSearch | HNSW p50 ms | HNSW p95 ms | recall@10 |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in report["search"]:
-        for ef, v in row["hnsw"].items():
-            mark = " (default)" if int(ef) == row["ef_default"] else ""
-            lines.append(f"| {row['n']:,} | {row['build_s']:.1f} | {row['exact_p50_ms']:.2f} | "
-                         f"{row['exact_p95_ms']:.2f}"
-                         f" | {ef}{mark} | {v['p50_ms']:.3f} | {v['p95_ms']:.3f} | {v['recall_at_10']:.4f} |")
+             "data, one at a time, index in memory.", ""]
+    lines += table(["vectors", "build s", "exact p50 ms", "exact p95 ms", "efSearch", "HNSW p50 ms", "HNSW p95 ms",
+                    "recall@10"], (
+        [f"{row['n']:,}", f"{row['build_s']:.1f}", f"{row['exact_p50_ms']:.2f}", f"{row['exact_p95_ms']:.2f}",
+         f"{ef}{' (default)' if int(ef) == row['ef_default'] else ''}", f"{v['p50_ms']:.3f}", f"{v['p95_ms']:.3f}",
+         f"{v['recall_at_10']:.4f}"] for row in report["search"] for ef, v in row["hnsw"].items()), align="rrrrrrrr")
     idx = report.get("indexing")
     if idx:
-        lines += ["", f"## Indexing: {idx['images']} images, {idx['model']}, {idx['threads']} threads", "",
-                  "| variant | images/s |", "|---|---:|"]
-        for batch, v in idx["clipblip"].items():
-            lines.append(f"| clipblip index --max-batch {batch} | {v['images_per_s']:.1f} |")
-        lines.append(f"| eager CLIPModel.get_image_features, batch 1 (with CLIPImageProcessor) | "
-                     f"{idx['eager']['images_per_s']:.1f} |")
+        lines += ["", f"## Indexing: {idx['images']} images, {idx['model']}, {idx['threads']} threads", ""]
+        rates = {f"clipblip index --max-batch {batch}": v["images_per_s"] for batch, v in idx["clipblip"].items()}
+        rates["eager CLIPModel.get_image_features, batch 1 (with CLIPImageProcessor)"] = idx["eager"]["images_per_s"]
+        lines += table(["variant", "images/s"], ([name, f"{rate:.1f}"] for name, rate in rates.items()), align="lr")
     lines += ["", "## Goals", ""] + [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in report["goals"]]
     return "\n".join(lines) + "\n"
 
@@ -226,8 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
     queries = args.queries or (100 if args.quick else 500)
     images = args.images or (8 if args.quick else 64)
-    report = {"date": time.strftime("%Y-%m-%d"),
-              "environment": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads},
+    report = {"date": time.strftime("%Y-%m-%d"), "environment": environment(args.threads, *LIBRARIES),
               "queries": queries, "search": [], "goals": []}
     for n in sizes:
         report["search"].append(bench_size(n, queries, args.threads,
@@ -247,10 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         eager = idx["eager"]["images_per_s"]
         report["goals"].append((f"indexing with int8 CLIP base at least 2x the eager batch-1 loop: best "
                                 f"{top:.1f} images/s vs eager {eager:.1f} ({top / eager:.2f}x)", top >= 2 * eager))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(report))
+    write_results(Path(args.out) / "results.json", report, markdown(report))
     print(markdown(report))
     return report
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,63 +30,25 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
-from common import cpu_class, cpu_flags, cpu_name  # benchmarks/common.py
+from common import (PHOTOS, environment, export_once, interleaved, measured_line, sample_image, sample_photo, say,
+                    summarise, table, write_results)  # benchmarks/common.py
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "cold_start.py"
-
-
-def environment(threads: int) -> dict:
-    import onnxruntime
-    import transformers
-
-    return {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cpu_class": cpu_class(), "cores": os.cpu_count(),
-            "threads": threads, "provider": "auto (CPU: ONNX Runtime, OpenVINO where the folder says auto picks it)",
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
-            "gpu": "none on this machine: no CUDA figures were measured"}
-
-
-def measure(variants: dict[str, Callable[[], object]], repeat: int, pause: float) -> dict[str, list[float]]:
-    """Warm every variant up, then time them interleaved: one call of each per round, each after ``pause`` s."""
-    for fn in variants.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeat):
-        for name, fn in variants.items():
-            time.sleep(pause)  # the previous variant's threads stop spinning on the cores this one needs
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def summarise(times: dict[str, list[float]], items: int) -> dict[str, dict]:
-    base = statistics.median(times["eager fp32"])
-    out = {}
-    for name, samples in times.items():
-        p50 = statistics.median(samples)
-        out[name] = {"p50_ms": p50 * 1000, "p95_ms": float(np.percentile(samples, 95)) * 1000,
-                     "throughput_per_s": items / p50, "ratio_to_eager_fp32": base / p50, "samples": len(samples)}
-    return out
+LIBRARIES = ("torch", "transformers", "onnxruntime", "openvino")  # their versions, in the record and the table
 
 
 def export_all(tmp: Path, size: str) -> dict[str, Path]:
-    from clipblip.export import PRECISIONS, export_model
+    from clipblip.export import PRECISIONS
 
     folders = {}
     for name, preset, task in (("clip", f"random:clip-{size}", None), ("caption", f"random:blip-{size}", "caption"),
                                ("vqa", f"random:blip-{size}", "vqa"), ("itm", f"random:blip-{size}", "itm")):
         # int4 touches only the decoder step (the weights read every token): measured on captions
         for precision in ("fp32", "int8", "int4") if task == "caption" and "int4" in PRECISIONS else ("fp32", "int8"):
-            folder = tmp / f"{name}-{precision}"
-            if (folder / "manifest.json").exists():  # --work: an earlier run's export, reused
-                folders[f"{name} {precision}"] = folder
-                continue
-            print(f"exporting {preset} {task or ''} {precision}", file=sys.stderr, flush=True)
-            export_model(preset, folder, task=task, precision=precision)
-            folders[f"{name} {precision}"] = folder
+            # --work: an earlier run's export, reused
+            folders[f"{name} {precision}"] = export_once(preset, tmp / f"{name}-{precision}", task=task,
+                                                         precision=precision)
     return folders
 
 
@@ -137,7 +97,7 @@ def eager_variants(fn: Callable[[], object]) -> dict[str, Callable[[], object]]:
     return {"eager fp32": run(False), "eager bf16 autocast": run(True)}
 
 
-def workloads(folders: dict[str, Path], size: str, threads: int, images: list[Image.Image]) -> tuple[dict, dict]:
+def workloads(folders: dict[str, Path], size: str, threads: int, images: list) -> tuple[dict, dict]:
     from clipblip.export.sources import load_source
 
     engines = engine_variants(folders, threads)
@@ -200,7 +160,8 @@ def engines_with_openvino(folder: Path) -> bool:
     from clipblip.engine.openvino import available
     from clipblip.manifest import Manifest
 
-    return available() and any(g.backends.get("openvino", {}).get("files") for g in Manifest.load(folder).graphs.values())
+    return available() and any(g.backends.get("openvino", {}).get("files")
+                               for g in Manifest.load(folder).graphs.values())
 
 
 def cold_start(folders: dict[str, Path], size: str, threads: int, tmp: Path, photo: Path) -> dict:
@@ -243,25 +204,21 @@ def cold_start(folders: dict[str, Path], size: str, threads: int, tmp: Path, pho
 
 def markdown(report: dict) -> str:
     env = report["environment"]
-    lines = [f"Measured {report['date']} on {env['cpu']} ({env['cores']} cores; {' '.join(env.get('cpu_flags', []))}), "
-             f"{env['threads']} threads, "
-             f"{env['provider']}; torch {env['torch']}, transformers {env['transformers']}, onnxruntime "
-             f"{env['onnxruntime']}. Models: {report['models']} (random weights). Median (p50) and p95 of "
-             f"{report['repeat']} interleaved runs after a warm-up, each after a {report.get('pause_s', 0)} s pause. "
-             f"GPU: {env['gpu']}.", "",
-             "| work | variant | p50 ms | p95 ms | items/s | × eager fp32 |", "|---|---|---|---|---|---|"]
-    for work, variants in report["latency"].items():
-        for name, r in variants.items():
-            lines.append(f"| {work} | {name} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['throughput_per_s']:.2f} "
-                         f"| {r['ratio_to_eager_fp32']:.2f}× |")
+    lines = [f"{measured_line(report['date'], env, *LIBRARIES)} Provider {env['provider']}. Models: "
+             f"{report['models']} (random weights). Median (p50) and p95 of {report['repeat']} interleaved runs after "
+             f"a warm-up, each after a {report.get('pause_s', 0)} s pause. GPU: {env['gpu']}.", ""]
+    lines += table(["work", "variant", "p50 ms", "p95 ms", "items/s", "× eager fp32"], (
+        [work, name, f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['throughput_per_s']:.2f}",
+         f"{r['ratio_to_eager_fp32']:.2f}×"] for work, variants in report["latency"].items()
+        for name, r in variants.items()))
     lines += ["", "Backends (provider auto on this CPU):", ""]
     for name, graphs in report.get("backends", {}).items():
         lines.append(f"- {name}: " + "; ".join(f"{g} on {where}" for g, where in graphs.items()))
-    lines += ["", "| new process → first caption | wall s | × eager | peak RSS MB | × eager | first load on this "
-              "machine (checks run) s |", "|---|---|---|---|---|---|"]
-    for name, r in report["cold_start"].items():
-        lines.append(f"| {name} | {r['wall_s']:.2f} | {r['cold_start_ratio_to_eager']:.2f}× | "
-                     f"{r['peak_rss_mb']:.0f} | {r['peak_rss_ratio_to_eager']:.2f}× | {r['first_load_wall_s']:.2f} |")
+    lines += [""] + table(["new process → first caption", "wall s", "× eager", "peak RSS MB", "× eager",
+                           "first load on this machine (checks run) s"], (
+        [name, f"{r['wall_s']:.2f}", f"{r['cold_start_ratio_to_eager']:.2f}×", f"{r['peak_rss_mb']:.0f}",
+         f"{r['peak_rss_ratio_to_eager']:.2f}×", f"{r['first_load_wall_s']:.2f}"]
+        for name, r in report["cold_start"].items()))
     return "\n".join(lines) + "\n"
 
 
@@ -301,30 +258,28 @@ def main(argv: list[str] | None = None) -> dict:
     size, repeat = ("tiny", args.repeat or 2) if args.quick else ("base", args.repeat or 7)
     pause = args.pause if args.pause is not None else (0.0 if args.quick else 0.2)
 
-    from matplotlib import cbook
-
     torch.set_num_threads(args.threads)
-    photo = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    images = [Image.open(photo).convert("RGB"),
-              Image.open(cbook.get_sample_data("Minduka_Present_Blue_Pack.png", asfileobj=False)).convert("RGB")]
+    photo = sample_photo()
+    images = [sample_image(name) for name in PHOTOS]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with (nullcontext(args.work) if args.work else tempfile.TemporaryDirectory()) as tmp:
         Path(tmp).mkdir(parents=True, exist_ok=True)
         folders = export_all(Path(tmp), size)
-        latency = {}
+        timings = {}
         ran_on, works = workloads(folders, size, args.threads, images)
         for work, (items, variants) in works.items():
-            print(f"timing {work}", file=sys.stderr, flush=True)
-            latency[work] = summarise(measure(variants, repeat, pause), items)
-            (out / "latency.partial.json").write_text(json.dumps(latency, indent=2) + "\n")  # kept if a later part fails
-        print("timing cold starts", file=sys.stderr, flush=True)
+            say(f"timing {work}")
+            timings[work] = summarise(interleaved(variants, repeat, pause=pause), items=items)
+            write_results(out / "latency.partial.json", timings)  # kept if a later part fails
+        say("timing cold starts")
         cold = cold_start(folders, size, args.threads, Path(tmp), photo)
-    report = {"date": time.strftime("%Y-%m-%d"), "environment": environment(args.threads), "repeat": repeat,
-              "pause_s": pause, "models": f"random:clip-{size}, random:blip-{size}", "latency": latency,
-              "backends": ran_on, "cold_start": cold}
-    (out / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(markdown(report), encoding="utf-8")
+    env = environment(args.threads, *LIBRARIES, provider="auto (CPU: ONNX Runtime, OpenVINO where the folder says "
+                      "auto picks it)", gpu="none on this machine: no CUDA figures were measured")
+    report = {"date": time.strftime("%Y-%m-%d"), "environment": env, "repeat": repeat, "pause_s": pause,
+              "models": f"random:clip-{size}, random:blip-{size}", "latency": timings, "backends": ran_on,
+              "cold_start": cold}
+    write_results(out / "results.json", report, markdown(report))
     (out / "latency.partial.json").unlink(missing_ok=True)
     chart(report, out / "chart.png")
     print(markdown(report))

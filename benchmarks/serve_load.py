@@ -34,7 +34,6 @@ import importlib.util
 import io
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -43,7 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cpu_name  # benchmarks/common.py
+from common import cell as fmt, environment as environment_record, measured_line, table, write_results  # benchmarks/
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -58,24 +57,13 @@ RAY_REPLICAS = 2
 # --- environment ---------------------------------------------------------------------------------------
 
 
-def version_of(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
+LIBRARIES = ("onnxruntime", "numpy", "fastapi", "uvicorn", "httpx", "ray")  # the server's: their versions recorded
 
 
 def environment(threads: int) -> dict:
-    import clipblip
-
-    env = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads, "provider": "CPUExecutionProvider",
-           "python": platform.python_version(), "clipblip": clipblip.__version__, "platform": platform.platform(),
-           "gpu": "none used: the server runs on the CPU"}
-    for package in ("onnxruntime", "numpy", "fastapi", "uvicorn", "httpx", "ray"):
-        env[package] = version_of(package)
-    return env
+    """benchmarks/common.py's record; ``threads``: the server's --threads."""
+    return environment_record(threads, *LIBRARIES, provider="CPUExecutionProvider",
+                              gpu="none used: the server runs on the CPU")
 
 
 # --- models and images ---------------------------------------------------------------------------------
@@ -409,10 +397,6 @@ def cores(cpu: dict | None) -> str:
     return f"{cpu['server_cores']:.2f} / {cpu['client_cores']:.2f} / {cpu['other_cores']:.2f}{flag}"
 
 
-def fmt(value, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 # --- goals ---------------------------------------------------------------------------------------------
 
 def goal_checks(embed: dict | None, quick: bool) -> list[dict]:
@@ -449,15 +433,12 @@ WORKLOAD_TITLES = {"embed": "image embeddings (POST /v1/embeddings, 1 image a re
 def markdown(report: dict) -> str:
     env = report["environment"]
     settings = report["server_settings"]
-    lines = [f"Measured {report['date']} on {env['cpu']} ({env['cores']} cores); server `--threads {env['threads']}`, "
-             f"`--max-batch {settings['max_batch']}`, `--batch-wait-ms {settings['batch_wait_ms']:g}`, "
-             f"{env['provider']}; clipblip {env['clipblip']}, onnxruntime {env['onnxruntime']}, fastapi "
-             f"{env['fastapi']}, uvicorn {env['uvicorn']}, httpx {env['httpx']}"
-             + (f", ray {env['ray']}" if env.get("ray") else "") + f", Python {env['python']}. "
-             f"1-minute load average before the run: {env['load_average_1min_at_start']:.2f}. Column 'cores': CPU "
-             f"cores busy on average during the level (from /proc) for the server / the load clients / everything "
-             f"else on the machine; ⚠ shared: other work took ≥ {CONTENDED} cores during that level, which made it "
-             f"slower.",
+    lines = [f"{measured_line(report['date'], env, *(name for name in LIBRARIES if env.get(name)))} Server "
+             f"`--threads {env['threads']}`, `--max-batch {settings['max_batch']}`, `--batch-wait-ms "
+             f"{settings['batch_wait_ms']:g}`, {env['provider']}. 1-minute load average before the run: "
+             f"{env['load_average_1min_at_start']:.2f}. Column 'cores': CPU cores busy on average during the level "
+             f"(from /proc) for the server / the load clients / everything else on the machine; ⚠ shared: other work "
+             f"took ≥ {CONTENDED} cores during that level, which made it slower.",
              "",
              f"Models: {report['models']} — RANDOM weights: these figures are about speed only. Load: C clients over "
              f"loopback HTTP (asyncio + httpx on the same machine), each with one request in flight, until the level's "
@@ -471,25 +452,21 @@ def markdown(report: dict) -> str:
             lines += [f"### {server_name}", "", f"Not measured: {server['skipped']}", ""]
             continue
         for workload, result in server["workloads"].items():
-            lines += [f"### {server_name}: {WORKLOAD_TITLES[workload]}", "",
-                      "| concurrency | requests ok / sent | wall s | req/s | items/s | p50 ms | p95 ms "
-                      "| engine calls | mean batch | batch sizes (items: calls) | cores: server / clients / other |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|"]
-            for r in result["levels"]:
-                b = r["batch_size"]
-                sizes = ", ".join(f"{k}: {v}" for k, v in b["batches"].items()) or "—"
-                stop = "" if r["stopped_by"] == "count" else " (time limit)"
-                lines.append(f"| {r['concurrency']} | {r['ok']} / {r['requests_sent']}{stop} | {r['wall_s']:.1f} "
-                             f"| {r['requests_per_s']:.2f} | {r['items_per_s']:.2f} | {fmt(r['p50_ms'])} "
-                             f"| {fmt(r['p95_ms'])} | {b['engine_calls']} | {fmt(b['mean_batch'], 2)} | {sizes} "
-                             f"| {cores(r['cpu'])} |")
+            lines += [f"### {server_name}: {WORKLOAD_TITLES[workload]}", ""]
+            lines += table(["concurrency", "requests ok / sent", "wall s", "req/s", "items/s", "p50 ms", "p95 ms",
+                            "engine calls", "mean batch", "batch sizes (items: calls)",
+                            "cores: server / clients / other"], (
+                [r["concurrency"], f"{r['ok']} / {r['requests_sent']}"
+                 + ("" if r["stopped_by"] == "count" else " (time limit)"), fmt(r["wall_s"]),
+                 fmt(r["requests_per_s"], 2), fmt(r["items_per_s"], 2), fmt(r["p50_ms"]), fmt(r["p95_ms"]),
+                 r["batch_size"]["engine_calls"], fmt(r["batch_size"]["mean_batch"], 2),
+                 ", ".join(f"{k}: {v}" for k, v in r["batch_size"]["batches"].items()) or "—", cores(r["cpu"])]
+                for r in result["levels"]))
             lines.append("")
-    lines += ["### Goals (image embeddings, single process)", "", "| goal | measured | ratio | result |",
-              "|---|---|---|---|"]
-    for check in report["goals"]:
-        ratio = f"{check['ratio']:.2f}×" if "ratio" in check else "—"
-        lines.append(f"| {check['goal']} ({check['note']}) | {check.get('measured', '—')} | {ratio} "
-                     f"| **{check['result']}** |")
+    lines += ["### Goals (image embeddings, single process)", ""]
+    lines += table(["goal", "measured", "ratio", "result"], (
+        [f"{check['goal']} ({check['note']})", check.get("measured", "—"), fmt(check.get("ratio"), 2, "×"),
+         f"**{check['result']}**"] for check in report["goals"]))
     return "\n".join(lines) + "\n"
 
 
@@ -611,8 +588,7 @@ def main(argv: list[str] | None = None) -> dict:
               "seconds_per_level": {"embed": embed_seconds, "caption": caption_seconds},
               "servers": servers,
               "goals": goal_checks(local.get("workloads", {}).get("embed"), args.quick)}
-    (out / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(markdown(report), encoding="utf-8")
+    write_results(out / "results.json", report, markdown(report))
     print(markdown(report))
     for check in report["goals"]:
         ratio = f" ratio {check['ratio']:.2f}×" if "ratio" in check else ""

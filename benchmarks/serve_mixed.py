@@ -18,11 +18,10 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-from common import cpu_name  # benchmarks/common.py
+from common import measured_line, say, table, write_results  # benchmarks/common.py
 from serve_load import MODELS, Server, environment, image_variants, load, model_folder
 
 POLICIES = ("spin-1ms", "no-spin", "shared")
@@ -80,9 +79,6 @@ def main() -> None:
     if not set(policies) <= set(POLICIES):
         parser.error(f"--policies: of {', '.join(POLICIES)}")
 
-    def say(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     folders = {"clip": model_folder("random:clip-base", None, say),
                "caption": model_folder("random:blip-base", "caption", say)}
     if (MODELS / "blip-base-vqa-int8" / "manifest.json").exists():
@@ -98,19 +94,19 @@ def main() -> None:
         return sum(v["requests_per_s"] for v in values) / len(values)
 
     workloads = list(rounds[0][policies[0]]["mixed"])
-    lines = [f"# Mixed load on one server, per threading policy ({time.strftime('%Y-%m-%d')})", "",
-             f"{cpu_name()}, {os.cpu_count()} cores, server --threads {args.threads}; models: {', '.join(folders)} "
-             f"(int8, random weights); {args.rounds} rounds, policies alternating; requests/s, mean of the rounds.",
-             "", "| policy | " + " | ".join(f"mixed: {w}" for w in workloads)
-             + " | embed alone, 16 clients | embed alone, 1 client | 16 / 1 |",
-             "|---|" + "---|" * (len(workloads) + 3)]
+    date, env = time.strftime("%Y-%m-%d"), environment(args.threads)
+    lines = [f"# Mixed load on one server, per threading policy ({date})", "",
+             f"{measured_line(date, env, 'onnxruntime')} Server --threads {args.threads}; models: {', '.join(folders)} "
+             f"(int8, random weights); {args.rounds} rounds, policies alternating; requests/s, mean of the rounds.", ""]
+    rows = []
     for policy in policies:
         alone16, alone1 = mean(policy, "embed_16"), mean(policy, "embed_1")
-        lines.append(f"| {policy} | " + " | ".join(f"{mean(policy, 'mixed', w):.2f}" for w in workloads)
-                     + f" | {alone16:.2f} | {alone1:.2f} | {alone16 / alone1:.2f}× |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps({"environment": environment(args.threads), "rounds": rounds,
-                                                  "folders": {k: str(v) for k, v in folders.items()}}, indent=1))
+        rows.append([policy, *(f"{mean(policy, 'mixed', w):.2f}" for w in workloads), f"{alone16:.2f}",
+                     f"{alone1:.2f}", f"{alone16 / alone1:.2f}×"])
+    lines += table(["policy", *(f"mixed: {w}" for w in workloads), "embed alone, 16 clients", "embed alone, 1 client",
+                    "16 / 1"], rows)
+    write_results(out / "results.json", {"date": date, "environment": env, "rounds": rounds,
+                                         "folders": {k: str(v) for k, v in folders.items()}}, "\n".join(lines))
     print("\n".join(lines))
 
 

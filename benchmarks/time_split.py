@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_class, cpu_flags, cpu_name  # noqa: E402  benchmarks/common.py
+from common import environment, sample_image, write_results  # benchmarks/common.py
 
 
 class Timed:
@@ -108,14 +105,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from matplotlib import cbook
-    from PIL import Image
-
     from clipblip.engine import BlipEngine, ClipEngine
 
-    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
-    report = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cpu_flags": cpu_flags(), "cpu_class": cpu_class(),
-              "threads": args.threads}
+    photo = sample_image()
+    report = {"date": time.strftime("%Y-%m-%d"), "environment": environment(args.threads, "onnxruntime", "openvino")}
     blip = BlipEngine.from_dir(args.caption, provider="auto", threads=args.threads)
     report["caption"] = {"folder": str(args.caption), "precision": blip.precision,
                          "backends": {n: s.get_providers()[0] for n, s in blip.sessions.items()},
@@ -144,10 +137,9 @@ def main() -> None:
         pixels = clip.preprocess([photo])
         report["clip image"]["image_tower_operators"] = operators(args.clip / clip.manifest.graphs["image_tower"].file,
                                                                   {"pixel_values": pixels}, args.threads, 10)
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2, ensure_ascii=False))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_results(args.out, report)
 
 
 if __name__ == "__main__":

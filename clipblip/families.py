@@ -188,9 +188,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
             Task("match", "itm", "BlipForImageTextRetrieval", ("image_tower", "itm_head", "itc_image", "itc_text"),
                  "Salesforce/blip-itm-base-coco"),
         ),
-        # 577-token image tower, 2 threads: on an Intel Xeon with AMX, OpenVINO bf16 108 ms against ORT int8 161 ms
-        # (design.md); on an AMD EPYC with AVX-512 VNNI and BF16 but no AMX, OpenVINO bf16 323 ms against ORT int8
-        # (u8s7) 270 ms; without BF16 (AVX2) OpenVINO computes in f32, 2.2x ORT int8's time on that EPYC: ORT.
+        # 577-token image tower, 2 threads (docs/same-answers.md, "Backends by CPU class"): on an Intel Xeon with
+        # AMX, OpenVINO bf16 108 ms against ORT int8 161 ms; on an AMD EPYC with AVX-512 VNNI and BF16 but no AMX,
+        # OpenVINO bf16 323 ms against ORT int8 (u8s7) 270 ms; without BF16 (AVX2) OpenVINO computes in f32, 2.2x
+        # ORT int8's time on that EPYC: ORT.
         # CLIP's towers and the decoder step are as fast or faster on ORT everywhere measured.
         openvino_graphs=("image_tower",),
         openvino_auto_on=("amx",),

@@ -25,7 +25,7 @@ def test_quick_peers_benchmark_writes_json_and_table(tmp_path):
     report = json.loads((tmp_path / "results.json").read_text())
     env = report["environment"]
     assert env["cpu"] and env["threads"] == 2 and isinstance(env["cpu_flags"], list)
-    assert {"clipblip", "onnxruntime", "torch", "transformers"} <= set(env["ours"])
+    assert {"clipblip", "commit", "onnxruntime", "torch", "transformers", "eager_processor"} <= set(env)  # ours
     assert {"optimum-onnx", "optimum", "onnxruntime", "torch", "transformers"} <= set(env["peer"])
     assert env["peer"]["transformers"] < "4.58"  # optimum-onnx's pin: the peer really ran in its own venv
     assert report["random_weights"] is True and report["model"] == "random:clip-tiny"

@@ -20,9 +20,10 @@ provider:
 
 After a warm-up, the variants are timed interleaved in rounds (one call of each per round, the order
 rotated every round, a pause of --pause-ms (200) before each call so that no thread pool still spins into
-the next call: ONNX Runtime's and PyTorch's pools, in this process and in the worker); median and p95 over the rounds, speed-up over eager fp32 from the same run. Each variant's
-probabilities are recorded with their largest difference from eager's. Writes results.json and
-results.md into --out. Weights are random: the figures are about speed, never about quality.
+the next call: ONNX Runtime's and PyTorch's pools, in this process and in the worker); median and p95 over
+the rounds, speed-up over eager fp32 from the same run. Each variant's probabilities are recorded with their
+largest difference from eager's. Writes results.json and results.md into --out. Weights are random: the
+figures are about speed, never about quality.
 """
 
 from __future__ import annotations
@@ -30,13 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
@@ -45,7 +43,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
-from common import CPU_FLAGS, cpu_flags, cpu_name  # noqa: E402  benchmarks/common.py
+from common import (SelfTimed, commit_text, environment, interleaved, machine_text, sample_photo,  # noqa: E402
+                    say, summarise, table, write_results)  # benchmarks/common.py
 
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 
@@ -100,13 +99,14 @@ class OptimumWorker:
         self.info = answer["info"]
         return self.info
 
-    def run(self, variant: str, prompts: list[str]) -> dict:
+    def run(self, variant: str, prompts: list[str]) -> SelfTimed:
+        """One call in the worker: the seconds it measured there (no pipe in them) and its probabilities."""
         self.process.stdin.write(json.dumps({"op": "run", "variant": variant, "prompts": prompts}) + "\n")
         self.process.stdin.flush()
         answer = self._read()
         if "error" in answer:
             raise RuntimeError(f"optimum-onnx worker: {answer['error']}\n{self.tail()}")
-        return answer
+        return SelfTimed(answer["ms"] / 1000, [float(p) for p in answer["probs"]])
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -130,19 +130,19 @@ def save_checkpoint(preset: str, folder: Path) -> None:
     source.tokenizer.save_pretrained(folder)
 
 
-def timed(fn: Callable[[], list[float]], prepare: Callable[[], None] | None = None) -> Callable[[], dict]:
+def timed(fn: Callable[[], list[float]], prepare: Callable[[], None] | None = None) -> Callable[[], SelfTimed]:
     """A variant run in this process: ``prepare()`` untimed, then ``fn()`` (label-order probabilities) timed."""
-    def call() -> dict:
+    def call() -> SelfTimed:
         if prepare:
             prepare()
         start = time.perf_counter()
         probs = fn()
-        return {"ms": (time.perf_counter() - start) * 1000, "probs": [float(p) for p in probs]}
+        return SelfTimed(time.perf_counter() - start, [float(p) for p in probs])
     return call
 
 
 def variants(checkpoint: Path, folders: dict[str, Path], worker: OptimumWorker, threads: int, photo_path: Path,
-             per_channel: bool) -> tuple[dict[str, Callable[[], dict]], list[str], str]:
+             per_channel: bool) -> tuple[dict[str, Callable[[], SelfTimed]], list[str], str]:
     import torch
     from PIL import Image
     from transformers import AutoProcessor, CLIPModel
@@ -232,37 +232,17 @@ def wait_for_idle(pids: list[int], limit_s: float, window_s: float = 3.0) -> flo
         others = max(0.0, (busy2 - busy) - (own2 - own)) / window_s
         if others < 0.25 or time.perf_counter() >= deadline:
             return others
-        print(f"waiting for an idle machine: other processes use {others:.2f} cores", file=sys.stderr, flush=True)
+        say(f"waiting for an idle machine: other processes use {others:.2f} cores")
 
 
-def measure(fns: dict[str, Callable[[], dict]], rounds: int, warmup: int, pause_s: float) -> dict[str, list[dict]]:
-    """Warm every variant up, then one call of each per round, the order rotated each round."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-            time.sleep(pause_s)
-    samples: dict[str, list[dict]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            samples[name].append(fns[name]())
-            time.sleep(pause_s)
-    return samples
-
-
-def summarise(samples: dict[str, list[dict]]) -> dict[str, dict]:
-    eager_p50 = statistics.median(s["ms"] for s in samples[EAGER])
-    eager_probs = np.array(samples[EAGER][-1]["probs"])
-    out = {}
-    for name, runs in samples.items():
-        ms = [s["ms"] for s in runs]
-        probs = np.array(runs[-1]["probs"])
-        p50 = statistics.median(ms)
-        out[name] = {"p50_ms": p50, "p95_ms": float(np.percentile(ms, 95)), "min_ms": min(ms),
-                     "ratio_to_eager_fp32": eager_p50 / p50, "samples": len(ms),
-                     "top_label": LABELS[int(probs.argmax())],
-                     "probs": {label: float(p) for label, p in zip(LABELS, probs)},
-                     "max_abs_prob_diff_vs_eager": float(np.abs(probs - eager_probs).max())}
+def latency_and_answers(times: dict[str, list[float]], probs: dict[str, list[float]]) -> dict[str, dict]:
+    """Per variant: its latency, the ratio to eager's p50, and its last probabilities against eager's."""
+    out = summarise(times, ratios={"ratio_to_eager_fp32": EAGER})
+    eager = np.array(probs[EAGER])
+    for name, row in out.items():
+        mine = np.array(probs[name])
+        row.update({"top_label": LABELS[int(mine.argmax())], "probs": dict(zip(LABELS, map(float, mine))),
+                    "max_abs_prob_diff_vs_eager": float(np.abs(mine - eager).max())})
     return out
 
 
@@ -293,51 +273,32 @@ def clipblip_exports(folders: dict[str, Path]) -> dict:
     return out
 
 
-def environment(threads: int, peer: dict, eager_processor: str) -> dict:
-    import onnxruntime
-    import torch
-    import transformers
-
-    import clipblip
-
-    return {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "threads": threads,
-            "provider": "CPUExecutionProvider", "platform": platform.platform(),
-            "ours": {"python": platform.python_version(), "clipblip": clipblip.__version__,
-                     "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__, "tokenizers": version("tokenizers"),
-                     "eager_processor": eager_processor},
-            "peer": peer}
-
-
 def markdown(report: dict) -> str:
-    env, ours, peer = report["environment"], report["environment"]["ours"], report["environment"]["peer"]
+    env, peer = report["environment"], report["environment"]["peer"]
     lines = [
-        f"Zero-shot classification, measured {report['date']} on {env['cpu']} ({env['cores']} cores; flags: "
-        f"{', '.join(env['cpu_flags']) or 'none of ' + ', '.join(CPU_FLAGS)}), {env['threads']} threads, "
+        f"Zero-shot classification, measured {report['date']} on {machine_text(env)}, {env['threads']} threads, "
         f"{env['provider']}. Model: {report['model']} with **random weights** (speed only, never quality), one "
         f"save_pretrained checkpoint read by every side. Work: {report['work']}. Median (p50) and p95 of "
         f"{report['rounds']} interleaved rounds after {report['warmup']} warm-up round(s); other processes kept "
         f"{report['machine_load']['other_processes_cores']} cores busy meanwhile.", "",
-        f"- ours (this venv): clipblip {ours['clipblip']}, onnxruntime {ours['onnxruntime']}, torch {ours['torch']}, "
-        f"transformers {ours['transformers']}; eager's processor: {ours['eager_processor']}",
+        f"- ours (this venv): clipblip {env['clipblip']} at {commit_text(env)}, onnxruntime "
+        f"{env['onnxruntime']}, torch {env['torch']}, transformers {env['transformers']}; eager's processor: "
+        f"{env['eager_processor']}",
         f"- peer (.venv-peers): optimum-onnx {peer['optimum-onnx']} (optimum {peer['optimum']}), onnxruntime "
         f"{peer['onnxruntime']}, torch {peer['torch']}, transformers {peer['transformers']}; int8 = "
         f"`{peer['quantization']['call']}` ({peer['quantization']['format']}/{peer['quantization']['mode']}, "
         f"weights {peer['quantization']['weights_dtype']}, activations {peer['quantization']['activations_dtype']}); "
         f"processor: {peer['processor']}",
-        "", "| variant | p50 ms | p95 ms | × eager fp32 | top label | probabilities (cat / dog / car) "
-        "| max abs Δp vs eager |",
-        "|---|---|---|---|---|---|---|"]
-    for name, r in report["latency"].items():
-        probs = " / ".join(f"{p:.4f}" for p in r["probs"].values())
-        lines.append(f"| {name} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['ratio_to_eager_fp32']:.2f}× | "
-                     f"{r['top_label']} | {probs} | {r['max_abs_prob_diff_vs_eager']:.1e} |")
-    lines += ["", "| clipblip | optimum-onnx | clipblip p50 ms | optimum p50 ms | speed-up over optimum | ahead |",
-              "|---|---|---|---|---|---|"]
-    for c in report["versus_optimum"]:
-        lines.append(f"| {c['clipblip']} | {c['optimum-onnx']} | {c['clipblip_p50_ms']:.1f} "
-                     f"| {c['optimum_p50_ms']:.1f} "
-                     f"| {c['speedup_over_optimum']:.2f}× | {'yes' if c['ahead'] else 'no'} |")
+        ""]
+    lines += table(["variant", "p50 ms", "p95 ms", "× eager fp32", "top label", "probabilities (cat / dog / car)",
+                    "max abs Δp vs eager"], (
+        [name, f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['ratio_to_eager_fp32']:.2f}×", r["top_label"],
+         " / ".join(f"{p:.4f}" for p in r["probs"].values()), f"{r['max_abs_prob_diff_vs_eager']:.1e}"]
+        for name, r in report["latency"].items()))
+    lines += [""] + table(["clipblip", "optimum-onnx", "clipblip p50 ms", "optimum p50 ms", "speed-up over optimum",
+                           "ahead"], (
+        [c["clipblip"], c["optimum-onnx"], f"{c['clipblip_p50_ms']:.1f}", f"{c['optimum_p50_ms']:.1f}",
+         f"{c['speedup_over_optimum']:.2f}×", "yes" if c["ahead"] else "no"] for c in report["versus_optimum"]))
     if report["notes"]:
         lines += [""] + [f"Note: {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
@@ -364,36 +325,37 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
-    from matplotlib import cbook
 
     from clipblip.export import export_model
 
     torch.set_num_threads(args.threads)
-    photo = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    photo = sample_photo()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="clipblip-peers-") as tmp:
         tmp = Path(tmp)
         checkpoint = tmp / "checkpoint"
-        print(f"saving the {preset} checkpoint (random weights)", file=sys.stderr, flush=True)
+        say(f"saving the {preset} checkpoint (random weights)")
         save_checkpoint(preset, checkpoint)
-        print("starting the optimum-onnx worker (export + int8 quantization)", file=sys.stderr, flush=True)
+        say("starting the optimum-onnx worker (export + int8 quantization)")
         (tmp / "peer").mkdir()
         worker = OptimumWorker(args.peers_python, checkpoint, tmp / "peer", photo, args.threads, args.per_channel,
                                args.out / "optimum_worker.log")
         try:
             folders = {}
             for precision in ("fp32", "int8"):
-                print(f"exporting clipblip {precision} from the checkpoint", file=sys.stderr, flush=True)
+                say(f"exporting clipblip {precision} from the checkpoint")
                 folders[precision] = tmp / f"clipblip-{precision}"
                 export_model(str(checkpoint), folders[precision], precision=precision)
             peer = worker.wait_ready()
             fns, notes, eager_processor = variants(checkpoint, folders, worker, args.threads, photo, args.per_channel)
-            print(f"timing {len(fns)} variants, {rounds} rounds", file=sys.stderr, flush=True)
+            say(f"timing {len(fns)} variants, {rounds} rounds")
             if args.wait_idle:
                 wait_for_idle([os.getpid(), worker.process.pid], args.wait_idle)
+            probs: dict[str, list[float]] = {}  # each variant's last answer
             with OtherLoad([os.getpid(), worker.process.pid]) as load:
-                samples = measure(fns, rounds, args.warmup, args.pause_ms / 1000)
+                times = interleaved(fns, rounds, warmup=args.warmup, pause=args.pause_ms / 1000, order="rotate",
+                                    results=probs)
             if load.result["other_processes_cores"] >= 0.25:
                 notes.append(f"other processes kept {load.result['other_processes_cores']} of {os.cpu_count()} cores "
                              "busy while the variants were timed: every figure here is slowed down; rerun on an idle "
@@ -403,8 +365,10 @@ def main(argv: list[str] | None = None) -> dict:
                                         "quantize_s": peer["quantize_s"]}}
         finally:
             worker.close()
-    latency = summarise(samples)
-    report = {"date": time.strftime("%Y-%m-%d"), "environment": environment(args.threads, peer, eager_processor),
+    latency = latency_and_answers(times, probs)
+    env = environment(args.threads, "onnxruntime", "numpy", "torch", "transformers", "tokenizers",
+                      provider="CPUExecutionProvider", eager_processor=eager_processor, peer=peer)
+    report = {"date": time.strftime("%Y-%m-%d"), "environment": env,
               "model": preset, "random_weights": True, "photo": photo.name, "labels": list(LABELS),
               "template": TEMPLATE,
               "work": f"1 photo ({photo.name}) × {len(LABELS)} labels ({', '.join(LABELS)}; \"{TEMPLATE}\"), "
@@ -412,8 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
               "rounds": rounds, "warmup": args.warmup, "pause_ms": args.pause_ms, "machine_load": load.result,
               "latency": latency, "versus_optimum": comparisons(latency), "exports": exports, "notes": notes,
               "wall_s": round(time.perf_counter() - started, 1)}
-    (args.out / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (args.out / "results.md").write_text(markdown(report), encoding="utf-8")
+    write_results(args.out / "results.json", report, markdown(report))
     print(markdown(report))
     return report
 

@@ -112,8 +112,8 @@ def setup(args) -> tuple[dict, dict]:
         "onnxruntime": onnxruntime.__version__, "optimum": optimum.version.__version__,
         "optimum-onnx": version("optimum-onnx"), "onnx": version("onnx"),
         "model_class": "ORTModelForZeroShotImageClassification (one graph: both towers + logits)",
-        "quantization": {"call": f"AutoQuantizationConfig.{args.recipe}(is_static=False, per_channel={args.per_channel})",
-                         **recipe},
+        "quantization": {"call": f"AutoQuantizationConfig.{args.recipe}(is_static=False, "
+                                 f"per_channel={args.per_channel})", **recipe},
         "providers": {name: model.providers for name, model in models.items()},
         "use_io_binding": {name: model.use_io_binding for name, model in models.items()},
         "processor": f"{type(processor).__name__}: {type(processor.image_processor).__name__} + "

@@ -1,9 +1,10 @@
 """OpenVINO runtime as a second CPU backend, for the graphs where it measures faster (extra ``openvino``).
 
 On a CPU with AMX, OpenVINO runs the BLIP image tower in bf16 about 1.5× faster than ONNX Runtime's
-dynamic int8 (design.md); on AVX-512 BF16 without AMX, and on AVX2, ONNX Runtime's int8 is faster; ONNX
-Runtime stays faster on the decoder step, whose shapes change every step, and on the small CLIP towers. Export writes such graphs a second time, as OpenVINO IR with fp16 weights
-(``GraphInfo.backends["openvino"]``), gated against fp32 like any lower precision.
+dynamic int8 (docs/same-answers.md, "Backends by CPU class"); on AVX-512 BF16 without AMX, and on AVX2,
+ONNX Runtime's int8 is faster; ONNX Runtime stays faster on the decoder step, whose shapes change every
+step, and on the small CLIP towers. Export writes such graphs a second time, as OpenVINO IR with fp16
+weights (``GraphInfo.backends["openvino"]``), gated against fp32 like any lower precision.
 """
 
 from __future__ import annotations
