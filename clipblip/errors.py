@@ -24,6 +24,7 @@ __all__ = [
     "PartialFailure",
     "DatabaseError",
     "AccuracyError",
+    "RayClusterError",
     "raise_item_errors",
     "EXIT_CODES",
 ]
@@ -160,6 +161,13 @@ class DatabaseError(ClipblipError):
     exit_code = 17
 
 
+class RayClusterError(ClipblipError):
+    """The Ray cluster to join (``--ray-address``, RAY_ADDRESS) does not answer, or refuses this process:
+    it requires token authentication and no token, or another one, is set here."""
+
+    exit_code = 19
+
+
 def raise_item_errors(errors: dict[int, ClipblipError], count: int, results) -> None:
     """Nothing if no item failed; the item's own error for a single item; else PartialFailure."""
     if not errors:
@@ -176,4 +184,5 @@ EXIT_CODES = {cls.__name__: cls.exit_code for cls in (
     OutputError, OutputExistsError,
     ModelLoadError, ProviderError, ImageError, TextInputError, GenerationConfigError, UnsafeArtifactError,
     CompatibilityError, ImageTooLargeError, NumericalError, PartialFailure, DatabaseError, AccuracyError,
+    RayClusterError,
 )}

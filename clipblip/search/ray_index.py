@@ -30,7 +30,8 @@ import numpy as np
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
 from ..engine.images import describe
 from ..errors import ImageError, UsageError
-from .indexer import Entry, Indexer, open_model
+from ..raycluster import check_cluster, cluster_address, connect
+from .indexer import Entry, Indexer, IndexReport, open_model
 from .store import Store
 
 __all__ = ["RayIndexer", "EmbedFiles", "rayjob_manifest"]
@@ -87,19 +88,22 @@ class RayIndexer(Indexer):
         super().__init__(db, model_dir, max_batch=max_batch, provider=provider, threads=threads,
                          max_image_pixels=max_image_pixels)
         self.workers, self.threads = workers, threads or 1
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.address = cluster_address(address)
+
+    def run(self, paths: Sequence[str], progress: Callable[[int, int], None] | None = None) -> IndexReport:
+        import ray
+
+        if self.address and not ray.is_initialized():
+            check_cluster(self.address)  # a cluster that does not answer, or refuses us: before the database
+        return super().run(paths, progress)
 
     def embed_changed(self, store: Store, known: dict[str, Entry], candidates: list,
                       progress: Callable[[int, int], None] | None) -> None:
         import ray
 
         started = not ray.is_initialized()
-        if started:
-            if self.address:
-                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
-            else:  # a local cluster of exactly the CPUs the pool asks for
-                ray.init(address="local", num_cpus=self.workers * self.threads, include_dashboard=False,
-                         logging_level="ERROR", log_to_driver=False)
+        if started:  # a local cluster (no address): exactly the CPUs the pool asks for
+            connect(self.address, cpus=self.workers * self.threads, logging_level="ERROR")
         try:
             with warnings.catch_warnings():  # "fewer input blocks than actors": a small run uses fewer workers
                 warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")

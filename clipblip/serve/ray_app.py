@@ -31,6 +31,7 @@ from ray import serve
 
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
 from ..errors import UsageError
+from ..raycluster import cluster_address, connect
 from .batching import QueueFull, ShuttingDown
 from .server import API_KEY_ENV, announce
 from .service import Job, JobResult
@@ -258,22 +259,17 @@ def serve_on_ray(folders: dict[str, Path], *, address: str | None = None, say: C
     """Deploy the folders on Ray Serve and serve until SIGTERM or Ctrl-C, then take the application
     down (and the local cluster, if this call started it).
 
-    ``address`` (else RAY_ADDRESS): the cluster to join, as ``ray start`` prints it; without one a
-    small local cluster is started for this process.
+    ``address`` (else RAY_ADDRESS): the cluster to join, as ``ray start`` prints it, authenticated as it
+    asks (:func:`clipblip.raycluster.connect`); without one a small local cluster is started for this process.
     """
     args = app_args(folders, replicas, provider, threads, max_batch, batch_wait_ms, max_queue, max_request_bytes,
                     max_image_pixels, check=True)
     args.update(api_key=key, api_key_env=None)  # the key, if any, is the one given here
     app = build_app(args)
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        say(f"joining the Ray cluster at {address}")
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-    else:
-        cpus = max(2, math.ceil(len(folders) * args["replicas"] * (threads or 1)))
-        say(f"starting a local Ray cluster ({cpus} CPUs)")
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="WARNING",
-                 log_to_driver=False)
+    address = cluster_address(address)
+    cpus = max(2, math.ceil(len(folders) * args["replicas"] * (threads or 1)))
+    say(f"joining the Ray cluster at {address}" if address else f"starting a local Ray cluster ({cpus} CPUs)")
+    connect(address, cpus=cpus, logging_level="WARNING")
     stop = threading.Event()  # set by SIGTERM or Ctrl-C (after ray.init, which sets its own SIGTERM handler)
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -330,7 +326,9 @@ def emit_config(folders: dict[str, Path], path: str | os.PathLike, *, force: boo
     header = (f"# written by clipblip {__version__}: a Ray Serve config; run it with `serve deploy {Path(path).name}`"
               f" or paste it\n# into a KubeRay RayService's serveConfigV2. Model folders must exist at these paths on "
               f"every Ray node.\n# Deployment options below (num_replicas, or an autoscaling_config instead) may be "
-              f"edited.\n")
+              f"edited.\n# A cluster with token authentication (Ray's default where a token exists) takes it only from "
+              f"`RAY_AUTH_MODE=token serve deploy ...`,\n# with the cluster's token in RAY_AUTH_TOKEN or "
+              f"~/.ray/auth_token.\n")
     if key is not None:
         header += f"# The API key is not written here: set {API_KEY_ENV} in the environment of every Ray node.\n"
     with atomic_output(path, force) as tmp:

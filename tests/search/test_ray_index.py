@@ -6,6 +6,7 @@ run is bounded by its collection's size."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 
 import numpy as np
@@ -64,10 +65,15 @@ def more_images(root, count):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A local Ray cluster for the module (2 CPUs): RayIndexer joins it rather than starting its own."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    yield
-    ray.shutdown()
+    """A local Ray cluster for the module (2 CPUs): RayIndexer joins it rather than starting its own. Ray
+    turns token authentication on for it, and writes ~/.ray/auth_token where it finds no token: the test's
+    own token, in RAY_AUTH_TOKEN, keeps it from the real file."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        env.delenv("RAY_AUTH_MODE", raising=False)  # Ray sets it in this process; removed again after
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        yield
+        ray.shutdown()
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ free of ray. Every loop is bounded in count and time."""
 import base64
 import io
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -131,6 +132,7 @@ class RayServer:
         self.err_path = Path(folders[0]).parent / "server.err"
         self.err = open(self.err_path, "w")
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # always a local cluster
+        env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # its token: Ray writes ~/.ray/auth_token where it finds none
         self.process = subprocess.Popen(
             [sys.executable, "-m", "clipblip", "serve", *folders, "--ray", "--port", str(self.port), "--threads", "1",
              *options], stdout=subprocess.DEVNULL, stderr=self.err, text=True, env=env, start_new_session=True)
