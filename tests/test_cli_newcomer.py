@@ -222,7 +222,9 @@ def test_every_option_of_every_command_is_explained_with_its_default():
                 continue
             assert action.help, f"{name} {'/'.join(action.option_strings) or action.dest}: no help line"
             shown = formatter._expand_help(action) if action.help is not argparse.SUPPRESS else ""
-            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            if action.option_strings and not any(action.default is v for v in (None, False, argparse.SUPPRESS)):
                 assert "default" in shown, f"{name} {action.option_strings[0]}: the help does not show its default"
     serve = dict(every_parser(build_parser()))["clipblip serve"].format_help()
     assert "(default: 8000)" in " ".join(serve.split())
+    toy = dict(every_parser(build_parser()))["clipblip viz toy-attention"].format_help()
+    assert "projections (default: 0)" in " ".join(toy.split())  # a default of 0 is shown too

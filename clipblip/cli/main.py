@@ -37,7 +37,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in help:
+        unset = any(action.default is value for value in (None, False, argparse.SUPPRESS))  # not 0, which is a value
+        if action.option_strings and not unset and "default" not in help:
             help += " (default: %(default)s)"
         return help
 
