@@ -121,20 +121,20 @@ def check_output(path: str | os.PathLike, force: bool, folder: bool = False) -> 
     if not path.exists():
         check_parent(path)
         return path
+    if not folder and path.is_dir():  # --force would not help: say so first
+        raise OutputError(f"{path}: is a folder; give the name of a file to write (one inside it, for example)")
+    if folder and not path.is_dir():
+        raise OutputError(f"{path}: is a file, not a model folder; clipblip never replaces it, even with --force")
     if not force:
         raise OutputExistsError(f"{path}: already exists; pass --force to replace it (only what clipblip wrote "
                                 f"can be replaced)")
     if folder:
-        if not path.is_dir():
-            raise OutputError(f"{path}: is a file, not a model folder; clipblip never replaces it, even with --force")
         if not any(path.iterdir()):
             return path  # an empty folder holds nothing to lose
         if not is_model_folder(path):
             raise OutputError(f"{path}: is not a model folder written by clipblip export (or holds other files "
                               f"too); it is never replaced, even with --force")
     else:
-        if path.is_dir():
-            raise OutputError(f"{path}: is a folder; give a file name")
         if not written_by_clipblip(path):
             raise OutputError(f"{path}: was not written by clipblip; it is never replaced, even with --force")
     return path

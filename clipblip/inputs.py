@@ -6,12 +6,12 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Sequence
 
 from .errors import UsageError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageArgs", "expand_images"]
+__all__ = ["IMAGE_SUFFIXES", "ImageArgs", "distinct_names", "expand_images", "has_manifest"]
 
 # what Pillow decodes and people keep photos in; other files under a folder are skipped and counted
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".webp", ".tif",
@@ -26,6 +26,11 @@ class ImageArgs:
 
     paths: list[str] = field(default_factory=list)
     skipped: int = 0
+
+
+def has_manifest(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a folder `clipblip export` wrote (it holds a manifest.json)."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "manifest.json"))
 
 
 def is_image_name(path: str) -> bool:
@@ -57,6 +62,9 @@ def expand_images(args: Sequence[str], option: str = "IMAGE") -> ImageArgs:
         arg = os.fspath(arg)
         if os.path.isdir(arg):
             images = folder_images(arg, found)
+            if not images and has_manifest(arg):
+                raise UsageError(f"{option} {arg}: is a model folder, not images (the model folder is the first "
+                                 f"argument, DIR)")
             if not images:
                 raise UsageError(f"{option} {arg}: a folder with no image files in it")
         elif not os.path.lexists(arg) and GLOB_CHARS & set(arg):
@@ -70,3 +78,20 @@ def expand_images(args: Sequence[str], option: str = "IMAGE") -> ImageArgs:
             images = [arg]
         found.paths.extend(images)
     return found
+
+
+def distinct_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Each path's shortest tail (file name, then its folders) that no other path of the list shares:
+    photos/a/img.jpg and photos/b/img.jpg → a/img.jpg, b/img.jpg. The same path twice keeps one name."""
+    parts = [PurePath(p).parts or (str(p),) for p in paths]
+    depth = [1] * len(parts)
+    while True:
+        names = [str(PurePath(*p[-d:])) for p, d in zip(parts, depth)]
+        owners: dict[str, set] = {}
+        for name, p in zip(names, parts):
+            owners.setdefault(name, set()).add(p)
+        grow = [i for i, name in enumerate(names) if len(owners[name]) > 1 and depth[i] < len(parts[i])]
+        if not grow:
+            return names
+        for i in grow:
+            depth[i] += 1

@@ -134,8 +134,10 @@ class Manifest:
         """Read and check ``folder/manifest.json``; raise ModelLoadError naming what is wrong. ``any_version``
         also reads an older format (to list the files an earlier clipblip wrote, never to run them)."""
         path = Path(folder) / MANIFEST_NAME
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise ModelLoadError(f"{folder}: is a file, not a model folder (the folder `clipblip export` wrote)")
         if not Path(folder).is_dir():
-            raise ModelLoadError(f"{folder}: not a model folder (no such directory)")
+            raise ModelLoadError(f"{folder}: not a model folder (no such folder)")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:

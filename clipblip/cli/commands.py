@@ -9,8 +9,9 @@ from typing import Any
 
 from ..errors import UsageError
 from ..families import title as family_title
-from .common import RANDOM_BANNER, check_figure_paths, format_table, open_engine, print_json, save_figure
-from ..inputs import expand_images
+from .common import (RANDOM_BANNER, check_argument_order, check_figure_paths, format_table, open_engine, print_json,
+                     save_figure, unknown_texts_warning, warn)
+from ..inputs import distinct_names, expand_images
 from .items import ItemRun, report_errors, run_items
 from .progress import ProgressBar
 
@@ -64,7 +65,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def image_paths(args: argparse.Namespace, attribute: str = "images", option: str = "IMAGE") -> list[str]:
-    """The command's image arguments with folders and patterns expanded; skipped files are counted."""
+    """The command's image arguments with folders and patterns expanded; skipped files are counted. A model
+    folder among them, with DIR no model folder, is named as a swap."""
+    check_argument_order(args, getattr(args, attribute), option)
     found = expand_images(getattr(args, attribute), option)
     if found.skipped:
         print(f"clipblip: skipped {found.skipped} file{'s' * (found.skipped != 1)} that are not images "
@@ -91,6 +94,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     engine = open_engine(args, "embed")
     embed = engine.embed_images if args.images else engine.embed_texts
     run = run_items(items, args.max_batch, lambda part: embed(part, return_errors=True), f"embed {modality}s")
+    warn(run, [args.texts and unknown_texts_warning(engine.tokenizer, engine.folder, args.texts)])
     ok = [i for i in range(run.done) if i not in run.errors]
     embeddings = np.stack([run.results[i] for i in ok]) if ok else np.zeros((0, engine.embed_dim), np.float32)
     if args.json:
@@ -138,17 +142,9 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     engine = open_engine(args, "similarity")
     run = run_items(images, args.max_batch, lambda part: engine.similarity(part, args.texts, return_errors=True),
                     "similarity")
-    names = [Path(p).name for p in images]
+    warn(run, [unknown_texts_warning(engine.tokenizer, engine.folder, args.texts)])
+    names = distinct_names(images)
     ok = [i for i in range(run.done) if i not in run.errors]
-    if args.plot and ok:
-        from ..viz import RANDOM_WEIGHTS_NOTE, similarity_heatmap
-
-        note = RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
-        views = [engine.preprocess.view(images[i]) for i in ok]
-        fig = similarity_heatmap([run.results[i] for i in ok], [names[i] for i in ok], args.texts,
-                                 title=f"{family_title(engine.manifest.family)} cosine similarity", note=note,
-                                 images=views)
-        save_figure(fig, args.plot, args.force)
     k = args.top_k or len(args.texts)
     if args.json:
         document = {"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
@@ -165,7 +161,28 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     elif ok:
         print(format_table([names[i] for i in ok], args.texts, [run.results[i] for i in ok]))
     report_errors(run, images, args.debug)
+    if args.plot and ok:  # after the results are out: a figure that fails to write loses nothing else
+        from ..viz import RANDOM_WEIGHTS_NOTE, similarity_heatmap
+
+        note = RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
+        views = [engine.preprocess.view(images[i]) for i in ok]
+        fig = similarity_heatmap([run.results[i] for i in ok], [names[i] for i in ok], args.texts,
+                                 title=f"{family_title(engine.manifest.family)} cosine similarity", note=note,
+                                 images=views)
+        save_figure(fig, args.plot, args.force)
     return run.exit_code
+
+
+def label_warning(labels: list[str], scoring: str) -> str | None:
+    """What is likely a mistake in the labels: one label under a softmax, commas between labels."""
+    separate = "as separate arguments (--labels cat dog \"traffic light\"), without commas"
+    if len(labels) == 1 and scoring == "softmax":
+        return (f"--labels {labels[0]!r}: one label; a softmax over one label is always 100%: give the labels to "
+                f"choose between" + (f", {separate}" if "," in labels[0] else ""))
+    commas = [label for label in labels if label.endswith(",")]
+    if commas:
+        return f"--labels {', '.join(map(repr, commas))}: a comma is part of the label; give labels {separate}"
+    return None
 
 
 SCORING_WORDS = {"softmax": "softmax over the labels (they sum to 1)",
@@ -173,11 +190,15 @@ SCORING_WORDS = {"softmax": "softmax over the labels (they sum to 1)",
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise UsageError(f"--top-k {args.top_k}: must be at least 1")
     images = image_paths(args)
     engine = open_engine(args, "classify")
     template = engine.prompt_template if args.template is None else args.template
     run = run_items(images, args.max_batch,
                     lambda part: engine.classify(part, args.labels, template, return_errors=True), "classify")
+    warn(run, [unknown_texts_warning(engine.tokenizer, engine.folder, args.labels, "label"),
+               label_warning(args.labels, engine.scoring)])
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
                     "template": template, "scoring": engine.scoring, "interrupted": run.interrupted,
@@ -191,7 +212,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             if i not in run.errors:
                 print(image)
                 for label, prob in run.results[i][: args.top_k]:
-                    print(f"  {prob:7.2%}  {label}")
+                    print(f"  {prob:7.2%}  {label if label.strip() else repr(label)}")
     report_errors(run, images, args.debug)
     return run.exit_code
 
@@ -216,8 +237,31 @@ def decoding(args: argparse.Namespace, engine, task: str, prompt_len: int) -> di
             given["min_new_tokens"] = max(0, paper["min_length"] - prompt_len)
         if max_new_tokens is None:
             max_new_tokens = paper["max_length"] - prompt_len
-    engine.generation_options(prompt_len, max_new_tokens, **given)  # GenerationConfigError naming the option
+    settled = engine.generation_options(prompt_len, max_new_tokens, **given)  # GenerationConfigError naming it
+    refuse_ignored_options(given, settled)
     return {"max_new_tokens": max_new_tokens, **given}
+
+
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")  # GenerationOptions' fields that only sampling reads
+BEAMS_ONLY = ("length_penalty", "early_stopping")  # and those only beam search reads
+
+
+def refuse_ignored_options(given: dict[str, Any], settled) -> None:
+    """A UsageError for an option the decoding would ignore: --temperature without --sample (greedy), or
+    --length-penalty with one beam; never a silently unused option."""
+    from ..engine.generate import option_rules
+
+    rules = option_rules()
+
+    def flags(names) -> str:
+        return ", ".join(rules[n].flag or "--" + n.replace("_", "-") for n in names if given.get(n) is not None)
+
+    if not settled.do_sample and flags(SAMPLING_ONLY):
+        raise UsageError(f"{flags(SAMPLING_ONLY)}: sampling options, ignored without --sample (this decoding is "
+                         f"{'beam search' if settled.num_beams > 1 else 'greedy'}); add --sample or leave them out")
+    if settled.num_beams == 1 and flags(BEAMS_ONLY):
+        raise UsageError(f"{flags(BEAMS_ONLY)}: beam-search options, ignored with one beam; add --num-beams N "
+                         f"(N > 1) or leave them out")
 
 
 def generation_fields(generation) -> dict[str, Any]:
@@ -247,6 +291,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     options = decoding(args, engine, "caption", len(engine.caption_prompt(args.prompt)))
     run = run_items(images, args.max_batch, lambda part: engine.generate_captions(
         part, prompt=args.prompt, return_errors=True, **options), "caption")
+    warn(run, [args.prompt and unknown_texts_warning(engine.tokenizer, engine.folder, [args.prompt], "--prompt")])
     return print_generations(args, images, engine, run, {"prompt": args.prompt})
 
 
@@ -259,10 +304,13 @@ def print_rankings(args: argparse.Namespace, images: list[str], engine, run: Ite
                         "ranking": [{"answer": a, "score": s} for a, s in run.results[i]]} or {}))}
                         for i, image in enumerate(images)]})
     else:
+        if run.done > len(run.errors):
+            print("score: each answer's log-likelihood given the image and question (its tokens' log-probabilities, "
+                  "end token included, summed: at most 0, higher is likelier)")
         for i, image in enumerate(images[: run.done]):
             if i not in run.errors:
                 (best, score), width = run.results[i][0], max(len(a) for a, _ in run.results[i])
-                print(f"{image}: {best} ({score:.4f})")
+                print(f"{image}: {best} (log-likelihood {score:.4f})")
                 for answer, score in run.results[i]:
                     print(f"  {answer:<{width}}  {score:.4f}")
     report_errors(run, images, args.debug)
@@ -272,6 +320,8 @@ def print_rankings(args: argparse.Namespace, images: list[str], engine, run: Ite
 def cmd_vqa(args: argparse.Namespace) -> int:
     images = image_paths(args)
     engine = open_engine(args, "vqa")
+    warnings = [unknown_texts_warning(engine.tokenizer, engine.folder, [args.question], "--question"),
+                unknown_texts_warning(engine.tokenizer, engine.folder, args.candidates or [], "candidate")]
     if args.candidates is not None:
         from ..engine.generate import option_rules
 
@@ -285,10 +335,12 @@ def cmd_vqa(args: argparse.Namespace) -> int:
         engine.candidate_ids(args.question, args.candidates)  # bad candidates fail before any work
         run = run_items(images, args.max_batch, lambda part: engine.rank_answers(
             part, args.question, args.candidates, return_errors=True), "vqa")
+        warn(run, warnings)
         return print_rankings(args, images, engine, run)
     options = decoding(args, engine, "vqa", 1)
     run = run_items(images, args.max_batch, lambda part: engine.generate_answers(
         part, args.question, return_errors=True, **options), "vqa")
+    warn(run, warnings)
     return print_generations(args, images, engine, run, {"question": args.question})
 
 
@@ -304,17 +356,11 @@ def cmd_match(args: argparse.Namespace) -> int:
         return list(zip(scores.itm, scores.itc)), errors
 
     run = run_items(images, args.max_batch, per_image, "match")
-    names = [Path(p).name for p in images]
+    warn(run, [unknown_texts_warning(engine.tokenizer, engine.folder, args.texts)])
+    names = distinct_names(images)
     ok = [i for i in range(run.done) if i not in run.errors]
     itm = np.array([run.results[i][0] for i in ok]).reshape(len(ok), len(args.texts))
     itc = np.array([run.results[i][1] for i in ok]).reshape(len(ok), len(args.texts))
-    if args.plot and ok:
-        from ..viz import RANDOM_WEIGHTS_NOTE, match_heatmaps
-
-        note = RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
-        views = [engine.preprocess.view(images[i]) for i in ok]
-        save_figure(match_heatmaps(itm, itc, [names[i] for i in ok], args.texts, note=note, images=views),
-                    args.plot, args.force)
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
                     "images": images, "texts": args.texts,
@@ -327,6 +373,13 @@ def cmd_match(args: argparse.Namespace) -> int:
         print("\nITC cosine similarity")
         print(format_table([names[i] for i in ok], args.texts, itc))
     report_errors(run, images, args.debug)
+    if args.plot and ok:  # after the results are out: a figure that fails to write loses nothing else
+        from ..viz import RANDOM_WEIGHTS_NOTE, match_heatmaps
+
+        note = RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
+        views = [engine.preprocess.view(images[i]) for i in ok]
+        save_figure(match_heatmaps(itm, itc, [names[i] for i in ok], args.texts, note=note, images=views),
+                    args.plot, args.force)
     return run.exit_code
 
 

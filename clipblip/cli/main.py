@@ -22,14 +22,71 @@ from .serve import cmd_serve
 from .viz import cmd_viz_attention, cmd_viz_cross_attention, cmd_viz_toy, parse_head
 
 IMAGES_HELP = "image files, folders (searched recursively for image files) or quoted glob patterns"
+PROVIDER_HELP = ("auto: CUDA if usable, else CPU, with OpenVINO for the graphs it runs faster on a CPU with AMX; "
+                 "openvino: OpenVINO wherever the folder holds a graph for it")
+THREADS_HELP = "intra-op threads (default: ONNX Runtime's choice)"
+FIGURE_HELP = "the figure to write: FILE.png, .svg or .pdf"
 # the extra that installs each optional top-level package (`pip install clipblip[EXTRA]`)
 EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "safetensors": "export",
           "matplotlib": "viz", "onnxruntime": "cpu", "fastapi": "serve", "uvicorn": "serve",
           "prometheus_client": "serve", "ray": "ray", "yaml": "ray", "pyarrow": "ray"}
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, with each option's default after its help, unless the help says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        unset = any(action.default is value for value in (None, False, argparse.SUPPRESS))  # not 0, which is a value
+        if action.option_strings and not unset and "default" not in help:
+            help += " (default: %(default)s)"
+        return help
+
+
+NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with a close match suggested for a mistyped choice."""
+    """argparse with a close match suggested for a mistyped choice or option; a mistyped option is named even
+    when argparse would first complain of a missing one (`--lables` leaves --labels missing)."""
+
+    argv: Sequence[str] = ()  # the command line being parsed, set by parse()
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def known_option(self, token: str) -> bool:
+        """Whether argparse takes ``token`` as one of this parser's options (an unambiguous prefix included)."""
+        name = token.split("=", 1)[0]
+        return name in self._option_string_actions or (
+            name.startswith("--") and sum(o.startswith(name) for o in self._option_string_actions) == 1)
+
+    def unknown_option(self, tokens: Sequence[str]) -> str | None:
+        """The first of ``tokens`` that looks like an option this parser does not have."""
+        for token in tokens:
+            if token == "--":
+                return None
+            if token.startswith("-") and token != "-" and not NUMBER.match(token) and not self.known_option(token):
+                return token
+        return None
+
+    def unknown_option_message(self, tokens: Sequence[str]) -> str | None:
+        unknown = self.unknown_option(tokens)
+        if unknown is None:
+            return None
+        options = [o for a in self._actions for o in a.option_strings]
+        close = difflib.get_close_matches(unknown.split("=")[0], options, n=1)
+        return f"unrecognized arguments: {unknown}" + (f"; did you mean {close[0]}?" if close else "")
+
+    def own_tokens(self) -> list[str]:
+        """The part of the command line after this (sub)command's name."""
+        words, argv, at = self.prog.split()[1:], list(self.argv), 0
+        for word in words:
+            if word not in argv[at:]:
+                return []
+            at = argv.index(word, at) + 1
+        return argv[at:] if words else []
 
     def error(self, message: str) -> NoReturn:
         found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
@@ -38,7 +95,20 @@ class Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(found.group(1), choices, n=1)
             if close:
                 message += f"; did you mean '{close[0]}'?"
+        elif not message.startswith("unrecognized arguments"):
+            message = self.unknown_option_message(self.own_tokens()) or message  # the cause, before its effects
         super().error(message)
+
+
+def positive(value: str) -> int:
+    """A whole number of at least 1 (threads, batch sizes, pixel limits, workers)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return number
 
 
 def option_parser(name: str, kind: Any) -> Callable[[str], Any]:
@@ -92,12 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         return parent.add_parser(name, parents=[common], **kwargs)
 
     def runtime_options(p: argparse.ArgumentParser, batch_help: str) -> None:
-        p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES,
-                       help="auto: CUDA if usable, else CPU, with OpenVINO for the graphs it runs faster on a CPU "
-                            "with AMX; openvino: OpenVINO wherever the folder holds a graph for it")
-        p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's choice)")
-        p.add_argument("--max-batch", type=int, default=MAX_BATCH, help=f"{batch_help} (default {MAX_BATCH})")
-        p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+        p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES, help=PROVIDER_HELP)
+        p.add_argument("--threads", type=positive, default=None, help=THREADS_HELP)
+        p.add_argument("--max-batch", type=positive, default=MAX_BATCH, help=f"{batch_help} (default {MAX_BATCH})")
+        p.add_argument("--max-image-pixels", type=positive, default=MAX_IMAGE_PIXELS,
                        help=f"refuse images with more pixels, before decoding them (default {MAX_IMAGE_PIXELS:,})")
 
     def engine_options(p: argparse.ArgumentParser) -> None:
@@ -111,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder to create")
     p.add_argument("--task", default=None, choices=families.export_tasks(),
                    help="for BLIP: which head to export (default: from the checkpoint)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="the ONNX opset the graphs are written with")
     p.add_argument("--force", action="store_true", help="replace a model folder that clipblip exported before")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "int4", "fp16"],
                    help="int8 for CPU; int4: 4-bit decoder-step weights, int8 elsewhere (int8 if int4 fails its "
@@ -130,14 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="DIR", help="a model folder written by `clipblip export`")
     p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES,
                    help="where the graphs run, as for the other commands (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's choice)")
+    p.add_argument("--threads", type=positive, default=None, help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON document with every result")
     p.set_defaults(run=cmd_verify)
 
     p = command(sub, "embed", help="L2-normalised embeddings: the matrix to .npy, with their names to .npz, or JSON")
     engine_options(p)
     p.add_argument("--images", nargs="+", metavar="PATH", help=IMAGES_HELP)
-    p.add_argument("--texts", nargs="+", metavar="TEXT")
+    p.add_argument("--texts", nargs="+", metavar="TEXT", help="texts to embed (quote each one that has spaces)")
     p.add_argument("--out", metavar="FILE.npy|FILE.npz",
                    help=".npy: the matrix, a row per item embedded, in input order; .npz: arrays embeddings, items "
                         "(paths or texts), indices, modality")
@@ -147,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     def image_text_options(p: argparse.ArgumentParser, plot_help: str) -> None:
         engine_options(p)
         p.add_argument("--images", nargs="+", required=True, metavar="PATH", help=IMAGES_HELP)
-        p.add_argument("--texts", nargs="+", required=True, metavar="TEXT")
-        p.add_argument("--plot", metavar="FILE.png", help=plot_help)
+        p.add_argument("--texts", nargs="+", required=True, metavar="TEXT",
+                       help="the texts to score each image against (quote each one that has spaces)")
+        p.add_argument("--plot", metavar="FILE.png", help=f"{plot_help}: FILE.png, .svg or .pdf")
         p.add_argument("--json", action="store_true", help="print one JSON document")
 
     p = command(sub, "similarity", help="image × text cosine similarity")
@@ -159,11 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "classify", help="zero-shot classification (CLIP, Chinese-CLIP, SigLIP)")
     engine_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGES_HELP)
-    p.add_argument("--labels", nargs="+", required=True, metavar="LABEL")
+    p.add_argument("--labels", nargs="+", required=True, metavar="LABEL",
+                   help="the labels to choose between, each put in --template (quote each one that has spaces)")
     p.add_argument("--template", default=None, help="where each label goes, as '{}' (default: the model's own "
                    "prompt, recorded at export: CLIP 'a photo of a {}.', Chinese-CLIP '一张{}的照片。', SigLIP "
                    "'This is a photo of {}.')")
-    p.add_argument("--top-k", type=int, default=5, help="labels shown per image in the table")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="labels shown per image in the table")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=cmd_classify)
 
@@ -178,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "vqa", help="BLIP visual question answering")
     engine_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGES_HELP)
-    p.add_argument("--question", required=True)
+    p.add_argument("--question", required=True, help="the question asked of every image")
     decoding_options(p, "10")
     p.add_argument("--candidates", nargs="+", default=None, metavar="ANSWER",
                    help="rank these answers by the decoder's log-likelihood instead of generating one")
@@ -192,52 +262,54 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "viz", help="figures: toy attention, real attention maps, cross-attention per word")
     viz_sub = p.add_subparsers(dest="figure", required=True, metavar="FIGURE", parser_class=Parser)
     q = command(viz_sub, "toy-attention", help="self-attention step by step on a short sentence")
-    q.add_argument("--out", required=True, metavar="FILE.png")
+    q.add_argument("--out", required=True, metavar="FILE.png", help=FIGURE_HELP)
     q.add_argument("--tokens", nargs="+", help="tokens to attend over (default: [CLS] 我 喜欢 小猫 和 小狗)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--d-model", type=int, default=8)
-    q.add_argument("--heads", type=int, default=2)
-    q.add_argument("--force", action="store_true")
+    q.add_argument("--seed", type=int, default=0, help="seed of the random embeddings and projections")
+    q.add_argument("--d-model", type=int, default=8, help="width of each token's embedding")
+    q.add_argument("--heads", type=int, default=2, help="attention heads; --d-model must be a multiple of it")
+    q.add_argument("--force", action="store_true", help="replace a figure that clipblip wrote before")
     q.set_defaults(run=cmd_viz_toy)
     q = command(viz_sub, "attention", help="class-token attention over the image [and text attention]; "
                                              "needs a folder exported with --attentions")
     engine_options(q)
-    q.add_argument("image", metavar="IMAGE")
+    q.add_argument("image", metavar="IMAGE", help="the image (a file, or a folder or pattern naming one image)")
     q.add_argument("--text", help="CLIP: also the text's token attention (written to OUT-text.png)")
     q.add_argument("--layer", type=int, default=None, help="one layer (default: every layer)")
     q.add_argument("--head", type=parse_head, default=None,
                    help="with --layer: a head number or 'mean' (default: the mean of the heads)")
     q.add_argument("--rollout", action="store_true", help="attention rollout across all layers (no --layer/--head)")
-    q.add_argument("--out", required=True, metavar="FILE.png")
+    q.add_argument("--out", required=True, metavar="FILE.png",
+                   help=f"{FIGURE_HELP} (with a text figure: also OUT-text.png beside it)")
     q.set_defaults(run=cmd_viz_attention)
     q = command(viz_sub, "cross-attention", help="BLIP caption: where the decoder looked for each word")
     engine_options(q)
-    q.add_argument("image", metavar="IMAGE")
-    q.add_argument("--prompt", default=None)
-    q.add_argument("--max-new-tokens", type=int, default=30)
-    q.add_argument("--out", required=True, metavar="FILE.png")
+    q.add_argument("image", metavar="IMAGE", help="the image (a file, or a folder or pattern naming one image)")
+    q.add_argument("--prompt", default=None, help="text the caption starts with")
+    q.add_argument("--max-new-tokens", type=int, default=30, metavar="N", help="the most words (tokens) generated")
+    q.add_argument("--out", required=True, metavar="FILE.png", help=FIGURE_HELP)
     q.set_defaults(run=cmd_viz_cross_attention)
 
     p = command(sub, "serve", help="serve model folders over HTTP with dynamic batching (FastAPI; or Ray Serve)")
     p.add_argument("folders", nargs="+", metavar="DIR", help="model folders, served under their names (NAME=DIR to "
                                                              "choose another)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads per model (default: ORT's choice)")
-    p.add_argument("--max-batch", type=int, default=MAX_BATCH, help="most items in one engine call")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES, help=PROVIDER_HELP)
+    p.add_argument("--threads", type=positive, default=None, help="intra-op threads per model (default: ONNX Runtime's "
+                                                             "choice)")
+    p.add_argument("--max-batch", type=positive, default=MAX_BATCH, help="most items in one engine call")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
                    help="how long a lone request waits for others to batch with (default 5)")
     p.add_argument("--max-queue", type=int, default=1024,
                    help="items a model may hold waiting; past it, 503 with Retry-After (default 1024)")
     p.add_argument("--max-request-bytes", type=int, default=32 << 20, help="larger bodies get 413 (default 32 MiB)")
-    p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
-                   help="images with more pixels get 413, refused before decoding")
+    p.add_argument("--max-image-pixels", type=positive, default=MAX_IMAGE_PIXELS,
+                   help=f"images with more pixels get 413, refused before decoding (default {MAX_IMAGE_PIXELS:,})")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: the "
                                                    "CLIPBLIP_API_KEY environment variable, if set)")
     p.add_argument("--db", default=None, help="also answer POST /v1/search over this `clipblip index` database")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (the `ray` extra)")
-    p.add_argument("--replicas", type=int, default=None, help="with --ray: replicas per model (default 1)")
+    p.add_argument("--replicas", type=positive, default=None, help="with --ray: replicas per model (default 1)")
     p.add_argument("--ray-address", default=None, help="with --ray: the cluster to join (default: RAY_ADDRESS, "
                                                        "else a local cluster)")
     p.add_argument("--emit-config", metavar="FILE.yaml", default=None,
@@ -258,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "what to embed and writes the database")
     ray.add_argument("--ray-address", default=None, help="the cluster to join (default: RAY_ADDRESS, else a local "
                                                          "cluster of WORKERS x THREADS CPUs)")
-    ray.add_argument("--workers", type=int, default=1, help="engines in the pool, each loads the folder once "
+    ray.add_argument("--workers", type=positive, default=1, help="engines in the pool, each loads the folder once "
                                                             "(default 1); --threads is each one's CPUs")
     ray.add_argument("--emit-job", metavar="FILE.yaml", default=None,
                      help="write a KubeRay RayJob that runs this index with --ray on a cluster, and exit")
@@ -273,23 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "search", help="the images of a search database nearest to a text or an image")
     p.add_argument("--db", required=True, metavar="DB", help="a database written by `clipblip index`")
     query = p.add_mutually_exclusive_group(required=True)
-    query.add_argument("--text", metavar="T")
-    query.add_argument("--image", metavar="IMG")
+    query.add_argument("--text", metavar="T", help="find the images that best match this text")
+    query.add_argument("--image", metavar="IMG", help="find the images most like this image file")
     p.add_argument("-k", type=int, default=10, help="how many images (default 10)")
     p.add_argument("--rerank", nargs="?", const="", default=None, metavar="ITM_DIR",
                    help="order the best k x 4 (at least 20) by BLIP's ITM match probability (default ITM_DIR: "
                         "the database's model, when it is a BLIP retrieval folder)")
     p.add_argument("--model", metavar="DIR", default=None,
                    help="embed the query with this folder (default: the database's own; must be the same model)")
-    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES, help=PROVIDER_HELP)
+    p.add_argument("--threads", type=positive, default=None, help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=cmd_search)
 
     p = command(sub, "demo", help="export CLIP and BLIP, run them on real photos; results and report.html into --out")
     p.add_argument("--out", default="demo-output", help="a new or empty folder, or one an earlier demo wrote")
-    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES, help=PROVIDER_HELP)
+    p.add_argument("--threads", type=positive, default=None, help=THREADS_HELP)
     p.set_defaults(run=cmd_demo)
     return parser
 
@@ -311,13 +383,11 @@ def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the command line; an unknown option gets that command's usage and the closest option."""
     parser = build_parser()
+    Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
     if extras:
         command = chosen_parser(parser, args)
-        options = [o for a in command._actions for o in a.option_strings]
-        unknown = next((e for e in extras if e.startswith("-")), extras[0])
-        close = difflib.get_close_matches(unknown.split("=")[0], options, n=1)
-        command.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; did you mean {close[0]}?" if close else ""))
+        command.error(command.unknown_option_message(extras) or f"unrecognized arguments: {' '.join(extras)}")
     return args
 
 

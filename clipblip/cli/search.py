@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import PartialFailure
-from .common import RANDOM_BANNER, print_json
+from .common import RANDOM_BANNER, check_argument_order, print_json
 from .progress import ProgressBar
 
 
@@ -22,6 +23,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise UsageError(f"{ray_only[0]}: only with --ray (or --emit-job)")
     if args.emit_job is not None:
         return emit_job(args)
+    check_argument_order(args, args.paths, "PATH")
     options = dict(max_batch=args.max_batch, provider=args.provider, threads=args.threads,
                    max_image_pixels=args.max_image_pixels)
     if args.ray:
@@ -101,22 +103,43 @@ def cmd_search(args: argparse.Namespace) -> int:
     hits = search(args.db, text=args.text, image=args.image, k=args.k, model_dir=args.model,
                   rerank=args.rerank is not None, itm_dir=args.rerank or None, provider=args.provider,
                   threads=args.threads, on_error=skipped)
-    random_weights_note(args.db, args.model, args.rerank)
+    folders = query_folders(args.db, args.model, args.rerank)
+    random_weights = random_weights_note(folders)
+    if args.text is not None:
+        unknown_text_warning(folders, args.text)
     if args.json:
         query = {"text": args.text} if args.text is not None else {"image": args.image}
-        print_json({"query": query, "hits": [hit.to_dict() for hit in hits]})
+        print_json({"query": query, "random_weights": random_weights, "hits": [hit.to_dict() for hit in hits]})
     else:
         for hit in hits:
             print(f"{hit.score:.4f}  {hit.path}")
     return 0
 
 
-def random_weights_note(db: str, model: str | None, itm_dir: str | None) -> None:
-    """The random-weights banner when the query's model (or the re-ranking one) has random weights."""
-    from ..manifest import Manifest
+def query_folders(db: str, model: str | None, itm_dir: str | None) -> list[str]:
+    """The folder that embedded the query, then the re-ranking one if any."""
     from ..search.store import Store
 
     with Store.open(db) as store:
-        folders = [model or store.meta.model_dir] + ([itm_dir] if itm_dir else [])
-    if any(Manifest.load(folder).random_weights for folder in folders):
+        return [model or store.meta.model_dir] + ([itm_dir] if itm_dir else [])
+
+
+def random_weights_note(folders: list[str]) -> bool:
+    """Whether the query's model (or the re-ranking one) has random weights; if so the banner is printed."""
+    from ..manifest import Manifest
+
+    random_weights = any(Manifest.load(folder).random_weights for folder in folders)
+    if random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
+    return random_weights
+
+
+def unknown_text_warning(folders: list[str], text: str) -> None:
+    """The warning for a query whose every token is unknown to a model that reads it."""
+    from ..engine.text import TextTokenizer
+    from ..manifest import Manifest
+    from .common import unknown_texts_warning, warn
+
+    for folder in dict.fromkeys(folders):
+        tokenizer = TextTokenizer.from_manifest(Path(folder), Manifest.load(folder).tokenizer)
+        warn(None, [unknown_texts_warning(tokenizer, folder, [text], "--text")])

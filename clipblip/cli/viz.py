@@ -7,14 +7,17 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..families import title as family_title
-from .common import check_figure_paths, open_engine, save_figure
+from .common import check_argument_order, check_figure_paths, open_engine, save_figure, unknown_texts_warning, warn
 from ..inputs import expand_images
 
 
 def cmd_viz_toy(args: argparse.Namespace) -> int:
     from ..viz import TOY_TOKENS, toy_attention_figure
 
-    check_figure_paths(args.force, args.out)
+    check_figure_paths(args.force, args.out, option="--out")
+    if args.d_model < 1 or args.heads < 1 or args.d_model % args.heads:
+        raise UsageError(f"--d-model {args.d_model} --heads {args.heads}: both at least 1, and --d-model a multiple "
+                         f"of --heads (each head takes d_model / heads dimensions)")
     tokens = args.tokens or list(TOY_TOKENS)
     save_figure(toy_attention_figure(tokens, seed=args.seed, d_model=args.d_model, heads=args.heads), args.out,
                 args.force)
@@ -30,8 +33,10 @@ def parse_head(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--head {value!r}: a head number or 'mean'") from None
 
 
-def one_image(arg: str) -> str:
+def one_image(args: argparse.Namespace) -> str:
     """The single image a figure is drawn for (a folder or pattern must name exactly one)."""
+    check_argument_order(args, [args.image])
+    arg = args.image
     paths = expand_images([arg]).paths
     if len(paths) != 1:
         raise UsageError(f"IMAGE {arg}: names {len(paths)} images; a figure is drawn for one image")
@@ -55,8 +60,8 @@ def cmd_viz_attention(args: argparse.Namespace) -> int:
     check_view_options(args)
     out = Path(args.out)
     text_out = out.with_name(f"{out.stem}-text{out.suffix}")
-    check_figure_paths(args.force, out, text_out)
-    image = one_image(args.image)
+    check_figure_paths(args.force, out, text_out, option="--out")
+    image = one_image(args)
     engine = open_engine(args)
     head = "mean" if args.head is None else args.head
     note = viz.RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
@@ -74,6 +79,7 @@ def cmd_viz_attention(args: argparse.Namespace) -> int:
         text_fig = viz.token_attention_figure(weights, tokens, layer=args.layer, head=head,
                                               title=f"{family_title(engine.manifest.family)} text self-attention",
                                               note=note)
+        warn(None, [unknown_texts_warning(engine.tokenizer, engine.folder, [args.text], "--text")])
     elif engine.manifest.family == "blip" and "caption" in engine.tasks:
         explained = engine.caption_attentions(image)
         text_fig = viz.token_attention_figure(explained.self_attention, explained.tokens, layer=args.layer,
@@ -87,10 +93,11 @@ def cmd_viz_attention(args: argparse.Namespace) -> int:
 def cmd_viz_cross_attention(args: argparse.Namespace) -> int:
     from .. import viz
 
-    check_figure_paths(args.force, args.out)
-    image = one_image(args.image)
+    check_figure_paths(args.force, args.out, option="--out")
+    image = one_image(args)
     engine = open_engine(args, "caption")
     explained = engine.caption_attentions(image, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+    warn(None, [args.prompt and unknown_texts_warning(engine.tokenizer, engine.folder, [args.prompt], "--prompt")])
     note = viz.RANDOM_WEIGHTS_NOTE if engine.manifest.random_weights else None
     fig = viz.cross_attention_figure(engine.preprocess.view(image), explained.words, explained.cross_attention,
                                      engine.manifest.model["patch_grid"], caption=explained.generation.text, note=note)

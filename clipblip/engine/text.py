@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -71,6 +73,30 @@ class TextTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    @cached_property
+    def unknown_id(self) -> int | None:
+        """The id of the tokenizer's unknown token (None when its model has none)."""
+        model = json.loads(self.tokenizer.to_str()).get("model", {})
+        if isinstance(model.get("unk_id"), int):  # Unigram (SentencePiece)
+            return model["unk_id"]
+        return self.tokenizer.token_to_id(model["unk_token"]) if model.get("unk_token") else None
+
+    def unknown_texts(self, texts: Sequence[str]) -> list[int]:
+        """Indices of the texts that hold something, yet every token of theirs (special tokens and bare word
+        starts left out) is the unknown token: the model reads them all alike (SigLIP's vocabulary and Chinese)."""
+        unknown = self.unknown_id
+        if unknown is None or not texts:
+            return []
+        found = []
+        for i, encoding in enumerate(self.tokenizer.encode_batch([str(t)[: self.max_chars] for t in texts])):
+            content = [(token_id, token) for token_id, token, special in
+                       zip(encoding.ids, encoding.tokens, encoding.special_tokens_mask) if not special]
+            pieces = [token_id for token_id, token in content if token.strip("▁ ")]  # "▁": a word start alone
+            if pieces and all(token_id == unknown for token_id in pieces):
+                found.append(i)
+        return found
+
     def tokens(self, ids: Sequence[int]) -> list[str]:
         """Readable token strings for labels (CLIP's end-of-word marker and SentencePiece's word start dropped)."""
         return [(self.tokenizer.id_to_token(int(i)) or "?").replace("</w>", "").lstrip("▁") or "▁" for i in ids]
+

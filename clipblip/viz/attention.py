@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UsageError
-from .style import display_label, new_figure, title_with_note
+from .style import display_label, heading, new_figure
 
 __all__ = [
     "attention_rollout",
@@ -89,12 +89,11 @@ def token_attention_figure(attentions: np.ndarray, tokens: Sequence[str], *, lay
         ax = fig.add_subplot()
         label = "mean of heads" if head == "mean" else f"head {head}"
         _heatmap(ax, select_heads(attentions[layer], head), tokens, f"layer {layer}, {label}", annotate=n <= 16)
-        title_with_note(ax, f"{title} — layer {layer}, {label}", note)
+        heading(fig, title, note)
         return fig
     size = 1.1 + 0.1 * n
     fig = new_figure(size * (heads + 1) + 1, size * layers + 1)
-    fig.suptitle(title if note is None else f"{title}\n{note}", fontsize=10,
-                 color="black" if note is None else "darkred")
+    heading(fig, title, note)
     axes = np.atleast_2d(fig.subplots(layers, heads + 1))
     for l in range(layers):
         for h in range(heads + 1):
@@ -149,9 +148,8 @@ def image_attention_figure(view: np.ndarray, attentions: np.ndarray, grid: Seque
         overlay(ax, view, heat, title)
     for ax in axes[len(panels) + 1:]:
         ax.set_axis_off()
-    heading = "class-token attention over image patches" if class_token else "attention each image patch receives"
-    fig.suptitle(heading if note is None else f"{heading}\n{note}", fontsize=10,
-                 color="black" if note is None else "darkred")
+    heading(fig, "class-token attention over image patches" if class_token else "attention each image patch receives",
+            note)
     return fig
 
 
@@ -169,10 +167,8 @@ def cross_attention_figure(view: np.ndarray, words: Sequence[str], cross_attenti
     axes = np.atleast_1d(fig.subplots(rows, max(columns, 1))).ravel()
     for ax, word, weights in zip(axes, words, per_word):
         patches = weights[1:] / weights[1:].sum()
-        overlay(ax, view, patches.reshape(grid), repr(word))
+        overlay(ax, view, patches.reshape(grid), display_label(repr(word)))
     for ax in axes[len(words):]:
         ax.set_axis_off()
-    heading = f"BLIP cross-attention per generated word: {caption!r}"
-    fig.suptitle(heading if note is None else f"{heading}\n{note}", fontsize=10,
-                 color="black" if note is None else "darkred")
+    heading(fig, f"BLIP cross-attention per generated word: {caption!r}", note)
     return fig

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .style import display_label, new_figure
+from .style import display_label, heading, new_figure
 
 __all__ = ["caption_gallery", "vqa_gallery", "topk_bars"]
 
@@ -20,8 +20,7 @@ def _gallery(images: Sequence[np.ndarray], texts: Sequence[str], title: str, not
         ax.set_axis_off()
         lines = display_label(text).split("\n")
         ax.set_title("\n".join(textwrap.fill(line, 32) for line in lines), fontsize=8, loc="left")
-    fig.suptitle(title if note is None else f"{title}\n{note}", fontsize=10,
-                 color="black" if note is None else "darkred")
+    heading(fig, title, note)
     return fig
 
 
@@ -52,7 +51,5 @@ def topk_bars(images: Sequence[np.ndarray], ranked: Sequence[Sequence[tuple[str,
         bar_ax.set_xlim(0, 1)
         for i, (_, p) in enumerate(top):
             bar_ax.text(min(p, 0.8) + 0.02, i, f"{p:.1%}", va="center", fontsize=8)
-    heading = f"CLIP zero-shot: top {k} labels"
-    fig.suptitle(heading if note is None else f"{heading}\n{note}", fontsize=10,
-                 color="black" if note is None else "darkred")
+    heading(fig, f"CLIP zero-shot: top {k} labels", note)
     return fig

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import unicodedata
 from functools import lru_cache
 from importlib import util
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RANDOM_WEIGHTS_NOTE", "cjk_font", "display_label", "new_figure", "png_bytes", "png_data_uri",
-           "setup_fonts"]
+__all__ = ["RANDOM_WEIGHTS_NOTE", "cjk_font", "display_label", "distinct_format", "heading", "new_figure",
+           "png_bytes", "png_data_uri", "setup_fonts", "wrap_to_width"]
 
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: shows the pipeline, not what a trained model sees"
 CJK_FONT_PACKAGE = "cvttf_NotoSansCJK_Regular"  # PyPI: cvttf-notosanscjk-regular (Noto Sans CJK, SIL OFL)
@@ -78,10 +79,21 @@ def cjk_font() -> str | None:
 
 
 def display_label(text: str) -> str:
-    """``text`` as a figure label; '""' when it would draw nothing (empty, spaces, zero-width characters only)."""
+    """``text`` as a figure label, drawn as written: '""' when it would draw nothing (empty, spaces, zero-width
+    characters only); each dollar sign escaped, so that '$x^$' is never read as (broken) mathtext."""
     text = str(text)
     invisible = all(ch.isspace() or unicodedata.category(ch) == "Cf" or "\ufe00" <= ch <= "\ufe0f" for ch in text)
-    return '""' if invisible else text
+    return '""' if invisible else re.sub(r"(?<!\\)\$", r"\\$", text)
+
+
+def distinct_format(values, least: int = 2, most: int = 6) -> str:
+    """The format (``"{:.Nf}"``) with the fewest decimals, ``least`` to ``most``, that prints values that differ
+    (at ``most`` decimals) differently: 0.4557 and 0.4566 are not both "0.46"."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    distinct = len({f"{v:.{most}f}" for v in finite})
+    decimals = next(d for d in range(least, most + 1) if len({f"{v:.{d}f}" for v in finite}) == distinct)
+    return f"{{:.{decimals}f}}"
 
 
 def new_figure(width: float, height: float):
@@ -102,9 +114,44 @@ def png_data_uri(fig, dpi: int = 110) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(fig, dpi)).decode("ascii")
 
 
-def title_with_note(ax, title: str, note: str | None) -> None:
-    ax.set_title(title if note is None else f"{title}\n{note}", fontsize=9,
-                 color="black" if note is None else "darkred")
+def text_width(text: str, fontsize: float) -> float:
+    """Points that one line of ``text`` takes in the figures' fonts (fallbacks included) at ``fontsize``."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer = RendererAgg(1, 1, 72)  # at 72 dpi a pixel is a point
+    return renderer.get_text_width_height_descent(text, FontProperties(size=fontsize), ismath=False)[0]
+
+
+def wrap_to_width(text: str, width: float, fontsize: float) -> str:
+    """``text`` broken into lines of at most ``width`` points: at spaces, or inside a word longer than a line."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}" if line else word
+            if text_width(trial, fontsize) <= width:
+                line = trial
+                continue
+            if line:
+                lines.append(line)
+            line = ""
+            for ch in word:  # a word wider than the line: cut it where it must be
+                if line and text_width(line + ch, fontsize) > width:
+                    lines.append(line)
+                    line = ""
+                line += ch
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def heading(fig, title: str | None, note: str | None = None, fontsize: float = 10) -> None:
+    """The figure's title, then ``note`` (the random-weights warning, in red), each wrapped to the figure's width
+    so that no narrow figure clips them."""
+    width = 0.94 * fig.get_figwidth() * 72  # points, inside constrained layout's margins
+    parts = [wrap_to_width(display_label(part), width, fontsize) for part in (title, note) if part]
+    if parts:
+        fig.suptitle("\n".join(parts), fontsize=fontsize, color="black" if note is None else "darkred")
 
 
 def thumbnail(image: np.ndarray, size: int = 48) -> np.ndarray:

@@ -18,7 +18,7 @@ def test_similarity_heatmap_has_values_wrapped_labels_and_thumbnails():
     assert "\n" in ax.get_xticklabels()[1].get_text()
     assert [t.get_text() for t in ax.get_yticklabels()] == ["one.jpg", "two.png"]
     assert sum(isinstance(a, AnnotationBbox) for a in ax.artists) == 2
-    assert "NOTE" in ax.get_title()
+    assert "NOTE" in fig.get_suptitle()
     np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), matrix)
 
 
