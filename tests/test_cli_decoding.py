@@ -68,9 +68,10 @@ def test_beam_scores_are_transformers_sequences_scores(blip_caption, caption, ph
     (["--min-new-tokens", "9", "--max-new-tokens", "5"], 11, "min_new_tokens=9"),
     (["--early-stopping", "maybe"], 2, "--early-stopping"),
     (["--seed", "1.5"], 2, "--seed"),
-    (["--temperature", "0.5"], 2, "--temperature: sampling options, ignored without --sample"),  # once: ignored
-    (["--top-k", "5", "--seed", "1", "--num-beams", "2"], 2, "--top-k, --seed: sampling options"),
-    (["--length-penalty", "2"], 2, "--length-penalty: beam-search options, ignored with one beam"),
+    (["--temperature", "0.5"], 11, "temperature: not read by greedy decoding"),  # once: ignored
+    (["--top-k", "5", "--seed", "1", "--num-beams", "2"], 11, "top_k, seed: not read by beam search decoding"),
+    (["--length-penalty", "2"], 11, "length_penalty: not read by greedy decoding"),
+    (["--sample", "--num-beams", "1", "--early-stopping", "true"], 11, "or choose beam search"),
 ])
 def test_bad_option_values_are_refused_before_any_work(blip_caption, tmp_path, capsys, argv, code, words):
     try:

@@ -237,31 +237,8 @@ def decoding(args: argparse.Namespace, engine, task: str, prompt_len: int) -> di
             given["min_new_tokens"] = max(0, paper["min_length"] - prompt_len)
         if max_new_tokens is None:
             max_new_tokens = paper["max_length"] - prompt_len
-    settled = engine.generation_options(prompt_len, max_new_tokens, **given)  # GenerationConfigError naming it
-    refuse_ignored_options(given, settled)
+    engine.generation_options(prompt_len, max_new_tokens, **given)  # GenerationConfigError naming the option
     return {"max_new_tokens": max_new_tokens, **given}
-
-
-SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")  # GenerationOptions' fields that only sampling reads
-BEAMS_ONLY = ("length_penalty", "early_stopping")  # and those only beam search reads
-
-
-def refuse_ignored_options(given: dict[str, Any], settled) -> None:
-    """A UsageError for an option the decoding would ignore: --temperature without --sample (greedy), or
-    --length-penalty with one beam; never a silently unused option."""
-    from ..engine.generate import option_rules
-
-    rules = option_rules()
-
-    def flags(names) -> str:
-        return ", ".join(rules[n].flag or "--" + n.replace("_", "-") for n in names if given.get(n) is not None)
-
-    if not settled.do_sample and flags(SAMPLING_ONLY):
-        raise UsageError(f"{flags(SAMPLING_ONLY)}: sampling options, ignored without --sample (this decoding is "
-                         f"{'beam search' if settled.num_beams > 1 else 'greedy'}); add --sample or leave them out")
-    if settled.num_beams == 1 and flags(BEAMS_ONLY):
-        raise UsageError(f"{flags(BEAMS_ONLY)}: beam-search options, ignored with one beam; add --num-beams N "
-                         f"(N > 1) or leave them out")
 
 
 def generation_fields(generation) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from ..families import task_graphs
 from ..manifest import Manifest
 from .base import FolderEngine
 from .decoder import DeviceDecoder, HostDecoder
-from .generate import OPTION_NAMES, Generation, GenerationOptions, beam_decode, greedy_decode, sample_decode, trim
+from .generate import OPTION_NAMES, Generation, GenerationOptions, option_rules, beam_decode, greedy_decode, sample_decode, trim
 from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
 from .items import as_texts, attention_names, batches, check_finite, finish, finite_attention, softmax
 from .ranking import best_first, candidate_ids, teacher_forced_scores
@@ -201,7 +201,13 @@ class BlipEngine(FolderEngine):
         if max_new_tokens is not None:
             settled["max_new_tokens"] = max_new_tokens
         self.check_max_new_tokens(settled["max_new_tokens"], prompt_len)
-        return GenerationOptions(**settled)
+        options = GenerationOptions(**settled)
+        if unused := options.unused(name for name, value in given.items() if value is not None):
+            raise GenerationConfigError(f"{', '.join(unused)}: not read by {options.mode} decoding, so "
+                                        f"{'it' if len(unused) == 1 else 'they'} would be ignored; leave "
+                                        f"{'it' if len(unused) == 1 else 'them'} out, or choose "
+                                        f"{' or '.join(sorted({option_rules()[n].used_by for n in unused}))}")
+        return options
 
     def generate_captions(self, images: Sequence[ImageInput] | ImageInput, prompt: str | None = None,
                           max_new_tokens: int | None = None, *, return_errors: bool = False, **options: Any):

@@ -57,22 +57,24 @@ def _number(value) -> bool:
 class OptionRule:
     """How one decoding option is declared, once: what it does (``help``, shown by ``--help`` and the API docs),
     when a value is valid (``valid(value, options)``, the other options at hand), the error's wording when it is
-    not (``must``), its command-line flag when it is not ``--name-with-dashes``, and whether a checkpoint's
-    ``generation_config.json`` may set it (export records it; the engine takes it as the default)."""
+    not (``must``), its command-line flag when it is not ``--name-with-dashes``, whether a checkpoint's
+    ``generation_config.json`` may set it (export records it; the engine takes it as the default), and the one
+    decoding mode that reads it ("sampling", "beam search"; None: every mode)."""
 
     help: str
     valid: Callable[[Any, Any], bool]
     must: str
     flag: str | None = None
     in_config: bool = True
+    used_by: str | None = None
 
 
 def option(default: Any, help: str, valid: Callable[[Any, Any], bool], must: str, flag: str | None = None,
-           in_config: bool = True) -> Any:
+           in_config: bool = True, used_by: str | None = None) -> Any:
     """A field of :class:`GenerationOptions` with its rule: the CLI flags (``clipblip caption/vqa``), the HTTP
     API's request fields (``/v1/caption``, ``/v1/vqa``) and the generation-config keys that export records are
     made from these fields."""
-    return field(default=default, metadata={"rule": OptionRule(help, valid, must, flag, in_config)})
+    return field(default=default, metadata={"rule": OptionRule(help, valid, must, flag, in_config, used_by)})
 
 
 @dataclass(frozen=True)
@@ -90,11 +92,12 @@ class GenerationOptions:
     min_new_tokens: int = option(0, "no end of text before N tokens",
                                  lambda v, o: _integer(v) and v >= 0, "must be an integer >= 0")
     length_penalty: float = option(1.0, "beam search: a finished beam's score is divided by its length ** X "
-                                        "(> 0 favours longer texts)", lambda v, o: _number(v), "must be a finite number")
+                                        "(> 0 favours longer texts)", lambda v, o: _number(v),
+                                   "must be a finite number", used_by="beam search")
     early_stopping: bool | Literal["never"] = option(
         False, "beam search: true stops when num_beams texts are finished; false when no running beam can "
                "beat them (estimated); never: by the exact rule", lambda v, o: v is True or v is False or
-        (isinstance(v, str) and v == "never"), 'must be True, False or "never"')
+        (isinstance(v, str) and v == "never"), 'must be True, False or "never"', used_by="beam search")
     repetition_penalty: float = option(1.0, "divide the score of every token already in the text by X (> 1: "
                                             "fewer repeats)", lambda v, o: _number(v) and v > 0,
                                        "must be a number > 0")
@@ -105,16 +108,17 @@ class GenerationOptions:
     temperature: float = option(1.0, "sampling: divide the scores by X before the softmax (< 1: surer, "
                                      "> 1: more varied)",
                                 lambda v, o: _number(v) and v >= 0 and not (o.do_sample is True and v == 0),
-                                "must be a number > 0 when sampling (>= 0 otherwise)")
+                                "must be a number > 0 when sampling (>= 0 otherwise)", used_by="sampling")
     top_k: int = option(50, "sampling: draw from the N best tokens only (0: no limit)",
-                        lambda v, o: _integer(v) and v >= 0, "must be an integer >= 0 (0: no top-k filter)")
+                        lambda v, o: _integer(v) and v >= 0, "must be an integer >= 0 (0: no top-k filter)",
+                        used_by="sampling")
     top_p: float = option(1.0, "sampling: draw from the fewest best tokens whose probabilities add up to X",
-                          lambda v, o: _number(v) and 0 <= v <= 1, "must be a number in [0, 1]")
+                          lambda v, o: _number(v) and 0 <= v <= 1, "must be a number in [0, 1]", used_by="sampling")
     min_p: float = option(0.0, "sampling: drop the tokens less probable than X times the most probable one (0: off)",
-                          lambda v, o: _number(v) and 0 <= v <= 1, "must be a number in [0, 1]")
+                          lambda v, o: _number(v) and 0 <= v <= 1, "must be a number in [0, 1]", used_by="sampling")
     seed: int | None = option(None, "sampling: the same seed N gives the same text (default: a new one each call)",
                               lambda v, o: v is None or (_integer(v) and v >= 0), "must be None or an integer >= 0",
-                              in_config=False)
+                              in_config=False, used_by="sampling")
 
     def __post_init__(self):
         for name, rule in option_rules().items():
@@ -127,6 +131,16 @@ class GenerationOptions:
         if self.do_sample and self.num_beams > 1:
             raise GenerationConfigError(f"num_beams={self.num_beams}: beam sampling (do_sample with num_beams > 1) "
                                         f"is not supported")
+
+    @property
+    def mode(self) -> str:
+        """The decoding strategy: "beam search", "sampling" or "greedy"."""
+        return "beam search" if self.num_beams > 1 else "sampling" if self.do_sample else "greedy"
+
+    def unused(self, given: Any) -> list[str]:
+        """The options among ``given`` (names) that this decoding's mode never reads (temperature when greedy)."""
+        rules = option_rules()
+        return [name for name in given if rules[name].used_by not in (None, self.mode)]
 
     @property
     def processes(self) -> bool:

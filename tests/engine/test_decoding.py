@@ -170,7 +170,9 @@ def test_bad_options_are_refused(engines, photos, option, value):
 def test_temperature_zero_only_refused_when_sampling(engines, photos):
     with pytest.raises(GenerationConfigError, match="temperature"):
         engines["caption"].caption(photos[:1], max_new_tokens=3, do_sample=True, temperature=0)
-    assert engines["caption"].caption(photos[:1], max_new_tokens=3, temperature=0)
+    with pytest.raises(GenerationConfigError, match="temperature: not read by greedy decoding"):
+        engines["caption"].caption(photos[:1], max_new_tokens=3, temperature=0)  # given, it would be ignored
+    assert GenerationOptions(temperature=0).mode == "greedy"  # as a checkpoint's config may hold it
     with pytest.raises(GenerationConfigError, match="num_beams"):
         GenerationOptions(num_beams=2, do_sample=True)
 
