@@ -10,9 +10,8 @@ from typing import Callable
 import numpy as np
 
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
-from ..errors import ClipblipError, DatabaseError, UsageError, WrongModelError
+from ..errors import ClipblipError, DatabaseError, UsageError
 from ..families import title as family_title
-from ..manifest import Manifest
 from . import ann
 from .indexer import model_sha256, open_model
 from .store import Store
@@ -112,12 +111,10 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
     if not candidates:
         return []
     if itm_engine is None:
+        from ..engine.opening import open_engine
+
         folder = itm_dir if itm_dir is not None else own_model
-        family = Manifest.load(folder).family
-        if family != "blip":
-            raise WrongModelError(f"{folder}: holds a {family_title(family)} model; --rerank needs a BLIP retrieval "
-                                  f"folder (clipblip export Salesforce/blip-itm-base-coco --out DIR)")
-        itm_engine = open_model(folder, **options)
+        itm_engine = open_engine(folder, "match", needed_by="--rerank (BLIP's ITM head)", **options)
     match, errors = itm_engine.match([paths[i] for i in candidates], [text], return_errors=True)
     for j, error in sorted(errors.items()):
         if on_error is not None:

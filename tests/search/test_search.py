@@ -246,3 +246,6 @@ def test_missing_damaged_and_foreign_databases_are_clear_errors(tmp_path, collec
     # a failing image query names its file
     code, _, err = run_cli(capsys, "search", "--db", db, "--image", collection / "x.jpg")
     assert code == EXIT_CODES["ImageError"] and "x.jpg" in err
+    code, _, err = run_cli(capsys, "search", "--db", clip_db, "--text", text, "--rerank", clip_dir)
+    assert code == 3 and "--rerank (BLIP's ITM head) needs a folder that does match" in err and "search database" \
+        not in err
