@@ -197,6 +197,9 @@ def test_rerank_orders_by_itm_probability(tmp_path, collection, clip_dir, blip_i
             assert hit["score"] == pytest.approx(itm[hit["path"]], abs=1e-4)
         if db == blip_db:  # the cosine of BLIP's ITC projections, kept as itc
             assert all(h["itc"] == pytest.approx(itc[h["path"]], abs=1e-4) for h in hits)
+    code, _, err = run_cli(capsys, "search", "--db", clip_db, "--text", text, "--rerank", clip_dir)
+    assert code == 3 and "--rerank (BLIP's ITM head) needs a folder that does match" in err and "search database" \
+        not in err
 
     code, out, err = run_cli(capsys, "search", "--db", clip_db, "--text", text, "--rerank")
     assert code == EXIT_CODES["UsageError"] and "ITM_DIR" in err and len(err.strip().splitlines()) == 1
@@ -246,6 +249,3 @@ def test_missing_damaged_and_foreign_databases_are_clear_errors(tmp_path, collec
     # a failing image query names its file
     code, _, err = run_cli(capsys, "search", "--db", db, "--image", collection / "x.jpg")
     assert code == EXIT_CODES["ImageError"] and "x.jpg" in err
-    code, _, err = run_cli(capsys, "search", "--db", clip_db, "--text", text, "--rerank", clip_dir)
-    assert code == 3 and "--rerank (BLIP's ITM head) needs a folder that does match" in err and "search database" \
-        not in err
