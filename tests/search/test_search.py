@@ -198,7 +198,7 @@ def test_rerank_orders_by_itm_probability(tmp_path, collection, clip_dir, blip_i
         if db == blip_db:  # the cosine of BLIP's ITC projections, kept as itc
             assert all(h["itc"] == pytest.approx(itc[h["path"]], abs=1e-4) for h in hits)
     code, _, err = run_cli(capsys, "search", "--db", clip_db, "--text", text, "--rerank", clip_dir)
-    assert code == 3 and "--rerank (BLIP's ITM head) needs a folder that does match" in err and "search database" \
+    assert code == 2 and "--rerank (BLIP's ITM head) needs a folder that does match" in err and "search database" \
         not in err
 
     code, out, err = run_cli(capsys, "search", "--db", clip_db, "--text", text, "--rerank")
