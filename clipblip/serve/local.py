@@ -21,7 +21,7 @@ class LocalBackend:
                                        on_depth=metrics.depth) for name, service in services.items()}
 
     def models(self) -> dict[str, dict[str, Any]]:
-        return {name: service.describe() for name, service in self.services.items()}
+        return {name: service.description for name, service in self.services.items()}
 
     async def submit(self, model: str, job: Job) -> JobResult:
         return await self.batchers[model].submit(job)
