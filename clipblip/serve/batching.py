@@ -31,6 +31,17 @@ RETURN_WAIT_S = 0.1  # the longest a busy batch waits for the clients the last c
 PREPARED_BATCHES = 2  # images prepared ahead of the model: at most this many full batches
 
 
+def os_name(name: str) -> None:
+    """The calling thread's name for the system too (``top -H``, /proc/PID/task/*/comm; 15 bytes), on Linux:
+    where a server's CPU goes can be read per stage (benchmarks/serve_load.py does)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+
 @dataclass(eq=False)
 class Waiting:
     job: Job
@@ -58,8 +69,10 @@ class Batcher:
         self.closing = False
         # one thread each: the model's own ONNX Runtime threads keep the cores, and images are decoded between
         # (a job of several images is decoded on every core, see ImagePreprocessor.each)
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix=f"clipblip-{service.name}")
-        self.preparer = ThreadPoolExecutor(1, thread_name_prefix=f"clipblip-{service.name}-prepare")
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix=f"clipblip-{service.name}", initializer=os_name,
+                                         initargs=(f"cb-model {service.name}",))
+        self.preparer = ThreadPoolExecutor(1, thread_name_prefix=f"clipblip-{service.name}-prepare",
+                                           initializer=os_name, initargs=(f"cb-prep {service.name}",))
         self.arrived: asyncio.Event | None = None
         self.task: asyncio.Task | None = None
 
