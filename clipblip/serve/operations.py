@@ -144,7 +144,7 @@ class Operation:
     summary: ClassVar[str]  # one line for the API docs
     needs: ClassVar[tuple[str, ...]]  # the folder must have one of these tasks
     listed_as: ClassVar[str | None] = None  # its name in GET /v1/models "ops" (default: its key)
-    images: ClassVar[bool] = True  # items are images (prepared on the batcher's preprocessing worker)
+    images: ClassVar[bool] = True  # items are images (decoded on the batcher's preparing thread)
 
     def takes(self, body: Body) -> bool:
         """Whether this operation answers ``body`` (for operations that share a route)."""
