@@ -121,7 +121,7 @@ def serve_folders(folders: dict[str, Path], *, host: str = "127.0.0.1", port: in
         services = load_services(folders, provider, threads, max_batch, max_image_pixels)
         metrics = Metrics()
         backend = LocalBackend(services, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
-                               metrics=metrics)
+                               metrics=metrics, threads=threads)
         search = None
         if db is not None:
             from .search import SearchService

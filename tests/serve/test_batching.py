@@ -155,14 +155,24 @@ class PreparedService(FakeService):
         return [JobResult([2 * x for _, x in job.items]) for job in jobs]
 
 
-def test_images_are_prepared_on_their_own_thread_while_the_model_runs():
+def spans_inside(inner, outer) -> int:
+    """How many spans of ``inner`` start while one of ``outer`` runs."""
+    return sum(any(o0 < i0 < o1 for o0, o1, _ in outer) for i0, _, _ in inner)
+
+
+def test_images_are_prepared_on_their_own_threads_between_calls_or_beside_a_model_that_leaves_cores_free():
     service = PreparedService(prepare_s=0.01, run_s=0.04)
     clients(Batcher(service, max_batch=4, wait_ms=1, max_queue=100), 8, 3, 0.0)
     prepares, runs = service.spans["prepare"], service.spans["run"]
     assert len(prepares) == 24 and sum(len(items) for call in service.calls for _, items in call) == 0  # all prepared
     assert {t for *_, t in prepares}.isdisjoint({t for *_, t in runs})
-    overlapping = [p for p in prepares if any(r0 < p[0] < r1 for r0, r1, _ in runs)]
-    assert len(overlapping) >= 8, (len(overlapping), prepares, runs)  # the next batch was prepared during a call
+    # the model's threads keep the cores while it runs (at most one preparation may start as a call starts:
+    # it passed its gate just before); beside a model that leaves cores free, 18 of 24 start inside calls here
+    assert spans_inside(prepares, runs) <= 1
+
+    beside = PreparedService(prepare_s=0.01, run_s=0.04)
+    clients(Batcher(beside, max_batch=4, wait_ms=1, max_queue=100, overlap=True), 8, 3, 0.0)
+    assert spans_inside(beside.spans["prepare"], beside.spans["run"]) >= 8  # the next batch, during a call
 
 
 def test_prepared_images_wait_in_a_bounded_queue_and_a_broken_preparation_fails_its_job_alone():
