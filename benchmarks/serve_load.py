@@ -1,6 +1,6 @@
 """`clipblip serve` under load: throughput and latency at several concurrency levels, over loopback HTTP.
 
-    python benchmarks/serve_load.py [--quick] [--levels 1,4,16,64] [--requests N] [--ray]
+    python benchmarks/serve_load.py [--quick] [--levels 1,4,16,64] [--requests N] [--ray] [--clip FOLDER]
                                     [--threads 2] [--max-batch N] [--batch-wait-ms MS] [--out bench-output/serve]
 
 Starts `clipblip serve` as a subprocess on a free 127.0.0.1 port (and, with --ray, `clipblip serve
@@ -16,8 +16,11 @@ The image is matplotlib's grace_hopper.jpg photo and rotated, flipped and croppe
 that consecutive requests differ. Warm-up requests (alone and concurrent) come first and are not
 counted. Per level: requests/s and items/s (over the level's wall time), p50 and p95 latency, and the
 server's `clipblip_batch_size` histogram from /metrics (scraped before and after the level), which
-shows how many items each engine call took. The server is stopped at the end (SIGTERM, then killed
-after a timeout). The clients run on the same machine as the server and take some of its CPU.
+shows how many items each engine call took, and (single process, Linux) the server's CPU milliseconds per
+answered request by stage, from /proc/PID/task: its event loop (HTTP, JSON, base64), the preparing thread
+(`cb-prep`: decoding, resizing), the model worker (`cb-model`: the engine call, with ONNX Runtime's calling
+thread) and the rest (ONNX Runtime's pool threads): where the time goes. The server is stopped at the end
+(SIGTERM, then killed after a timeout). The clients run on the same machine as the server and take some of its CPU.
 
 Writes results.json (with the environment) and results.md into --out, and checks the goals on int8
 CLIP base image embeddings on the single-process server: throughput at concurrency 16 ≥ 1.5× that at
@@ -134,8 +137,14 @@ class Server:
         if ray:
             self.command += ["--ray", "--replicas", str(RAY_REPLICAS)]
         self.names = list(folders)
+        self.ray = ray
         self.log = log
         self.process: subprocess.Popen | None = None
+
+    @property
+    def single(self) -> int | None:
+        """The server's pid when it is one process (not Ray): its threads are its stages."""
+        return None if self.ray or self.process is None else self.process.pid
 
     @property
     def group(self) -> int | None:
@@ -293,6 +302,40 @@ def cpu_delta(before: dict | None, after: dict | None) -> dict | None:
             "other_cores": max(0.0, used["busy"] - used["server"] - used["client"])}
 
 
+STAGES = ("event loop", "preparing", "model worker", "ORT pool, other")
+
+
+def thread_cpu(pid: int | None) -> dict[str, float] | None:
+    """CPU seconds so far of the server's threads, by stage: its main thread (the event loop: HTTP, JSON,
+    base64), the threads clipblip names `cb-prep ...` (decoding and resizing images) and `cb-model ...` (the
+    engine call, with ONNX Runtime's calling thread), and the rest (ONNX Runtime's pool threads, Python's own).
+    Linux only; None elsewhere, or for a server that is not one process."""
+    if pid is None:
+        return None
+    seconds = dict.fromkeys(STAGES, 0.0)
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stage = ("event loop" if task.name == str(pid) else "preparing" if comm.startswith("cb-prep")
+                 else "model worker" if comm.startswith("cb-model") else "ORT pool, other")
+        seconds[stage] += (int(fields[11]) + int(fields[12])) / TICK
+    return seconds
+
+
+def stage_ms(before: dict | None, after: dict | None, requests: int) -> dict[str, float] | None:
+    """Server CPU milliseconds per answered request, by stage."""
+    if before is None or after is None or not requests:
+        return None
+    return {stage: (after[stage] - before[stage]) * 1000 / requests for stage in STAGES}
+
+
 # --- load ----------------------------------------------------------------------------------------------
 
 def request_bodies(workload: str, model: str, images: list[str]) -> tuple[str, list[bytes]]:
@@ -367,9 +410,10 @@ def run_workload(server: Server, workload: str, model: str, images: list[str], l
         for concurrency in levels:
             planned = max(requests, per_level_min * concurrency)
             before = batch_histogram(metrics, model)
-            cpu_before = cpu_snapshot(server.group)
+            cpu_before, threads_before = cpu_snapshot(server.group), thread_cpu(server.single)
             r = asyncio.run(load(server.url, route, bodies, workload, concurrency, planned, seconds, timeout))
             r["cpu"] = cpu_delta(cpu_before, cpu_snapshot(server.group))
+            r["cpu_ms_per_request"] = stage_ms(threads_before, thread_cpu(server.single), r["ok"])
             r["batch_size"] = histogram_delta(before, batch_histogram(metrics, model))
             r["load_average_1min_after"] = os.getloadavg()[0]
             results.append(r)
@@ -379,7 +423,8 @@ def run_workload(server: Server, workload: str, model: str, images: list[str], l
                 f"p95 {fmt(r['p95_ms'])} ms; {b['engine_calls']} engine calls, mean batch {fmt(b['mean_batch'], 2)}"
                 f" {b['batches']}" + (f"; statuses {r['statuses']}" if r["errors"] else "")
                 + (f"; cores: server {r['cpu']['server_cores']:.2f}, clients {r['cpu']['client_cores']:.2f}, "
-                   f"other {r['cpu']['other_cores']:.2f}" if r["cpu"] else ""))
+                   f"other {r['cpu']['other_cores']:.2f}" if r["cpu"] else "")
+                + (f"; server CPU ms a request: {stages(r['cpu_ms_per_request'])}" if r["cpu_ms_per_request"] else ""))
     return {"route": route, "model": model, "levels": results}
 
 
@@ -395,6 +440,12 @@ def cores(cpu: dict | None) -> str:
         return "—"
     flag = " ⚠ shared" if cpu["other_cores"] >= CONTENDED else ""
     return f"{cpu['server_cores']:.2f} / {cpu['client_cores']:.2f} / {cpu['other_cores']:.2f}{flag}"
+
+
+def stages(ms: dict | None) -> str:
+    if not ms:
+        return "—"
+    return " / ".join(f"{ms[stage]:.1f}" for stage in STAGES) + f" (= {sum(ms.values()):.1f})"
 
 
 # --- goals ---------------------------------------------------------------------------------------------
@@ -455,12 +506,13 @@ def markdown(report: dict) -> str:
             lines += [f"### {server_name}: {WORKLOAD_TITLES[workload]}", ""]
             lines += table(["concurrency", "requests ok / sent", "wall s", "req/s", "items/s", "p50 ms", "p95 ms",
                             "engine calls", "mean batch", "batch sizes (items: calls)",
-                            "cores: server / clients / other"], (
+                            "cores: server / clients / other", f"server CPU ms a request: {' / '.join(STAGES)}"], (
                 [r["concurrency"], f"{r['ok']} / {r['requests_sent']}"
                  + ("" if r["stopped_by"] == "count" else " (time limit)"), fmt(r["wall_s"]),
                  fmt(r["requests_per_s"], 2), fmt(r["items_per_s"], 2), fmt(r["p50_ms"]), fmt(r["p95_ms"]),
                  r["batch_size"]["engine_calls"], fmt(r["batch_size"]["mean_batch"], 2),
-                 ", ".join(f"{k}: {v}" for k, v in r["batch_size"]["batches"].items()) or "—", cores(r["cpu"])]
+                 ", ".join(f"{k}: {v}" for k, v in r["batch_size"]["batches"].items()) or "—", cores(r["cpu"]),
+                 stages(r.get("cpu_ms_per_request"))]
                 for r in result["levels"]))
             lines.append("")
     lines += ["### Goals (image embeddings, single process)", ""]
@@ -529,6 +581,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-wait-ms", type=float, default=None,
                         help="the server's --batch-wait-ms (default: its own)")
     parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds for the server to get ready")
+    parser.add_argument("--clip", default=None,
+                        help="an int8 CLIP base folder exported already (default: exported once into "
+                             "bench-output/models/clip-base-int8)")
     parser.add_argument("--out", default="bench-output/serve")
     args = parser.parse_args(argv)
     args.levels = [int(c) for c in args.levels.split(",") if c.strip()]
@@ -549,7 +604,8 @@ def main(argv: list[str] | None = None) -> dict:
     embed_seconds, caption_seconds = (args.seconds, args.seconds) if args.seconds else (60.0, 90.0)
     folders = {}
     if "embed" in args.workloads:
-        folders[f"clip-{size}-int8"] = model_folder(f"random:clip-{size}", None, say)
+        folders[f"clip-{size}-int8"] = (Path(args.clip) if args.clip and not args.quick
+                                        else model_folder(f"random:clip-{size}", None, say))
     if "caption" in args.workloads:
         folders[f"blip-{size}-caption-int8"] = model_folder(f"random:blip-{size}", "caption", say)
     plan = {"embed": (f"clip-{size}-int8", embed_requests, minimum, embed_seconds),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import UsageError
@@ -10,7 +11,7 @@ from .progress import progress
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..serve.server import api_key, parse_folders
+    from ..serve.server import api_key, listening_socket, parse_folders
 
     folders = parse_folders(args.folders)
     key = api_key(args.api_key)
@@ -28,6 +29,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ray_app.emit_config(folders, args.emit_config, force=args.force, **options)
             print(f"wrote {args.emit_config}", file=sys.stderr)
             return 0
+        if not (args.ray_address or os.environ.get("RAY_ADDRESS")):  # a local cluster: its proxy listens here
+            listening_socket(args.host, args.port).close()  # a taken port is said now, not by a Ray actor
         ray_app.serve_on_ray(folders, address=args.ray_address, say=progress, **options)
         return 0
     if args.replicas is not None or args.ray_address is not None:

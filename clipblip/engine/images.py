@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from ..defaults import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
 from ..errors import ImageError, ImageTooLargeError
 
-__all__ = ["ImageInput", "load_image", "as_images", "ImagePreprocessor", "DEFAULT_MAX_PIXELS"]
+__all__ = ["ImageInput", "load_image", "as_images", "ImagePreprocessor", "Prepared", "DEFAULT_MAX_PIXELS"]
 
 HUGE_RESIZE = 16_000_000  # resized images above this many pixels are resampled only where cropped
 
@@ -49,13 +49,15 @@ def describe(image: Any) -> str:
         return f"PIL image {image.mode} {image.size[0]}x{image.size[1]}"
     if isinstance(image, ENCODED):
         return f"encoded image of {len(image):,} bytes"
+    if isinstance(image, Prepared):
+        return f"prepared image {image.pixels.shape}"
     return type(image).__name__
 
 
 def as_images(images: Any) -> list:
     """The items of a call: a single path, PIL image, array (H, W[, C]) or bytes is one item; a
     (N, H, W, C) array is N images; any other iterable is a list of items."""
-    if isinstance(images, (str, os.PathLike, Image.Image, *ENCODED)):
+    if isinstance(images, (str, os.PathLike, Image.Image, Prepared, *ENCODED)):
         return [images]
     if isinstance(images, np.ndarray):
         return list(images) if images.ndim == 4 else [images]
@@ -169,6 +171,16 @@ def decoding_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max(1, cores), thread_name_prefix="clipblip-decode")
 
 
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """An image already through an :class:`ImagePreprocessor` (``steps``): its float32 pixels (3, H, W). A server
+    prepares images on a thread of its own while the model runs; an engine whose preprocessing has the same steps
+    takes a Prepared as an image and uses its pixels as they are."""
+
+    pixels: np.ndarray
+    steps: ImagePreprocessor
+
+
 @dataclass
 class ImagePreprocessor:
     """The image steps recorded in a manifest's ``image`` section."""
@@ -224,6 +236,10 @@ class ImagePreprocessor:
 
     def pixels(self, image: ImageInput) -> np.ndarray:
         """One image → float32 (3, H, W)."""
+        if isinstance(image, Prepared):
+            if image.steps != self:
+                raise ImageError(f"{describe(image)}: prepared with other preprocessing steps than this model's")
+            return image.pixels
         pixels = self.geometry(image)
         if self.rescale_factor is not None:
             pixels = (pixels.astype(np.float64) * self.rescale_factor).astype(np.float32)

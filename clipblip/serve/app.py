@@ -1,41 +1,34 @@
 """The HTTP API (FastAPI): routes, validation, errors, API key, metrics. No model logic lives here.
 
-Routes turn a request into jobs (see :mod:`.service`) and hand them to a backend — the in-process
-batcher, or Ray Serve deployments — then shape the answer. Every failure is ``{"error": {"type",
+Each operation's route (:mod:`.operations`, one registry) reads its body into a job, hands it to a backend — the
+in-process batcher, or Ray Serve deployments — and writes the operation's answer. Routes are module-level and
+find the backend, settings and search database in ``request.app.state``. Every failure is ``{"error": {"type",
 "message", "index"}}`` with a status that says whose fault it is; never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..engine.clip import label_probabilities, label_prompts
-from ..engine.generate import OPTION_NAMES, option_rules, option_types
 from ..errors import ClipblipError
-from .batching import QueueFull, ShuttingDown
-from .errors import ApiError
+from .errors import ApiError, QueueFull, ShuttingDown
+from .operations import OPERATIONS, Body, Job, JobResult, Operation, decode_image
 from .page import page_routes, photo_routes
-from .service import Job, JobResult
 
 __all__ = ["Backend", "Settings", "Metrics", "ApiError", "create_app"]
 
-DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 MiB = 1 << 20
 
 
@@ -78,72 +71,6 @@ class Metrics:
         self.queue_depth.labels(model).set(depth)
 
 
-# --- request bodies ----------------------------------------------------------------------------------
-
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model: str
-
-
-class EmbeddingsBody(Body):
-    """OpenAI's embeddings request, with clipblip's ``modality`` (images as base64 or data URIs)."""
-
-    input: str | list[str]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None  # accepted, as OpenAI does, and not used
-    modality: Literal["text", "image"] = "text"
-
-    def items(self) -> list[str]:
-        items = [self.input] if isinstance(self.input, str) else self.input
-        if not items:
-            raise ApiError(422, "InvalidRequest", "input: give one item or more")
-        return items
-
-
-class ImagesBody(Body):
-    images: list[str] = Field(min_length=1, description="base64, plain or as a data:image/...;base64, URI")
-
-
-class SimilarityBody(ImagesBody):
-    texts: list[str] = Field(min_length=1)
-
-
-class ClassifyBody(ImagesBody):
-    labels: list[str] = Field(min_length=1)
-    template: str | None = None  # the model's own prompt (its manifest's prompt_template) when not given
-
-
-class DecodingFields(BaseModel):
-    def options(self) -> tuple:
-        """The set options other than max_new_tokens, hashable (a batching key)."""
-        return tuple(sorted((name, value) for name, value in self.model_dump(exclude={"max_new_tokens"}).items()
-                            if value is not None and name in OPTION_NAMES))
-
-
-def decoding_model() -> type[BaseModel]:
-    """transformers' generate() options as request fields, one per field of GenerationOptions (its type and help);
-    unset ones come from the checkpoint's generation config."""
-    kinds = option_types()
-    return create_model("Decoding", __base__=DecodingFields, **{
-        name: (kinds[name] | None, Field(None, description=rule.help)) for name, rule in option_rules().items()})
-
-
-Decoding = decoding_model()
-
-
-class CaptionBody(ImagesBody, Decoding):
-    prompt: str | None = None
-
-
-class VqaBody(ImagesBody, Decoding):
-    question: str
-
-
-class MatchBody(ImagesBody):
-    texts: list[str] = Field(min_length=1)
-
-
 class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | None = None
@@ -154,19 +81,168 @@ class SearchBody(BaseModel):
     rerank_model: str | None = None
 
 
-def decode_images(images: list[str], field: str = "images") -> list[bytes]:
-    """base64 (plain or data URI) → the encoded image files; 400 naming the first item that is not base64."""
-    decoded = []
-    for i, text in enumerate(images):
-        try:
-            decoded.append(base64.b64decode(DATA_URI.sub("", text.strip()), validate=True))
-        except (binascii.Error, ValueError):
-            raise ApiError(400, "InvalidBase64", f"{field}[{i}]: not base64 (plain or a data:image/...;base64, URI)",
-                           i) from None
-    return decoded
+# --- what every route shares -----------------------------------------------------------------------------
+
+async def check_key(request: Request) -> None:
+    """401 unless the request carries the API key (when the server has one). Async: no thread per request."""
+    key = request.app.state.settings.api_key
+    if key is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        raise ApiError(401, "Unauthorized", "missing or wrong API key (Authorization: Bearer KEY)",
+                       headers={"WWW-Authenticate": "Bearer"})
 
 
-# --- the app -----------------------------------------------------------------------------------------
+def model_of(request: Request, name: str) -> dict[str, Any]:
+    """What the backend says of the served model ``name``; 404 if none is served under it."""
+    models = request.app.state.backend.models()
+    if name not in models:
+        raise ApiError(404, "ModelNotFound", f"model {name!r} is not served (serving: {', '.join(models) or 'none'})")
+    return models[name]
+
+
+async def results_of(request: Request, model: str, job: Job) -> list:
+    """Each item's result; an ApiError for the job, or for its first failed item (with its index)."""
+    try:
+        result = await request.app.state.backend.submit(model, job)
+    except (QueueFull, ShuttingDown) as e:
+        raise ApiError.of(e) from None
+    if result.error is not None:
+        raise ApiError.of(result.error)
+    if result.errors:
+        index = min(result.errors)
+        raise ApiError.of(result.errors[index], index)
+    return result.results
+
+
+def search_of(request: Request):
+    search = request.app.state.search
+    if search is None:
+        raise ApiError(404, "NoDatabase", "no search database is served (start the server with --db DB)")
+    return search
+
+
+# --- routes ------------------------------------------------------------------------------------------------
+
+def operation_route(operations: list[Operation]):
+    """The endpoint of one route, answering with the operation (of those sharing the route) that takes the body.
+    It returns a JSONResponse itself: FastAPI's encoder would walk every float of an embedding in Python."""
+
+    async def endpoint(request: Request, body: Body) -> JSONResponse:
+        model = model_of(request, body.model)
+        op = next((op for op in operations if op.takes(body)), None)
+        if op is None:  # operations sharing a route that leave a body to none of them: a bug of the registry
+            raise ApiError(422, "InvalidRequest", f"{operations[0].route}: no operation takes this body")
+        if not op.does(model):
+            raise ApiError(422, "UnsupportedTask", op.refusal(body.model, model))
+        results = await results_of(request, body.model, op.job(body, model))
+        return JSONResponse({"model": body.model, "random_weights": model["random_weights"],
+                             **op.answer(body, results, model)})
+
+    endpoint.__annotations__ = {"request": Request, "body": operations[0].body, "return": JSONResponse}
+    endpoint.__name__ = operations[0].route.rsplit("/", 1)[-1]
+    return endpoint
+
+
+def operation_routes() -> APIRouter:
+    """One POST route per route of the registry, as it is when the app is made."""
+    routes: dict[str, list[Operation]] = {}
+    for op in OPERATIONS.values():
+        routes.setdefault(op.route, []).append(op)
+    router = APIRouter()
+    for route, operations in routes.items():
+        if len({op.body for op in operations}) != 1:
+            raise ValueError(f"{route}: operations sharing a route must share its body")
+        router.add_api_route(route, operation_route(operations), methods=["POST"], summary=operations[0].summary)
+    return router
+
+
+v1 = APIRouter(prefix="/v1")  # the routes of the API other than the operations'
+
+
+@v1.get("/models")
+async def list_models(request: Request):
+    return {"object": "list", "data": list(request.app.state.backend.models().values())}
+
+
+@v1.post("/search")
+async def search_route(request: Request, body: SearchBody):
+    search = search_of(request)
+    if sum(q is not None for q in (body.text, body.image, body.like)) != 1:
+        raise ApiError(422, "InvalidRequest", "give one of text, image or like (a photo id)")
+    image = decode_image(body.image, "image") if body.image is not None else None
+    try:
+        hits = await asyncio.to_thread(search.query, body.text, image, body.k, body.rerank, body.rerank_model,
+                                       body.like)
+    except ClipblipError as e:
+        raise ApiError.of(e) from None
+    query = ({"text": body.text} if body.text is not None else {"like": body.like} if body.like is not None
+             else {"image": f"{len(image):,} bytes"})
+    return {"model": search.model, "random_weights": search.engine.manifest.random_weights, "query": query,
+            "hits": hits}
+
+
+@v1.get("/database")
+async def database(request: Request):
+    return await asyncio.to_thread(search_of(request).describe)
+
+
+other = APIRouter()
+
+
+@other.get("/health")
+async def health(request: Request):
+    if not request.app.state.ready:
+        raise ApiError(503, "NotReady", "the models are still loading", headers={"Retry-After": "1"})
+    return {"status": "ok"}
+
+
+@other.get("/metrics", include_in_schema=False)
+async def prometheus(request: Request):
+    return PlainTextResponse(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- the app -----------------------------------------------------------------------------------------------
+
+async def api_error(request: Request, error: ApiError):
+    return error.response()
+
+
+async def invalid(request: Request, error: RequestValidationError):
+    problems = error.errors()
+    if any(p.get("type") == "json_invalid" or tuple(p.get("loc", ())) == ("body",) for p in problems):
+        return not_json(request)
+    first = problems[0] if problems else {}
+    fields = [part for part in first.get("loc", ())[1:] if not is_union_member(part)]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in fields).lstrip(".")
+    index = next((part for part in fields[1:] if isinstance(part, int)), None)
+    return ApiError(422, "InvalidRequest", f"{where}: {first.get('msg', 'invalid')}".strip(": "), index).response()
+
+
+def is_union_member(part) -> bool:
+    """pydantic names the member of a union it tried (``input.str``, ``input.list[str]``): not a field."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or "-" in part)
+
+
+def not_json(request: Request):
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        return ApiError(400, "InvalidJSON", f"the body must be a JSON object sent with Content-Type: "
+                                            f"application/json (it came as {kind[:80]})").response()
+    return ApiError(400, "InvalidJSON", "the body is not a JSON object").response()
+
+
+async def http_error(request: Request, error: StarletteHTTPException):
+    if error.status_code == 400 and request.method == "POST":  # FastAPI could not read the body (JSON nested too deep)
+        return ApiError(400, "InvalidJSON", "the body is not a JSON object (it cannot be parsed)").response()
+    return ApiError(error.status_code, "NotFound" if error.status_code == 404 else "HTTPError",
+                    f"{request.method} {request.url.path}: {error.detail}").response()
+
+
+async def unexpected(request: Request, error: Exception):  # a bug: say so without a traceback
+    return ApiError(500, "InternalError", f"internal error ({type(error).__name__}); see the server log").response()
+
 
 def create_app(backend: Backend, settings: Settings | None = None, metrics: Metrics | None = None,
                search: Any = None) -> FastAPI:
@@ -186,196 +262,25 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
                   description="CLIP and BLIP with ONNX Runtime: embeddings, similarity, zero-shot classification, "
                               "captions, VQA and image–text matching, batched on the fly.")
     app.state.ready = False
+    app.state.backend, app.state.settings, app.state.metrics, app.state.search = backend, settings, metrics, search
     app.add_middleware(MeteredAndBounded, metrics=metrics, max_request_bytes=settings.max_request_bytes)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError):
-        return error.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, error: RequestValidationError):
-        problems = error.errors()
-        if any(p.get("type") == "json_invalid" or tuple(p.get("loc", ())) == ("body",) for p in problems):
-            return ApiError(400, "InvalidJSON", "the body is not a JSON object").response()
-        first = problems[0] if problems else {}
-        where = ".".join(str(part) for part in first.get("loc", ())[1:])
-        index = next((part for part in first.get("loc", ())[2:] if isinstance(part, int)), None)
-        return ApiError(422, "InvalidRequest", f"{where}: {first.get('msg', 'invalid')}".strip(": "), index).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException):
-        return ApiError(error.status_code, "NotFound" if error.status_code == 404 else "HTTPError",
-                        f"{request.method} {request.url.path}: {error.detail}").response()
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception):  # a bug: say so without a traceback
-        return ApiError(500, "InternalError", f"internal error ({type(error).__name__}); see the server log").response()
-
-    def check_key(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-            raise ApiError(401, "Unauthorized", "missing or wrong API key (Authorization: Bearer KEY)",
-                           headers={"WWW-Authenticate": "Bearer"})
-
-    def model_of(name: str, op: str | None = None) -> dict[str, Any]:
-        models = backend.models()
-        if name not in models:
-            raise ApiError(404, "ModelNotFound", f"model {name!r} is not served (serving: {', '.join(models)})")
-        info = models[name]
-        if op is not None and op not in info["ops"]:
-            raise ApiError(422, "UnsupportedTask", f"model {name!r} ({info['family']}, {', '.join(info['tasks'])}) "
-                                                   f"does not do {op} (it does: {', '.join(info['ops'])})")
-        return info
-
-    async def answer(model: str, job: Job) -> JobResult:
-        """The job's result; an ApiError for the job, or for its first failed item (with its index)."""
-        try:
-            result = await backend.submit(model, job)
-        except (QueueFull, ShuttingDown) as e:
-            raise ApiError.of(e) from None
-        if result.error is not None:
-            raise ApiError.of(result.error)
-        if result.errors:
-            index = min(result.errors)
-            raise ApiError.of(result.errors[index], index)
-        return result
-
-    async def run(model: str, job: Job) -> list:
-        return (await answer(model, job)).results
-
-    async def embeddings(model: str, images: list[bytes] | None = None, texts: list[str] | None = None):
-        """(image rows, text rows), the two jobs run concurrently."""
-        jobs = []
-        if images is not None:
-            jobs.append(run(model, Job("embed_image", images)))
-        if texts is not None:
-            jobs.append(run(model, Job("embed_text", texts)))
-        rows = await asyncio.gather(*jobs)
-        return [np.stack(r) for r in rows]
-
-    def embedding(row: np.ndarray, encoding_format: str):
-        """A row as OpenAI returns it: a list of floats, or base64 of little-endian float32."""
-        if encoding_format == "base64":
-            return base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode()
-        return row.tolist()
-
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
-
-    @v1.get("/models")
-    async def list_models():
-        return {"object": "list", "data": list(backend.models().values())}
-
-    @v1.post("/embeddings")
-    async def embed(body: EmbeddingsBody):
-        info = model_of(body.model, "embed_" + body.modality)
-        items = body.items()
-        if body.dimensions is not None and body.dimensions != info["dim"]:
-            raise ApiError(400, "InvalidRequest", f"dimensions {body.dimensions}: model {body.model!r} gives "
-                                                  f"{info['dim']}-dimensional embeddings and does not shorten them")
-        if body.modality == "image":
-            job = Job("embed_image", decode_images(items, "input"))
-        else:
-            job = Job("embed_text", items)
-        result = await answer(body.model, job)
-        tokens = result.tokens
-        return {"object": "list", "model": body.model,
-                "data": [{"object": "embedding", "index": i, "embedding": embedding(row, body.encoding_format)}
-                         for i, row in enumerate(result.results)],
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-
-    @v1.post("/similarity")
-    async def similarity(body: SimilarityBody):
-        model_of(body.model, "embed_image")
-        image_rows, text_rows = await embeddings(body.model, decode_images(body.images), body.texts)
-        return {"model": body.model, "similarity": (image_rows @ text_rows.T).tolist()}
-
-    @v1.post("/classify")
-    async def classify(body: ClassifyBody):
-        info = model_of(body.model, "embed_image")
-        if info.get("scoring") is None:
-            raise ApiError(422, "UnsupportedTask", f"model {body.model!r}: zero-shot classification needs a CLIP-like "
-                                                   f"model (CLIP, Chinese-CLIP, SigLIP)")
-        template = info["prompt_template"] if body.template is None else body.template
-        try:
-            prompts = label_prompts(template, body.labels)
-        except ClipblipError as e:
-            raise ApiError(422, "InvalidRequest", str(e)) from None
-        image_rows, text_rows = await embeddings(body.model, decode_images(body.images), prompts)
-        probs = label_probabilities(image_rows @ text_rows.T, info["scoring"], info["logit_scale"], info["logit_bias"])
-        return {"model": body.model, "template": template, "scoring": info["scoring"], "results": [
-            [{"label": label, "probability": float(p)} for label, p in sorted(zip(body.labels, row), key=lambda lp: -lp[1])]
-            for row in probs]}
-
-    def generations(results) -> list[dict[str, Any]]:
-        return [{"text": g.text, "token_ids": g.token_ids, "prompt_ids": g.prompt_ids,
-                 **({} if g.score is None else {"score": g.score})} for g in results]
-
-    @v1.post("/caption")
-    async def caption(body: CaptionBody):
-        model_of(body.model, "caption")
-        job = Job("caption", decode_images(body.images), (body.prompt, body.max_new_tokens, body.options()))
-        return {"model": body.model, "results": generations(await run(body.model, job))}
-
-    @v1.post("/vqa")
-    async def vqa(body: VqaBody):
-        model_of(body.model, "vqa")
-        images = decode_images(body.images)
-        job = Job("vqa", images, (body.max_new_tokens, body.options()), [body.question] * len(images))
-        return {"model": body.model, "results": generations(await run(body.model, job))}
-
-    @v1.post("/match")
-    async def match(body: MatchBody):
-        model_of(body.model, "match")
-        results = await run(body.model, Job("match", decode_images(body.images), tuple(body.texts)))
-        return {"model": body.model, "itm": [itm.tolist() for itm, _ in results],
-                "itc": [itc.tolist() for _, itc in results]}
-
-    @v1.post("/search")
-    async def search_route(body: SearchBody):
-        if search is None:
-            raise ApiError(404, "NoDatabase", "no search database is served (start the server with --db DB)")
-        if sum(q is not None for q in (body.text, body.image, body.like)) != 1:
-            raise ApiError(422, "InvalidRequest", "give one of text, image or like (a photo id)")
-        image = decode_images([body.image])[0] if body.image is not None else None
-        try:
-            hits = await asyncio.to_thread(search.query, body.text, image, body.k, body.rerank, body.rerank_model,
-                                           body.like)
-        except ClipblipError as e:
-            raise ApiError.of(e) from None
-        query = ({"text": body.text} if body.text is not None else {"like": body.like} if body.like is not None
-                 else {"image": f"{len(image):,} bytes"})
-        return {"query": query, "hits": hits}
-
-    @v1.get("/database")
-    async def database():
-        if search is None:
-            raise ApiError(404, "NoDatabase", "no search database is served (start the server with --db DB)")
-        return await asyncio.to_thread(search.describe)
-
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+    keyed = [Depends(check_key)]
+    app.include_router(v1, dependencies=keyed)
+    app.include_router(operation_routes(), dependencies=keyed)
     if search is not None:
-        v1.include_router(photo_routes(search.photos))
-
-    app.include_router(v1)
+        app.include_router(photo_routes(search.photos), prefix="/v1", dependencies=keyed)
     app.include_router(page_routes())
-
-    @app.get("/health")
-    async def health():
-        if not app.state.ready:
-            raise ApiError(503, "NotReady", "the models are still loading", headers={"Retry-After": "1"})
-        return {"status": "ok"}
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus():
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(other)
     return app
 
 
 class MeteredAndBounded:
-    """ASGI middleware: a 413 for bodies over the limit (before the app reads them), and per-route
-    request counts and latencies."""
+    """ASGI middleware: a 413 for bodies over the limit — before the app reads them when their size is
+    declared, as soon as they pass it when they come in chunks — and per-route request counts and latencies."""
 
     def __init__(self, app, metrics: Metrics, max_request_bytes: int):
         self.app, self.metrics, self.limit = app, metrics, max_request_bytes
@@ -400,14 +305,16 @@ class MeteredAndBounded:
                                                          f"{self.limit:,} (--max-request-bytes)")
             await too_large.response()(scope, receive, sending)
         else:
-            await self.app(scope, self.bounded(receive, scope, sending), sending)
+            await self.app(scope, self.bounded(receive), sending)
         route = scope.get("route")
         name = getattr(route, "path", None) or ("unmatched" if status[0] == 404 else scope.get("path", ""))
         self.metrics.requests.labels(name, str(status[0])).inc()
         self.metrics.seconds.labels(name).observe(time.perf_counter() - start)
 
-    def bounded(self, receive, scope, send):
-        """``receive`` that stops a body without a Content-Length once it passes the limit."""
+    def bounded(self, receive):
+        """``receive`` that stops a body without a Content-Length once it passes the limit. The ApiError it
+        raises is an HTTPException, which FastAPI passes on as it reads the body (any other error would
+        become its 400 "error parsing the body")."""
         seen = [0]
 
         async def receiving():

@@ -1,22 +1,35 @@
-"""An HTTP answer other than 200, as every route gives it: ``{"error": {"type", "message", "index"}}``."""
+"""An HTTP answer other than 200, as every route gives it: ``{"error": {"type", "message", "index"}}``; and the
+batcher's refusals."""
 
 from __future__ import annotations
 
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
 from ..errors import ImageTooLargeError
-from .batching import QueueFull, ShuttingDown
 
-__all__ = ["ApiError"]
+__all__ = ["ApiError", "QueueFull", "ShuttingDown"]
 
 
-class ApiError(Exception):
-    """An answer other than 200: status, error type, message, and the failing item's index (or None)."""
+class QueueFull(Exception):
+    """The model's queue holds ``max_queue`` items already."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping and takes no new work."""
+
+
+class ApiError(HTTPException):
+    """An answer other than 200: status, error type, message, and the failing item's index (or None). An
+    HTTPException, so that one raised while FastAPI reads the body (a body over the limit) keeps its status."""
 
     def __init__(self, status: int, type_: str, message: str, index: int | None = None,
                  headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.type, self.message, self.index, self.headers = status, type_, message, index, headers
+        super().__init__(status, message, headers)
+        self.status, self.type, self.message, self.index = status, type_, message, index
+
+    def __str__(self) -> str:
+        return self.message
 
     def response(self) -> JSONResponse:
         return JSONResponse({"error": {"type": self.type, "message": self.message, "index": self.index}},

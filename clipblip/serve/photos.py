@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from ..engine.images import load_image, to_rgb
-from ..errors import ClipblipError, ImageError
+from ..errors import ClipblipError, ImageError, UsageError
 from ..files import replaced_atomically
 from ..manifest import cache_root
 
@@ -117,7 +117,7 @@ class Photos:
         """A JPEG whose longest side is ``size`` pixels (the orientation of its EXIF applied), from memory, the
         disk cache, or made now and cached."""
         if size not in THUMBNAIL_SIZES:
-            raise ImageError(f"size {size}: thumbnails are {', '.join(map(str, THUMBNAIL_SIZES))} pixels")
+            raise UsageError(f"size {size}: thumbnails are {', '.join(map(str, THUMBNAIL_SIZES))} pixels")
         photo = self.get(photo_id)
         self.current(photo)
         key = (photo_id, size)

@@ -133,6 +133,39 @@ def test_every_route_answers_as_the_engine_does(server, engines, photos):
     assert "/v1/caption" in httpx.get(server.url + "/openapi.json").json()["paths"]
 
 
+def test_every_model_answer_says_whether_its_weights_are_random(server, photos):
+    image = b64(photos[0])
+    models = {m["id"]: m["random_weights"] for m in httpx.get(server.url + "/v1/models").json()["data"]}
+    assert set(map(type, models.values())) == {bool}
+    asked = [("/v1/embeddings", {"model": "clip", "input": ["a"]}),
+             ("/v1/embeddings", {"model": "clip", "input": [image], "modality": "image"}),
+             ("/v1/similarity", {"model": "clip", "images": [image], "texts": ["a"]}),
+             ("/v1/classify", {"model": "clip", "images": [image], "labels": ["a", "b"]}),
+             ("/v1/caption", {"model": "caption", "images": [image], "max_new_tokens": 2}),
+             ("/v1/vqa", {"model": "vqa", "images": [image], "question": "what?", "max_new_tokens": 2}),
+             ("/v1/match", {"model": "itm", "images": [image], "texts": ["a"]})]
+    for route, body in asked:
+        answer = server.post(route, body).json()
+        assert answer["model"] == body["model"] and answer["random_weights"] is models[body["model"]], (route, answer)
+
+
+def test_classify_requests_with_different_labels_share_engine_calls(server, engines, photos):
+    variants = [Image.open(photos[i % 2]).rotate(11 * i) for i in range(16)]
+    labels = [["cat", "dog"], ["a box", "a tree", "the sky"], ["cat", "dog", "bird"], ["red", "blue"]]
+    bodies = [{"model": "clip", "images": [b64(variants[i])], "labels": labels[i % 4]} for i in range(16)]
+    calls_before, items_before = batch_sizes(server, "clip")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda body: server.post("/v1/classify", body), bodies, timeout=300))
+    calls, items = batch_sizes(server, "clip")
+    assert items - items_before == 16 and calls - calls_before < 16  # images of different label sets batched
+    for i, answer in enumerate(answers):
+        assert answer.status_code == 200, answer.text
+        (expected,) = engines["clip"].classify([variants[i]], labels[i % 4])
+        got = answer.json()["results"][0]
+        assert [r["label"] for r in got] == [label for label, _ in expected]
+        np.testing.assert_allclose([r["probability"] for r in got], [p for _, p in expected], atol=1e-5)
+
+
 def batch_sizes(server, model: str) -> tuple[float, float]:
     """(engine calls, items) of the model, from /metrics."""
     text = httpx.get(server.url + "/metrics").text
@@ -198,6 +231,12 @@ def test_bad_requests_get_their_status_and_never_a_traceback(server):
         (server.post("/v1/classify", {"model": "itm", "images": [tiny], "labels": ["a"]}), 422, None),
         (server.post("/v1/embeddings", {"model": "caption", "input": ["a"]}), 422, None),
         (server.post("/v1/caption", {"model": "caption", "images": [tiny], "extra": 1}), 422, None),
+        (server.post("/v1/caption", {"model": "caption", "images": [tiny], "num_beams": 100000}), 422, None),
+        (httpx.post(server.url + "/v1/embeddings", data={"model": "clip", "input": "a"}), 400, None),  # a form
+        (httpx.post(server.url + "/v1/embeddings", content=b"[" * 100_000 + b"]" * 100_000,
+                    headers={"content-type": "application/json"}), 400, None),
+        (server.post("/v1/classify", {"model": "clip", "images": [tiny], "labels": ["a"], "template": "{} {}"}),
+         422, None),
     ]
     for response, status, index in cases:
         body = response.json()
@@ -206,6 +245,10 @@ def test_bad_requests_get_their_status_and_never_a_traceback(server):
         assert body["error"]["index"] == index, body
         assert "Traceback" not in response.text
     assert httpx.get(server.url + "/health").status_code == 200  # still up
+    messages = [response.json()["error"]["message"] for response, _, _ in cases]
+    assert "at most 16 beams" in messages[-4]  # not the memory of 100,000 beams, which took the server down
+    assert "Content-Type: application/json (it came as application/x-www-form-urlencoded)" in messages[-3]
+    assert "does not do caption; it answers /v1/embeddings, /v1/similarity, /v1/classify" in messages[9]
 
 
 def test_api_key_limits_queue_and_size(clip_with_attentions, blip_caption):
@@ -222,9 +265,14 @@ def test_api_key_limits_queue_and_size(clip_with_attentions, blip_caption):
         assert server.post("/v1/embeddings", body, headers=key).status_code == 200
         big = server.post("/v1/embeddings", {**body, "input": ["A" * 200_000]}, headers=key)
         assert big.status_code == 413 and big.json()["error"]["type"] == "RequestTooLarge"
+        sent = json.dumps({**body, "input": ["A" * 200_000]}).encode()
+        chunked = httpx.post(server.url + "/v1/embeddings", content=iter([sent[:50_000], sent[50_000:]]),
+                             headers={**key, "content-type": "application/json"})  # no Content-Length
+        assert chunked.status_code == 413 and chunked.json()["error"]["type"] == "RequestTooLarge", chunked.text
         over = server.post("/v1/embeddings", {**body, "input": [small, b64(Image.new("RGB", (200, 100)))]}, headers=key)
         assert over.status_code == 413 and over.json()["error"]["index"] == 1
-        with ThreadPoolExecutor(max_workers=4) as pool:  # a 400 ms batch window holds the one-item queue
+        time.sleep(0.5)  # idle again: the first request waits out the 400 ms batch window, holding the one-item queue
+        with ThreadPoolExecutor(max_workers=4) as pool:
             answers = list(pool.map(lambda _: server.post("/v1/embeddings", body, headers=key), range(4), timeout=120))
         statuses = sorted(a.status_code for a in answers)
         assert statuses[0] == 200 and 503 in statuses
@@ -274,3 +322,20 @@ def test_decoding_options_pass_through_and_batch_only_with_their_like(server, en
                       ({"early_stopping": "maybe"}, "early_stopping")]:
         answer = server.post("/v1/caption", {"model": "caption", "images": images[:1], **bad})
         assert answer.status_code == 422 and name in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("where, says", [
+    ("busy", "port {port} on 127.0.0.1 is in use; choose another with --port"),
+    ("--host 10.9.9.9", "--host 10.9.9.9: not an address of this machine"),
+])
+def test_an_address_that_cannot_be_listened_on_is_one_line_before_any_loading(clip_with_attentions, where, says):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        options = ["--port", str(port)] if where == "busy" else [*where.split(), "--port", str(free_port())]
+        result = subprocess.run([sys.executable, "-m", "clipblip", "serve", str(clip_with_attentions.exported),
+                                 *options], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == "", result  # UsageError (docs/errors.md)
+    assert len(result.stderr.splitlines()) == 1, result.stderr  # no "serving on", no uvicorn line, no traceback
+    assert result.stderr.startswith(f"clipblip: error: {says.format(port=port)}"), result.stderr
