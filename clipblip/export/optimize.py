@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import os
@@ -394,8 +395,11 @@ def quantize_dynamic(fp32_path: Path, out: Path, **options: Any) -> None:
     written beside ``fp32_path``). The same graph comes out. The quantiser's own way loads the whole model and
     copies it twice more for its shape inference (BLIP base's 549 MB question encoder: 2.1 GB above the
     process); here its three loaders run the same shape inference on the graph without its weights."""
-    from onnxruntime.quantization import base_quantizer, onnx_quantizer, quantize
     from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    # modules, not the same-named functions onnxruntime.quantization exports
+    quantize, base_quantizer, onnx_quantizer = (importlib.import_module(f"onnxruntime.quantization.{name}")
+                                                for name in ("quantize", "base_quantizer", "onnx_quantizer"))
 
     def load_with_shapes(path: Path) -> onnx.ModelProto:  # quant_utils.load_model_with_shape_infer
         return reload_with_shapes(onnx.load(str(path), load_external_data=False))

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime.quantization
 import pytest
-import torch
+from onnx import numpy_helper
 
 from clipblip import families
-from clipblip.export import convert
+from clipblip.export import convert, optimize
 from clipblip.export.meter import Meter
 from clipblip.export.sources import load_source
 from clipblip.export.trace import trace_graphs
@@ -87,6 +88,30 @@ def test_store_graph_writes_the_files_onnx_save_model_writes(tmp_path):
         want = (tmp_path / "a" / name).read_bytes()
         assert (tmp_path / "b" / name).read_bytes() == want == (tmp_path / "c" / name).read_bytes(), name
     assert list(data) == ["g.onnx.data"] and len(sha256) == 64
+
+
+def test_dynamic_int8_reads_the_weights_from_the_data_file_and_writes_what_onnxruntime_writes(tmp_path):
+    _, specs = specs_of("random:clip-tiny")
+    image = specs[0]
+    fp32, lean = tmp_path / image.filename, tmp_path / "image_tower.int8.onnx"
+    convert.export_graph(image, fp32, 17)
+    record = optimize.write_int8(fp32, lean, "u8s7")
+    left = [t for t in onnx.load(str(lean), load_external_data=False).graph.initializer if t.external_data]
+    # the patch embedding stays fp32 (a Conv): still in the fp32 graph's data file, not copied into the int8 graph
+    assert [t.name for t in left] == ["vision_model.embeddings.patch_embedding.weight"]
+    assert {e.value for t in left for e in t.external_data if e.key == "location"} == {"image_tower.onnx.data"}
+    (tmp_path / "own").mkdir()
+    whole, own = tmp_path / "own" / "whole.onnx", tmp_path / "own" / "int8.onnx"
+    convert._trace(image, whole, 17, export_params=True)
+    chosen = optimize.INT8_FORMATS["u8s7"]
+    onnxruntime.quantization.quantize_dynamic(
+        str(whole), str(own), weight_type=chosen["weight_type"], per_channel=True, reduce_range=True,
+        nodes_to_exclude=record["kept_fp32"], extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    ours, theirs = onnx.load(str(lean)), onnx.load(str(own))
+    assert [n.SerializeToString() for n in ours.graph.node] == [n.SerializeToString() for n in theirs.graph.node]
+    assert [t.name for t in ours.graph.initializer] == [t.name for t in theirs.graph.initializer]
+    for a, b in zip(ours.graph.initializer, theirs.graph.initializer):
+        assert np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b)), a.name
 
 
 def test_parity_measures_the_same_difference_a_slice_at_a_time(monkeypatch):
