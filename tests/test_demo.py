@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -33,6 +35,13 @@ def test_demo_writes_results_with_the_random_banner(tiny_demo, monkeypatch):
         folder = tmp_path / "models" / (name if "clip" in name else f"blip-{name}")
         assert demo.ensure_export(name, folder, said.append).source == Manifest.load(folder).source, name
     assert sum("reusing" in m for m in said) == len(demo.SOURCES) == 5
+
+
+def test_the_demo_module_loads_no_torch():
+    """Its exports run in a process of their own: the demo's process never holds torch or transformers."""
+    code = "import sys, clipblip.demo; print(sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_an_export_in_its_own_process_raises_its_error_there_and_leaves_nothing(tmp_path):

@@ -20,9 +20,10 @@ from ..engine.checks import summary
 from ..errors import ExportError, UsageError
 from ..files import check_output, staged_folder
 from ..manifest import GraphInfo, Manifest
+from ..memory import release_memory
 from .checks import build_check, check_entry, stored, write_check
 from .convert import check_parity, graph_io, store_graph
-from .meter import Meter, release_memory
+from .meter import Meter
 from .openvino import openvino_copy
 from .optimize import PRECISIONS, fuse_graph, lower_precision, precision_chain
 from .sources import load_source

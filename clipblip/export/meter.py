@@ -3,77 +3,25 @@
 Resident memory is read from ``/proc/self/statm`` by a sampling thread (Linux), which can miss a peak held for
 less than its interval or while a C call holds the GIL; a step during which the process's high-water mark
 (getrusage) rose has that mark as its peak, which is exact. Elsewhere only the high-water marks are known.
-
-:func:`release_memory` hands back to the system what the steps freed: glibc keeps freed blocks in its heap,
-where protobuf's, numpy's and ONNX Runtime's allocations leave them fragmented (measured on CLIP base int8:
-4.0 GB resident between graphs, 1.1 GB after a trim).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
-import os
-import sys
 import threading
 import time
-
-try:
-    import resource
-except ImportError:  # Windows
-    resource = None
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-__all__ = ["Meter", "release_memory", "resident_mb"]
+from ..memory import STATM, high_water_mb, release_memory, resident_mb
+
+__all__ = ["Meter", "release_memory"]
 
 INTERVAL_S = 0.01
-STATM = "/proc/self/statm"
 MEASURED = (f"peak resident memory (RSS) of the exporting process: sampled every {INTERVAL_S * 1000:g} ms from "
             f"{STATM}, or the process's high-water mark (getrusage) where it rose during the step; seconds are "
             f"wall-clock, cpu_seconds user + system time of the process")
-
-
-def resident_mb() -> float | None:
-    """This process's resident memory in MiB, or None where /proc is not there."""
-    try:
-        with open(STATM, "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return None
 HIGH_WATER_ONLY = ("peak resident memory: the process's high-water mark (getrusage) where it rose during a step, "
                    "else unknown (null); seconds are wall-clock, cpu_seconds user + system time of the process")
-
-
-def high_water_mb() -> float | None:
-    """The most memory this process has held resident so far, in MiB (kB on Linux, bytes on macOS)."""
-    if resource is None:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-def _malloc_trim() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # a C library without it (musl)
-        return None
-
-
-_TRIM = _malloc_trim()
-
-
-def release_memory(collect: bool = False) -> None:
-    """Return the C heap's free pages to the system (glibc's malloc_trim); ``collect`` first collects Python's
-    reference cycles (a full collection takes 0.4 s with torch and transformers loaded: only where a large
-    object may sit in a cycle)."""
-    if collect:
-        gc.collect()
-    if _TRIM is not None:
-        _TRIM(0)
 
 
 class Meter:

@@ -17,8 +17,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from ..memory import release_memory
 from .convert import Reference, export_graph
-from .meter import Meter, release_memory
+from .meter import Meter
 from .specs import GraphSpec
 
 __all__ = ["Traced", "trace_graphs", "torch_reference", "teacher_inputs", "mapped_weights"]
