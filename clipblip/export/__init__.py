@@ -20,7 +20,6 @@ from ..engine.checks import summary
 from ..errors import ExportError, UsageError
 from ..files import check_output, staged_folder
 from ..manifest import GraphInfo, Manifest
-from ..memory import release_memory
 from .checks import build_check, check_entry, stored, write_check
 from .convert import check_parity, graph_io, store_graph
 from .meter import Meter
@@ -108,7 +107,6 @@ def export_model(
                 graphs[spec.name] = finish_graph(spec, traced[spec.name], staging, family, precision, optimize,
                                                  meter, say)
                 shutil.rmtree(traced[spec.name].graph.parent)
-                release_memory()
             count(2 * len(specs))
             shutil.rmtree(staging / WORK)
             manifest = Manifest(
@@ -139,36 +137,31 @@ def finish_graph(spec: GraphSpec, traced: Traced, staging: Path, family: familie
     """A traced graph through its ONNX steps into ``staging``: parity, fusion, its stored check, an OpenVINO copy
     and a lower precision where asked; returns its manifest entry, made from the steps' records."""
     name, fp32 = spec.name, traced.graph  # its weights in a data file: each step reads those it needs
+    weights = fp32.with_name(fp32.name + ".data")
     # ONNX Runtime's optimizer and quantizer leave their objects in reference cycles: collected after them when
     # they held much (a full collection takes 0.2 s)
-    data = fp32.with_name(fp32.name + ".data")
-    large = data.is_file() and data.stat().st_size >= LARGE_GRAPH
+    large = weights.is_file() and weights.stat().st_size >= LARGE_GRAPH
     with meter.step(f"{name}/parity"):
         say(f"checking {name} against PyTorch")
         parity = check_parity(spec, fp32, traced.reference)
     say(f"{name}: max |ONNX - PyTorch| = {parity['max_abs_diff']:.2e} (tolerance {spec.atol:g})")
-    release_memory()
-    with meter.step(f"{name}/fusion"):
+    with meter.step(f"{name}/fusion", collect=large):
         fusion = fuse_graph(spec, fp32, traced.reference) if optimize else {"applied": False, "reason": "--no-optimize"}
     if fusion["applied"]:
         say(f"{name}: fused {fusion['fused']}, max |ONNX - PyTorch| = {fusion['parity']['max_abs_diff']:.2e}")
-    release_memory(collect=large)
     inputs, outputs = graph_io(spec, fp32)
     entry = check_entry(spec)
     gated = GraphInfo(file=fp32.name, sha256="", inputs=inputs, outputs=outputs, check=entry)  # what gates read
     with meter.step(f"{name}/check"):
         check = build_check(spec, fp32, traced.cross)  # the gate's inputs and the fp32 graph's outputs
-    release_memory()
     lossy_check = stored(check, lossy=True)  # as a lower precision's check is stored, and run everywhere
     backends = {}
     # lossy folders only: an fp32 folder promises fp32 answers, which bf16 would not keep
     if precision in ("int8", "int4") and spec.gate and name in family.openvino_graphs:
         with meter.step(f"{name}/openvino"):
             backends["openvino"] = openvino_step(spec, fp32, lossy_check, gated, staging, family, say)
-        release_memory()
-    with meter.step(f"{name}/precision"):
+    with meter.step(f"{name}/precision", collect=large and precision != "fp32"):
         kept, kept_precision, accuracy = lower_step(spec, fp32, precision, lossy_check, gated, say)
-    release_memory(collect=large and precision != "fp32")
     with meter.step(f"{name}/store"):
         final = staging / (spec.filename if kept == fp32 else kept.name)
         sha256, data = store_graph(kept, final)

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from ..memory import STATM, high_water_mb, release_memory, resident_mb
 
-__all__ = ["Meter", "release_memory"]
+__all__ = ["Meter"]
 
 INTERVAL_S = 0.01
 MEASURED = (f"peak resident memory (RSS) of the exporting process: sampled every {INTERVAL_S * 1000:g} ms from "
@@ -60,8 +60,9 @@ class Meter:
             self._step_peak = max(self._step_peak or 0.0, now)
 
     @contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        """Measure the block as the step ``name`` (a name measured twice adds up)."""
+    def step(self, name: str, collect: bool = False) -> Iterator[None]:
+        """Measure the block as the step ``name`` (a name measured twice adds up), then give back to the system
+        what it freed (:func:`release_memory`; ``collect``: Python's reference cycles first)."""
         self._step_peak = resident_mb()
         start, cpu, high_water = time.perf_counter(), time.process_time(), high_water_mb()
         try:
@@ -75,6 +76,7 @@ class Meter:
             self.steps[name] = {"seconds": round(seen["seconds"] + time.perf_counter() - start, 2),
                                 "cpu_seconds": round(seen["cpu_seconds"] + time.process_time() - cpu, 2),
                                 "peak_rss_mb": None if peak is None else round(peak)}
+            release_memory(collect)
 
     def record(self) -> dict[str, Any]:
         """The whole export so far and each step: seconds, CPU seconds, peak resident MiB (None when unknown)."""

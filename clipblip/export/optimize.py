@@ -383,13 +383,13 @@ def write_int8(fp32_path: Path, out: Path, int8_format: str, formats: dict | Non
     # (AMD EPYC, 2 threads: CLIP ViT-B/32 image tower 26.6 -> 23.2 ms, BLIP base 308 -> 284 ms)
     convolutions = [n.name for n in nodes if n.op_type == "Conv"]
     # fused contrib operators defeat shape inference: tell the quantiser the weights are float
-    quantize_dynamic(fp32_path, out, weight_type=chosen["weight_type"], per_channel=True,
-                     reduce_range=chosen["reduce_range"], nodes_to_exclude=convolutions,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    _quantize_dynamic(fp32_path, out, weight_type=chosen["weight_type"], per_channel=True,
+                      reduce_range=chosen["reduce_range"], nodes_to_exclude=convolutions,
+                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return {"method": "dynamic (onnxruntime quantize_dynamic)", **described, "kept_fp32": convolutions}
 
 
-def quantize_dynamic(fp32_path: Path, out: Path, **options: Any) -> None:
+def _quantize_dynamic(fp32_path: Path, out: Path, **options: Any) -> None:
     """onnxruntime.quantization.quantize_dynamic(fp32_path, out, **options) with the graph's weights left in its
     data file: each is read when it is quantised, and those it leaves stay there (``out`` names them; it is
     written beside ``fp32_path``). The same graph comes out. The quantiser's own way loads the whole model and

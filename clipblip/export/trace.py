@@ -116,11 +116,9 @@ def trace_graphs(model: torch.nn.Module, specs: list[GraphSpec], folder: Path, o
             with meter.step(f"{spec.name}/trace"):
                 say(f"exporting {spec.name}")
                 export_graph(spec, work / spec.filename, opset)
-            release_memory()
             with meter.step(f"{spec.name}/pytorch"):
                 say(f"running {spec.name} in PyTorch")
                 reference = torch_reference(spec, work / "pytorch")
-            release_memory()
             traced[spec.name] = Traced(work / spec.filename, reference, crosses[spec.name])
             done(len(traced))
     return traced
