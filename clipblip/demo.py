@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ClipblipError, ModelSourceError, OutputError
+from .errors import ClipblipError, ExportError, ModelSourceError, OutputError
 from .manifest import Manifest
+from .memory import release_memory
 
 # Per model: the real checkpoint (used when the Hub or the local cache has it), then the random preset.
 # CLIP and the caption model are exported with attention weights, for the report's attention figures.
@@ -67,10 +69,9 @@ def demo_photos(folder: Path) -> list[Path]:
     return paths
 
 
-def ensure_export(name: str, folder: Path, say: Callable[[str], None]) -> Manifest:
-    """Reuse ``folder`` if it holds a valid export, else export the first source of ``name`` that loads."""
-    from .export import export_model
-
+def ensure_export(name: str, folder: Path, say: Callable[[str], None], exporter: Exporter | None = None) -> Manifest:
+    """Reuse ``folder`` if it holds a valid export, else export the first source of ``name`` that loads, in the
+    export process ``exporter`` (default: one of its own)."""
     attentions = name in WITH_ATTENTIONS
     try:
         manifest = Manifest.load(folder)
@@ -81,8 +82,8 @@ def ensure_export(name: str, folder: Path, say: Callable[[str], None]) -> Manife
         pass
     for model, task in SOURCES[name]:
         try:
-            manifest = export_model(model, folder, task=task, force=folder.exists(), attentions=attentions,
-                                    progress=say)
+            manifest = (exporter or export_in_process)(say, model, folder, task=task, force=folder.exists(),
+                                                       attentions=attentions)
         except ModelSourceError as e:
             say(f"{model} unavailable ({e}); trying the next source")
             continue
@@ -90,6 +91,113 @@ def ensure_export(name: str, folder: Path, say: Callable[[str], None]) -> Manife
             say(f"NOTE: {name} uses RANDOM weights ({model}); its outputs are not meaningful")
         return manifest
     raise ModelSourceError(f"none of {', '.join(m for m, _ in SOURCES[name])} could be exported")
+
+
+class Exporter:
+    """Runs ``clipblip.export.export_model`` in a process of its own, started at the first export and ended by
+    :meth:`close`: what an export allocates is the other process's, which gives it back between exports, and
+    this process never loads torch (the demo's five exports in its own process held 18 GB by the last).
+
+    ``exporter(say, model, out, **options)`` passes the export's progress to ``say`` and returns its manifest; an
+    error is raised here as it was raised there. If that process dies or is stopped midway (``say`` raising),
+    ExportError (or that exception) is raised and the unfinished staging folder beside ``out`` is removed."""
+
+    def __init__(self) -> None:
+        self._process: Any = None
+        self._connection: Any = None
+
+    def __enter__(self) -> Exporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: none of this one's threads or memory
+        self._connection, theirs = context.Pipe()
+        self._process = context.Process(target=_export_worker, args=(theirs,), name="clipblip-export", daemon=True)
+        self._process.start()
+        theirs.close()
+
+    def close(self, stop: bool = False) -> None:
+        """End the export process: after its current export, or at once with ``stop``."""
+        if self._process is None:
+            return
+        if not stop and self._process.is_alive():
+            try:
+                self._connection.send(None)
+            except OSError:
+                pass
+            self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join()
+        self._connection.close()
+        self._process = self._connection = None
+
+    def __call__(self, say: Callable[[str], None], model: str, out: Path, **options: Any) -> Manifest:
+        if self._process is None:
+            self._start()
+        staging = f".{out.name}.partial-"  # files.staged_folder's prefix, beside ``out``
+        before = {p.name for p in out.parent.glob(staging + "*")} if out.parent.is_dir() else set()
+        outcome = None
+        try:
+            self._connection.send((model, str(out), options))
+            while outcome is None:
+                try:
+                    kind, payload = self._connection.recv()
+                except EOFError:  # the process ended without a word
+                    break
+                if kind == "progress":
+                    say(payload)
+                else:
+                    outcome = kind, payload
+        except BaseException:
+            self.close(stop=True)
+            raise
+        finally:
+            if outcome is None or outcome[0] != "done":  # its staging folder, when it could not remove it itself
+                for left in out.parent.glob(staging + "*") if out.parent.is_dir() else ():
+                    if left.name not in before:
+                        shutil.rmtree(left, ignore_errors=True)
+        if outcome is None:
+            code = self._process.exitcode
+            self.close(stop=True)
+            raise ExportError(f"{model}: the export process ended without finishing (exit code {code}); nothing "
+                              f"was written to {out}")
+        kind, payload = outcome
+        if kind == "error":
+            raise payload
+        return Manifest.from_dict(payload)
+
+
+def export_in_process(say: Callable[[str], None], model: str, out: Path, **options: Any) -> Manifest:
+    """One export in a process of its own (:class:`Exporter`)."""
+    with Exporter() as exporter:
+        return exporter(say, model, out, **options)
+
+
+def _export_worker(connection: Any) -> None:
+    """The export process: for each (model, out, options) received, progress, then ("done", the manifest as a
+    dict) or ("error", the exception); ends on None."""
+    from .export import export_model
+
+    while (job := connection.recv()) is not None:
+        model, out, options = job
+        try:
+            manifest = export_model(model, out, progress=lambda m: connection.send(("progress", m)), **options)
+            release_memory(collect=True)  # back to what the libraries hold before the next export
+            connection.send(("done", manifest.to_dict()))
+        except Exception as e:  # sent back to be raised in the demo, whatever it is
+            if not isinstance(e, ClipblipError):
+                e.add_note(f"in the export process:\n{traceback.format_exc()}")
+            try:
+                connection.send(("error", e))
+            except Exception:  # an exception that cannot be pickled: its type and message
+                connection.send(("error", ExportError(f"{model}: {type(e).__name__}: {e}")))
+    connection.close()
 
 
 class Timer:
@@ -109,12 +217,13 @@ class Timer:
 
 
 def run_clip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None,
-             sections: list) -> dict:
+             sections: list, exporter: Exporter | None = None) -> dict:
     from . import viz
     from .engine import ClipEngine
 
-    manifest = timer("clip export", lambda: ensure_export("clip", out / "models" / "clip", say))
-    engine = timer("clip load", lambda: ClipEngine.from_dir(out / "models" / "clip", provider=provider, threads=threads))
+    manifest = timer("clip export", lambda: ensure_export("clip", out / "models" / "clip", say, exporter))
+    engine = timer("clip load", lambda: ClipEngine.from_dir(out / "models" / "clip", provider=provider,
+                                                            threads=threads))
     ranked = timer("clip classify", lambda: engine.classify(photos, LABELS))
     similarity = timer("clip similarity", lambda: engine.similarity(photos, TEXTS))
     note = viz.RANDOM_WEIGHTS_NOTE if manifest.random_weights else None
@@ -144,13 +253,13 @@ def run_clip(out: Path, photos: list[Path], timer: Timer, say, provider: str, th
 
 
 def run_chinese_clip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None,
-                     sections: list) -> dict:
+                     sections: list, exporter: Exporter | None = None) -> dict:
     """Zero-shot classification with Chinese labels, in Chinese-CLIP's own prompt."""
     from . import viz
     from .engine import ChineseClipEngine
 
     folder = out / "models" / "chinese_clip"
-    manifest = timer("chinese-clip export", lambda: ensure_export("chinese_clip", folder, say))
+    manifest = timer("chinese-clip export", lambda: ensure_export("chinese_clip", folder, say, exporter))
     engine = timer("chinese-clip load", lambda: ChineseClipEngine.from_dir(folder, provider=provider, threads=threads))
     ranked = timer("chinese-clip classify", lambda: engine.classify(photos, CHINESE_LABELS))
     note = viz.RANDOM_WEIGHTS_NOTE if manifest.random_weights else None
@@ -171,28 +280,40 @@ def run_chinese_clip(out: Path, photos: list[Path], timer: Timer, say, provider:
 
 
 def run_blip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None,
-             sections: list) -> dict:
+             sections: list, exporter: Exporter | None = None) -> dict:
+    """Captions, answers and matches, one BLIP model loaded at a time (each is let go before the next loads)."""
     from . import viz
     from .engine import BlipEngine
 
-    engines, sources = {}, {}
-    for task in ("caption", "vqa", "itm"):
-        manifest = timer(f"blip {task} export", lambda: ensure_export(task, out / "models" / f"blip-{task}", say))
-        engines[task] = timer(f"blip {task} load", lambda: BlipEngine.from_dir(
-            out / "models" / f"blip-{task}", provider=provider, threads=threads))
+    sources, notes = {}, {}
+
+    def load(task: str) -> BlipEngine:
+        manifest = timer(f"blip {task} export",
+                         lambda: ensure_export(task, out / "models" / f"blip-{task}", say, exporter))
         sources[task] = {"model": manifest.source["model"], "random_weights": manifest.random_weights}
-    captions = timer("blip caption", lambda: engines["caption"].generate_captions(photos))
-    prompted = timer("blip caption with prompt",
-                     lambda: engines["caption"].generate_captions(photos, prompt=CAPTION_PROMPT))
-    answers = timer("blip vqa", lambda: engines["vqa"].generate_answers(photos, QUESTION))
-    scores = timer("blip match", lambda: engines["itm"].match(photos, TEXTS))
-    notes = {task: viz.RANDOM_WEIGHTS_NOTE if s["random_weights"] else None for task, s in sources.items()}
-    views = [engines["caption"].preprocess.view(p) for p in photos]
+        notes[task] = viz.RANDOM_WEIGHTS_NOTE if manifest.random_weights else None
+        return timer(f"blip {task} load", lambda: BlipEngine.from_dir(out / "models" / f"blip-{task}",
+                                                                      provider=provider, threads=threads))
+
+    engine = load("caption")  # each model is let go, and the memory it held given back, before the next loads
+    captions = timer("blip caption", lambda: engine.generate_captions(photos))
+    prompted = timer("blip caption with prompt", lambda: engine.generate_captions(photos, prompt=CAPTION_PROMPT))
+    views = [engine.preprocess.view(p) for p in photos]
+    grid = engine.manifest.model["patch_grid"]
+    explained = [engine.caption_attentions(p) for p in photos]
+    del engine
+    release_memory()
+    engine = load("vqa")
+    answers = timer("blip vqa", lambda: engine.generate_answers(photos, QUESTION))
+    del engine
+    release_memory()
+    engine = load("itm")
+    scores = timer("blip match", lambda: engine.match(photos, TEXTS))
+    del engine
+    release_memory()
     heatmaps = viz.match_heatmaps(scores.itm, scores.itc, [p.name for p in photos], TEXTS, note=notes["itm"],
                                   images=views)
     heatmaps.savefig(out / "blip_match.png", dpi=120)
-    caption_engine, grid = engines["caption"], engines["caption"].manifest.model["patch_grid"]
-    explained = [caption_engine.caption_attentions(p) for p in photos]
     sections.append(viz.report.Section(
         f"BLIP captions ({sources['caption']['model']})",
         [f"{p.name}: {c.text!r}; with the prompt {CAPTION_PROMPT!r}: {q.text!r}"
@@ -277,12 +398,12 @@ def run_demo(out: Path, progress: Callable[[str], None], provider: str = "auto",
         [("Scaled dot-product attention on a Chinese sentence, 'I like kittens and puppies' (random "
           "embeddings and weights, seed 0)",
           viz.toy_attention_figure())])]
-    results = {
-        "clip": run_clip(out, photos, timer, progress, provider, threads, sections),
-        "chinese_clip": run_chinese_clip(out, photos, timer, progress, provider, threads, sections),
-        "blip": run_blip(out, photos, timer, progress, provider, threads, sections),
-        "timings_s": timer.seconds,
-    }
+    results = {}
+    with Exporter() as exporter:  # one process for the exports: started at the first, if any
+        for name, run in (("clip", run_clip), ("chinese_clip", run_chinese_clip), ("blip", run_blip)):
+            results[name] = run(out, photos, timer, progress, provider, threads, sections, exporter)
+            release_memory()  # what the model's engine held (0.75 GB after CLIP's, 0.18 once given back)
+    results["timings_s"] = timer.seconds
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     lines = summary(results)
     (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -92,7 +92,8 @@ class Manifest:
 
     ``image`` holds preprocessing (resize, crop, resample, rescale, mean, std); ``tokenizer`` the
     tokenizer file, max length and special-token ids; ``model`` family-specific facts (CLIP's
-    ``logit_scale``, BLIP's generation ids).
+    ``logit_scale``, BLIP's generation ids). ``export`` what the export cost: seconds, CPU seconds and peak
+    resident memory, in all and per step (informative: nothing reads it back; folders without it load).
     """
 
     family: str
@@ -103,6 +104,7 @@ class Manifest:
     tokenizer: dict[str, Any]
     model: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    export: dict[str, Any] = field(default_factory=dict)
 
     @property
     def random_weights(self) -> bool:
@@ -127,6 +129,7 @@ class Manifest:
             tokenizer=dict(d["tokenizer"]),
             model=dict(d.get("model", {})),
             format_version=d["format_version"],
+            export=dict(d.get("export") or {}),
         )
 
     @classmethod
@@ -145,7 +148,8 @@ class Manifest:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ModelLoadError(f"{path}: unreadable manifest ({e})") from None
         version = data.get("format_version") if isinstance(data, dict) else None
-        if version != FORMAT_VERSION and not (any_version and isinstance(version, int) and 1 <= version <= FORMAT_VERSION):
+        older = any_version and isinstance(version, int) and 1 <= version <= FORMAT_VERSION
+        if version != FORMAT_VERSION and not older:
             raise ModelLoadError(
                 f"{path}: manifest format version {version!r} is not supported "
                 f"(this clipblip reads version {FORMAT_VERSION}); re-export the model"
@@ -236,7 +240,7 @@ LOCATION_ENTRY = b"\n\x08location\x12"  # StringStringEntryProto(key="location",
 
 
 def external_data_paths(path: Path) -> list[str]:
-    """Every external-data location a graph file names (read from its bytes, without ONNX Runtime)."""
+    """Every external-data location a graph file names, each once (read from its bytes, without ONNX Runtime)."""
     found = []
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
@@ -255,7 +259,7 @@ def external_data_paths(path: Path) -> list[str]:
                         break
                 found.append(data[at : at + length].decode("utf-8", "replace"))
                 at = data.find(LOCATION_ENTRY, at + length)
-    return found
+    return list(dict.fromkeys(found))  # every tensor names its file: a graph of 300 weights, 300 times
 
 
 def folder_files(folder: str | os.PathLike, manifest: Manifest) -> set[str]:

@@ -1,8 +1,11 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
 from clipblip import demo
+from clipblip.errors import ModelSourceError
 from clipblip.manifest import Manifest
 from tests.helpers import TINY_SOURCES
 
@@ -32,6 +35,34 @@ def test_demo_writes_results_with_the_random_banner(tiny_demo, monkeypatch):
         folder = tmp_path / "models" / (name if "clip" in name else f"blip-{name}")
         assert demo.ensure_export(name, folder, said.append).source == Manifest.load(folder).source, name
     assert sum("reusing" in m for m in said) == len(demo.SOURCES) == 5
+
+
+def test_the_demo_module_loads_no_torch():
+    """Its exports run in a process of their own: the demo's process never holds torch or transformers."""
+    code = "import sys, clipblip.demo; print(sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_an_export_in_its_own_process_raises_its_error_there_and_leaves_nothing(tmp_path):
+    said = []
+    with pytest.raises(ModelSourceError, match="unknown random preset.*random:clip-tiny"):
+        demo.export_in_process(said.append, "random:clip-huge", tmp_path / "out")
+    assert said == ["loading random:clip-huge"] and list(tmp_path.iterdir()) == []
+
+
+def test_an_export_process_stopped_midway_leaves_nothing(tmp_path):
+    seen = []
+
+    def stop(message):
+        if message.startswith("running"):  # PyTorch runs a traced graph, in the staging folder beside `out`
+            seen.extend(p.name for p in tmp_path.iterdir())
+            raise RuntimeError("stopped here")
+
+    with pytest.raises(RuntimeError, match="stopped here"):
+        demo.export_in_process(stop, "random:clip-tiny", tmp_path / "out")
+    assert [name for name in seen if name.startswith(".out.partial-")]  # it was there when the process was stopped
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -37,6 +37,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             line += (f"  {backend} copy {entry['file']} gate passed ({summary(entry['accuracy'])})" if "files" in entry
                      else f"  no {backend} copy ({entry.get('reason')})")
         print(line)
+    cost = manifest.export
+    peak = f", peak {cost['peak_rss_mb'] / 1024:.2f} GB resident" if cost.get("peak_rss_mb") else ""
+    print(f"export: {cost['seconds']:.0f} s ({cost['cpu_seconds']:.0f} s CPU){peak}; each step's in "
+          f"{Path(args.out) / 'manifest.json'} (export)")
     return 0
 
 

@@ -1,25 +1,41 @@
-"""Export CLIP/BLIP models to a checked, self-describing ONNX model folder (needs torch)."""
+"""Export CLIP/BLIP models to a checked, self-describing ONNX model folder (needs torch).
+
+An export is a few named steps, each returning its record for the manifest: every graph is traced and run in
+PyTorch first (:mod:`.trace`); the model is then let go and each graph, on its own, is checked against
+PyTorch's answers, fused, given its stored check, an OpenVINO copy and a lower precision where asked, and
+stored. Each graph's :class:`GraphInfo` is made once, from those records.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 from .. import families
+from ..engine.checks import summary
 from ..errors import ExportError, UsageError
 from ..files import check_output, staged_folder
-from ..manifest import Manifest
-from ..engine.checks import summary
+from ..manifest import GraphInfo, Manifest
 from .checks import build_check, check_entry, stored, write_check
-from .convert import check_parity, export_graph, graph_info, move_weights_out
+from .convert import check_parity, graph_io, store_graph
+from .meter import Meter
 from .openvino import openvino_copy
 from .optimize import PRECISIONS, fuse_graph, lower_precision, precision_chain
 from .sources import load_source
+from .specs import GraphSpec
+from .trace import Traced, trace_graphs
 
 __all__ = ["export_model", "DEFAULT_OPSET", "PRECISIONS"]
 
 DEFAULT_OPSET = 17
+WORK = ".work"  # inside the staging folder: traced graphs, PyTorch's answers, candidates; removed before the end
+LARGE_GRAPH = 32 << 20  # bytes of weights
+
+Say = Callable[[str], Any]
 
 
 def _library_versions() -> dict[str, str]:
@@ -58,9 +74,12 @@ def export_model(
     (top-1 agreement and logit cosine against fp32, thresholds in its spec and the manifest). int8 is written
     only in formats that compute the same on every CPU (``optimize.INT8_FORMATS``). Each graph's gate inputs
     and fp32 outputs are stored beside it (``<graph>.checks.npz``), so that the folder checks itself on every
-    machine that runs it (:mod:`clipblip.engine.checks`, ``clipblip verify``). Every graph passes the parity gate before the folder appears; on any failure nothing is left.
+    machine that runs it (:mod:`clipblip.engine.checks`, ``clipblip verify``). Every graph passes the parity
+    gate before the folder appears; on any failure nothing is left. The manifest's ``export`` section records
+    the seconds and peak resident memory of the export and of each step.
     ``out`` must be new, or (with ``force``) a model folder that clipblip exported: nothing else is
-    ever replaced. ``progress(message)`` reports each stage, ``steps(done, total)`` counts graphs.
+    ever replaced. ``progress(message)`` reports each stage, ``steps(done, total)`` counts the graphs'
+    steps (each graph is traced, then finished).
     """
     say = progress or (lambda message: None)
     out = check_output(Path(out), force, folder=True)  # before the slow part
@@ -69,82 +88,120 @@ def export_model(
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
 
-    say(f"loading {model}")
-    source = load_source(model, task, allow_pickle)
-    family = families.family(source.family)
-    exporter = families.load_exporter(source.family)  # looked up per call: tests may patch its functions
-    sections = exporter.manifest_sections(source)
+    with Meter() as meter:
+        with meter.step("load"):
+            say(f"loading {model}")
+            source = load_source(model, task, allow_pickle)
+            exporter = families.load_exporter(source.family)  # looked up per call: tests may patch its functions
+            sections = exporter.manifest_sections(source)
+            specs = _graph_specs(exporter, source, sections, attentions)
+        count = (lambda done: steps(done, 2 * len(specs))) if steps is not None else (lambda done: None)
+        with staged_folder(out, force) as staging:
+            count(0)
+            traced = trace_graphs(source.model, specs, staging / WORK, opset, meter, say, count)
+            source.tokenizer_json().save(str(staging / sections["tokenizer"]["file"]))
+            family = families.family(source.family)
+            graphs = {}
+            for done, spec in enumerate(specs):
+                count(len(specs) + done)
+                graphs[spec.name] = finish_graph(spec, traced[spec.name], staging, family, precision, optimize,
+                                                 meter, say)
+                shutil.rmtree(traced[spec.name].graph.parent)
+            count(2 * len(specs))
+            shutil.rmtree(staging / WORK)
+            manifest = Manifest(
+                family=source.family,
+                source={**source.source, "task": source.task, "opset": opset, "attentions": attentions,
+                        "precision": precision, "optimize": optimize, "libraries": _library_versions()},
+                graphs=graphs,
+                **sections,
+                export=meter.record(),
+            )
+            manifest.write(staging)
+    say(f"wrote {out}")
+    return manifest
+
+
+def _graph_specs(exporter: Any, source: Any, sections: dict[str, Any], attentions: bool) -> list[GraphSpec]:
+    """The family's graphs for the source; ExportError if one that its tasks need is missing."""
     specs = exporter.graph_specs(source, attentions)
     needed = families.task_graphs(source.family, sections["tasks"])
     if missing := [name for name in needed if name not in {spec.name for spec in specs}]:
         raise ExportError(f"{source.family} exporter gives no {', '.join(missing)} graph, which the tasks "
                           f"{', '.join(sections['tasks'])} need (see clipblip.families)")
+    return specs
 
-    with staged_folder(out, force) as staging:
-        graphs = {}
-        for done, spec in enumerate(specs):
-            if steps is not None:
-                steps(done, len(specs))
-            path = staging / spec.filename
-            say(f"exporting {spec.name}")
-            export_graph(spec, path, opset)
-            say(f"checking {spec.name} against PyTorch")
-            parity = check_parity(spec, path)
-            say(f"{spec.name}: max |ONNX - PyTorch| = {parity['max_abs_diff']:.2e} (tolerance {spec.atol:g})")
-            fusion = fuse_graph(spec, path) if optimize else {"applied": False, "reason": "--no-optimize"}
-            if fusion["applied"]:
-                say(f"{spec.name}: fused {fusion['fused']}, max |ONNX - PyTorch| = "
-                    f"{fusion['parity']['max_abs_diff']:.2e}")
-            info = graph_info(spec, path, parity)
-            info.optimization = fusion
-            info.check = check_entry(spec)
-            check = build_check(spec, path)  # the gate's inputs and the fp32 graph's outputs, kept in the folder
-            lossy_check = stored(check, lossy=True)  # as a lower precision's check is stored, and run everywhere
-            openvino = {}
-            # lossy folders only: an fp32 folder promises fp32 answers, which bf16 would not keep
-            if precision in ("int8", "int4") and spec.gate and spec.name in family.openvino_graphs:
-                say(f"{spec.name}: writing and gating its OpenVINO copy")
-                openvino = openvino_copy(spec, path, lossy_check, info)  # from the fp32 graph, before it is replaced
-                openvino["auto_on"] = list(family.openvino_auto_on)  # the CPU classes where `auto` runs it
-                kept = "files" in openvino
-                say(f"{spec.name}: OpenVINO copy " + (f"kept, {summary(openvino['accuracy'])}" if kept
-                                                      else f"not written: {openvino['reason']}"))
-            if precision != "fp32" and spec.gate:
-                tries = []
-                # int4 only where weights dominate; int8 in formats exact on every CPU, the fastest first
-                for target, int8_format in precision_chain(spec, precision):
-                    low_path, gate = lower_precision(spec, path, target, lossy_check, info, int8_format or "u8s7")
-                    reached = gate.get("reason") or summary(gate)
-                    tried = target + (f" ({int8_format})" if int8_format else "")
-                    tries.append({"precision_tried": target, **gate})
-                    if gate["passed"]:
-                        path.unlink()
-                        kept_check = info.check
-                        info = graph_info(spec, low_path, parity)
-                        info.optimization, info.precision, info.check = fusion, target, kept_check
-                        say(f"{spec.name}: {tried} kept, {reached}")
-                        break
-                    low_path.unlink(missing_ok=True)
-                    say(f"{spec.name}: {tried} failed its gate ({reached})")
-                else:
-                    say(f"{spec.name}: keeping fp32")
-                # the attempt that decided, and before it any rejected one
-                info.accuracy = {**tries[-1], "rejected": tries[:-1]} if len(tries) > 1 else tries[-1]
-            if openvino:
-                info.backends["openvino"] = openvino
-            info.check.update(write_check(check, staging, spec.name, lossy=info.precision != "fp32"))
-            info.sha256, info.data = move_weights_out(staging / info.file)
-            graphs[spec.name] = info
-        if steps is not None:
-            steps(len(specs), len(specs))
-        source.tokenizer_json().save(str(staging / sections["tokenizer"]["file"]))
-        manifest = Manifest(
-            family=source.family,
-            source={**source.source, "task": source.task, "opset": opset, "attentions": attentions,
-                    "precision": precision, "optimize": optimize, "libraries": _library_versions()},
-            graphs=graphs,
-            **sections,
-        )
-        manifest.write(staging)
-    say(f"wrote {out}")
-    return manifest
+
+def finish_graph(spec: GraphSpec, traced: Traced, staging: Path, family: families.Family, precision: str,
+                 optimize: bool, meter: Meter, say: Say) -> GraphInfo:
+    """A traced graph through its ONNX steps into ``staging``: parity, fusion, its stored check, an OpenVINO copy
+    and a lower precision where asked; returns its manifest entry, made from the steps' records."""
+    name, fp32 = spec.name, traced.graph  # its weights in a data file: each step reads those it needs
+    weights = fp32.with_name(fp32.name + ".data")
+    # ONNX Runtime's optimizer and quantizer leave their objects in reference cycles: collected after them when
+    # they held much (a full collection takes 0.2 s)
+    large = weights.is_file() and weights.stat().st_size >= LARGE_GRAPH
+    with meter.step(f"{name}/parity"):
+        say(f"checking {name} against PyTorch")
+        parity = check_parity(spec, fp32, traced.reference)
+    say(f"{name}: max |ONNX - PyTorch| = {parity['max_abs_diff']:.2e} (tolerance {spec.atol:g})")
+    with meter.step(f"{name}/fusion", collect=large):
+        fusion = fuse_graph(spec, fp32, traced.reference) if optimize else {"applied": False, "reason": "--no-optimize"}
+    if fusion["applied"]:
+        say(f"{name}: fused {fusion['fused']}, max |ONNX - PyTorch| = {fusion['parity']['max_abs_diff']:.2e}")
+    inputs, outputs = graph_io(spec, fp32)
+    entry = check_entry(spec)
+    gated = GraphInfo(file=fp32.name, sha256="", inputs=inputs, outputs=outputs, check=entry)  # what gates read
+    with meter.step(f"{name}/check"):
+        check = build_check(spec, fp32, traced.cross)  # the gate's inputs and the fp32 graph's outputs
+    lossy_check = stored(check, lossy=True)  # as a lower precision's check is stored, and run everywhere
+    backends = {}
+    # lossy folders only: an fp32 folder promises fp32 answers, which bf16 would not keep
+    if precision in ("int8", "int4") and spec.gate and name in family.openvino_graphs:
+        with meter.step(f"{name}/openvino"):
+            backends["openvino"] = openvino_step(spec, fp32, lossy_check, gated, staging, family, say)
+    with meter.step(f"{name}/precision", collect=large and precision != "fp32"):
+        kept, kept_precision, accuracy = lower_step(spec, fp32, precision, lossy_check, gated, say)
+    with meter.step(f"{name}/store"):
+        final = staging / (spec.filename if kept == fp32 else kept.name)
+        sha256, data = store_graph(kept, final)
+        check_file = write_check(check, staging, name, lossy=kept_precision != "fp32")
+        inputs, outputs = graph_io(spec, final)
+    return GraphInfo(file=final.name, sha256=sha256, inputs=inputs, outputs=outputs, precision=kept_precision,
+                     parity=parity, optimization=fusion, accuracy=accuracy, backends=backends, data=data,
+                     check={**entry, **check_file})
+
+
+def openvino_step(spec: GraphSpec, fp32: Path, check: dict[str, np.ndarray], gated: GraphInfo, staging: Path,
+                  family: families.Family, say: Say) -> dict[str, Any]:
+    """The graph's OpenVINO copy, written into ``staging`` from the fp32 graph and gated: its backends entry."""
+    say(f"{spec.name}: writing and gating its OpenVINO copy")
+    openvino = openvino_copy(spec, fp32, check, gated, staging)
+    openvino["auto_on"] = list(family.openvino_auto_on)  # the CPU classes where `auto` runs it
+    say(f"{spec.name}: OpenVINO copy " + (f"kept, {summary(openvino['accuracy'])}" if "files" in openvino
+                                          else f"not written: {openvino['reason']}"))
+    return openvino
+
+
+def lower_step(spec: GraphSpec, fp32: Path, precision: str, check: dict[str, np.ndarray], gated: GraphInfo,
+               say: Say) -> tuple[Path, str, dict[str, Any]]:
+    """The graph to keep, its precision and the manifest's accuracy record: each candidate of the precision's
+    chain (int4 only where weights dominate; int8 in formats exact on every CPU, the fastest first) until one
+    passes its gate, else fp32. The record is the attempt that decided, with any rejected one before it."""
+    if precision == "fp32" or not spec.gate:
+        return fp32, "fp32", {}
+    tries, kept, kept_precision = [], fp32, "fp32"
+    for target, int8_format in precision_chain(spec, precision):
+        candidate, gate = lower_precision(spec, fp32, target, check, gated, int8_format or "u8s7")
+        reached = gate.get("reason") or summary(gate)
+        tried = target + (f" ({int8_format})" if int8_format else "")
+        tries.append({"precision_tried": target, **gate})
+        if gate["passed"]:
+            say(f"{spec.name}: {tried} kept, {reached}")
+            kept, kept_precision = candidate, target
+            break
+        candidate.unlink(missing_ok=True)
+        say(f"{spec.name}: {tried} failed its gate ({reached})")
+    else:
+        say(f"{spec.name}: keeping fp32")
+    return kept, kept_precision, {**tries[-1], "rejected": tries[:-1]} if len(tries) > 1 else tries[-1]

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from ..engine.checks import CHECK_SUFFIX
 from ..manifest import sha256_of
+from .convert import open_session
 from .specs import GraphSpec
 
 __all__ = ["build_check", "stored", "check_entry", "write_check"]
@@ -26,17 +26,12 @@ def _fp16_grid(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float16).astype(np.float32) if array.dtype == np.float32 else array
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def build_check(spec: GraphSpec, fp32_path: Path) -> dict[str, np.ndarray]:
+def build_check(spec: GraphSpec, fp32_path: Path, cross: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The check of a graph, float32 in memory: ``spec.sample`` at each of ``spec.gate_sizes`` (seeded) and the
     fp32 graph's gated outputs for them; for a decoder step (``spec.teacher``), fp32's greedy decode from bos
-    over cross K/V made by the model: the token fed at each step and fp32's logits there."""
-    session = _session(fp32_path)
+    over cross K/V made by the model (``cross``, from :func:`clipblip.export.trace.teacher_inputs`, or made here
+    by the model): the token fed at each step and fp32's logits there."""
+    session = open_session(fp32_path)
     gated = list(spec.gate) or [t.name for t in spec.outputs]
     data: dict[str, np.ndarray] = {}
     generator = torch.Generator().manual_seed(2)
@@ -47,8 +42,11 @@ def build_check(spec: GraphSpec, fp32_path: Path) -> dict[str, np.ndarray]:
         data.update({f"case{k}/in/{name}": value for name, value in feeds.items()})
     if spec.teacher is not None:
         teacher = spec.teacher
-        cross = {name: _fp16_grid(value.detach().cpu().numpy().astype(np.float32))
-                 for name, value in teacher.cross(torch.Generator().manual_seed(3)).items()}
+        if cross is None:
+            from .trace import teacher_inputs
+
+            cross = teacher_inputs(spec)
+        cross = {name: _fp16_grid(value.astype(np.float32)) for name, value in cross.items()}
         rows = next(iter(cross.values())).shape[0]
         past = [t for t in spec.inputs if t.name.startswith("past_")]
         presents = [t.name for t in spec.outputs if t.name.startswith("present_")]

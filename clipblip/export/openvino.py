@@ -16,9 +16,10 @@ from .specs import GraphSpec
 __all__ = ["openvino_copy"]
 
 
-def openvino_copy(spec: GraphSpec, fp32_path: Path, check: dict[str, np.ndarray], info: GraphInfo) -> dict[str, Any]:
-    """Write ``<graph>.openvino.xml/.bin`` beside the fp32 graph and gate them on this CPU with the graph's
-    stored ``check``, as a lower precision is gated.
+def openvino_copy(spec: GraphSpec, fp32_path: Path, check: dict[str, np.ndarray], info: GraphInfo,
+                  folder: Path | None = None) -> dict[str, Any]:
+    """Write ``<graph>.openvino.xml/.bin`` into ``folder`` (default: beside the fp32 graph) and gate them on this
+    CPU with the graph's stored ``check``, as a lower precision is gated.
 
     Returns the manifest's ``backends["openvino"]`` entry; without ``files`` (and leaving no file)
     when OpenVINO is not installed or the copy fails its gate, ``reason`` saying which.
@@ -27,7 +28,7 @@ def openvino_copy(spec: GraphSpec, fp32_path: Path, check: dict[str, np.ndarray]
         return {"reason": f"OpenVINO is not installed ({backend.INSTALL})"}
     import openvino as ov
 
-    xml = fp32_path.with_name(f"{spec.name}.openvino.xml")
+    xml = (folder or fp32_path.parent) / f"{spec.name}.openvino.xml"
     files = [xml, xml.with_suffix(".bin")]
     try:
         ov.save_model(ov.convert_model(str(fp32_path)), str(xml), compress_to_fp16=True)
