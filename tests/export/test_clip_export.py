@@ -1,5 +1,6 @@
 import json
 
+import onnx
 import pytest
 import torch
 
@@ -76,6 +77,24 @@ def test_parity_gate_rejects_a_wrong_graph_and_writes_nothing(monkeypatch, tmp_p
     with pytest.raises(ParityError, match=r"graph 'image_tower': output 'image_embeds' differs .* by 0\.01"):
         export_model("random:clip-tiny", tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fused_graph_that_fails_parity_is_dropped_and_the_traced_graph_checked_and_kept(monkeypatch, tmp_path):
+    from clipblip.export import optimize
+
+    def failing(spec, path, reference):
+        assert path.name.endswith(".fused.onnx")
+        raise ParityError(f"graph '{spec.name}': made to fail")
+
+    monkeypatch.setattr(optimize, "check_parity", failing)
+    graphs = export_model("random:clip-tiny", tmp_path / "out").graphs
+    for name, graph in graphs.items():
+        assert graph.optimization["applied"] is False, name
+        assert graph.optimization["reason"] == f"fused graph failed parity: graph '{name}': made to fail"
+        assert 0 <= graph.parity["max_abs_diff"] <= 1e-4 and graph.parity["checked_sizes"], name
+        nodes = onnx.load(str(tmp_path / "out" / graph.file), load_external_data=False).graph.node
+        assert not [node.op_type for node in nodes if node.domain == "com.microsoft"], name  # ORT's fused ops
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_uncached_hub_id_offline_says_what_to_pass(monkeypatch, tmp_path):

@@ -20,7 +20,7 @@ from clipblip.export.sources import load_source
 from clipblip.export.trace import trace_graphs
 from clipblip.manifest import Manifest
 
-FINISH_STEPS = ("parity", "fusion", "check", "precision", "store")
+FINISH_STEPS = ("fusion", "parity", "check", "precision", "store")
 
 
 def specs_of(ref, task=None, attentions=False):
