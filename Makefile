@@ -3,19 +3,28 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 # The CPU build of torch is pinned: an open range pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
+# what the demo needs; `make install` (or test) adds the server, search, Ray, OpenVINO and the tests' tools
+DEMO_EXTRAS := cpu,export,viz
+EXTRAS := $(DEMO_EXTRAS),test,serve,ray,search,openvino
 
-.PHONY: demo test test-all bench browser qemu clean
+.PHONY: demo install test test-all bench browser qemu clean
 
-$(STAMP): pyproject.toml Makefile
+$(DEMO_STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[cpu,export,viz,test,serve,ray,search,openvino]" "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[$(DEMO_EXTRAS)]" "$(TORCH)"
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" "$(TORCH)"
 	touch $(STAMP)
 
-demo: $(STAMP)
+install: $(STAMP)
+
+demo: $(DEMO_STAMP)
 	HF_HUB_DISABLE_TELEMETRY=1 $(VENV)/bin/clipblip demo --out demo-output
 
 # Headless Chromium checks the HTML report; installed when missing and possible (root + Debian mirror),
