@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any, Callable
 
 from .errors import ClipblipError, ExportError, ModelSourceError, OutputError
 from .manifest import Manifest
-from .memory import release_memory
+from .memory import available_mb, release_memory
 
 # Per model: the real checkpoint (used when the Hub or the local cache has it), then the random preset.
 # CLIP and the caption model are exported with attention weights, for the report's attention figures.
@@ -29,8 +31,16 @@ CAPTION_PROMPT = "a picture of"
 QUESTION = "what is in the picture?"
 CHINESE_LABELS = ("猫", "狗", "汽车", "穿制服的女人", "蓝色的礼盒")  # cat, dog, car, woman in uniform, blue gift box
 WITH_ATTENTIONS = ("clip", "caption")
+FOLDERS = {"clip": "clip", "chinese_clip": "chinese_clip", "caption": "blip-caption", "vqa": "blip-vqa",
+           "itm": "blip-itm"}  # each model's folder under out/models
+# The order in which the exports start, two at a time: the longest first, and the two that hold the most
+# memory (VQA, 2.1 GB, and ITM, 1.7 GB) apart (measured on AMD EPYC Zen 4, 2 cores: 3.5 GB together).
+EXPORT_ORDER = ("vqa", "clip", "chinese_clip", "itm", "caption")
+EXPORT_MEMORY_MB = 3 * 1024  # what the system must have available per export at a time
 MARKER = ".clipblip-demo"  # marks a folder the demo wrote, so that a later run may write into it again
-STAGES = 17  # timed stages of a run (exports, loads, runs), for the progress bar; the report is the last
+TIMINGS_NOTE = ("The exports run first, several at a time where the machine has the cores and memory, each in a "
+                "process of its own; what each export took is in its folder's manifest.json, under `export`.")
+STAGES = 13  # timed stages of a run (exports, loads, runs), for the progress bar; the report is the last
 
 
 def prepare_folder(out: Path) -> None:
@@ -102,9 +112,11 @@ class Exporter:
     error is raised here as it was raised there. If that process dies or is stopped midway (``say`` raising),
     ExportError (or that exception) is raised and the unfinished staging folder beside ``out`` is removed."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         self._process: Any = None
         self._connection: Any = None
+        self._lock = threading.Lock()  # close() may come from another thread than the export's
+        self.threads = threads  # each export's (export_model's ``threads``)
 
     def __enter__(self) -> Exporter:
         return self
@@ -123,32 +135,35 @@ class Exporter:
 
     def close(self, stop: bool = False) -> None:
         """End the export process: after its current export, or at once with ``stop``."""
-        if self._process is None:
-            return
-        if not stop and self._process.is_alive():
-            try:
-                self._connection.send(None)
-            except OSError:
-                pass
-            self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join()
-        self._connection.close()
-        self._process = self._connection = None
+        with self._lock:
+            process, connection = self._process, self._connection
+            if process is None:
+                return
+            if not stop and process.is_alive():
+                try:
+                    connection.send(None)
+                except OSError:
+                    pass
+                process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+            connection.close()
+            self._process = self._connection = None
 
     def __call__(self, say: Callable[[str], None], model: str, out: Path, **options: Any) -> Manifest:
         if self._process is None:
             self._start()
+        process, connection = self._process, self._connection
         staging = f".{out.name}.partial-"  # files.staged_folder's prefix, beside ``out``
         before = {p.name for p in out.parent.glob(staging + "*")} if out.parent.is_dir() else set()
         outcome = None
         try:
-            self._connection.send((model, str(out), options))
+            connection.send((model, str(out), {"threads": self.threads, **options}))
             while outcome is None:
                 try:
-                    kind, payload = self._connection.recv()
-                except EOFError:  # the process ended without a word
+                    kind, payload = connection.recv()
+                except (EOFError, OSError):  # the process ended without a word, or was stopped
                     break
                 if kind == "progress":
                     say(payload)
@@ -163,7 +178,7 @@ class Exporter:
                     if left.name not in before:
                         shutil.rmtree(left, ignore_errors=True)
         if outcome is None:
-            code = self._process.exitcode
+            code = process.exitcode
             self.close(stop=True)
             raise ExportError(f"{model}: the export process ended without finishing (exit code {code}); nothing "
                               f"was written to {out}")
@@ -177,6 +192,65 @@ def export_in_process(say: Callable[[str], None], model: str, out: Path, **optio
     """One export in a process of its own (:class:`Exporter`)."""
     with Exporter() as exporter:
         return exporter(say, model, out, **options)
+
+
+def export_plan(cores: int | None = None, available: float | None = None) -> tuple[int, int]:
+    """(exports at a time, threads of each) on this machine: two at a time where it has 2 cores or more and
+    memory available for two (``EXPORT_MEMORY_MB`` each), each with its share of the cores. On 2 cores two
+    single-threaded exports of BLIP base (VQA and ITM) took 82 s together, one after another 101 s (AMD EPYC
+    Zen 4): an export leaves a core idle a third of its time (tracing and the fusions are serial Python)."""
+    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    available = available_mb() if available is None else available
+    at_once = 2 if cores >= 2 and available is not None and available >= 2 * EXPORT_MEMORY_MB else 1
+    return at_once, max(1, cores // at_once)
+
+
+def export_models(out: Path, say: Callable[[str], None], names: tuple[str, ...] = EXPORT_ORDER,
+                  plan: tuple[int, int] | None = None) -> dict[str, Manifest]:
+    """Every model's folder under ``out/models``, exported (or reused) by ``plan``'s processes (:func:`export_plan`),
+    each export taking the next name in ``names``; its messages go to ``say`` behind ``[name]``. The first
+    export that fails stops those not started and is raised once the others end; leaving early (Ctrl-C) stops
+    every export at once, and no unfinished folder is left."""
+    at_once, threads = plan or export_plan()
+    exporters = [Exporter(threads) for _ in range(at_once)]
+    pending, manifests, failures = list(names), {}, []
+    lock = threading.Lock()
+
+    def work(exporter: Exporter) -> None:
+        while True:
+            with lock:
+                if failures or not pending:
+                    return
+                name = pending.pop(0)
+            try:
+                manifests[name] = ensure_export(name, out / "models" / FOLDERS[name],
+                                                lambda message: say(f"[{name}] {message}"), exporter)
+            except BaseException as e:  # raised in the caller's thread, below
+                with lock:
+                    failures.append(e)
+                return
+
+    workers = [threading.Thread(target=work, args=(e,), name=f"clipblip-export-{i}", daemon=True)
+               for i, e in enumerate(exporters)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    except BaseException:
+        with lock:
+            pending.clear()
+        for exporter in exporters:
+            exporter.close(stop=True)  # at once: the worker's export ends, its staging folder is removed
+        for worker in workers:
+            worker.join()
+        raise
+    finally:
+        for exporter in exporters:
+            exporter.close()
+    if failures:
+        raise failures[0]
+    return manifests
 
 
 def _export_worker(connection: Any) -> None:
@@ -217,12 +291,12 @@ class Timer:
 
 
 def run_clip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None,
-             sections: list, exporter: Exporter | None = None) -> dict:
+             sections: list, manifests: dict[str, Manifest]) -> dict:
     from . import viz
     from .engine import ClipEngine
 
-    manifest = timer("clip export", lambda: ensure_export("clip", out / "models" / "clip", say, exporter))
-    engine = timer("clip load", lambda: ClipEngine.from_dir(out / "models" / "clip", provider=provider,
+    manifest = manifests["clip"]
+    engine = timer("clip load", lambda: ClipEngine.from_dir(out / "models" / FOLDERS["clip"], provider=provider,
                                                             threads=threads))
     ranked = timer("clip classify", lambda: engine.classify(photos, LABELS))
     similarity = timer("clip similarity", lambda: engine.similarity(photos, TEXTS))
@@ -253,13 +327,12 @@ def run_clip(out: Path, photos: list[Path], timer: Timer, say, provider: str, th
 
 
 def run_chinese_clip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None,
-                     sections: list, exporter: Exporter | None = None) -> dict:
+                     sections: list, manifests: dict[str, Manifest]) -> dict:
     """Zero-shot classification with Chinese labels, in Chinese-CLIP's own prompt."""
     from . import viz
     from .engine import ChineseClipEngine
 
-    folder = out / "models" / "chinese_clip"
-    manifest = timer("chinese-clip export", lambda: ensure_export("chinese_clip", folder, say, exporter))
+    folder, manifest = out / "models" / FOLDERS["chinese_clip"], manifests["chinese_clip"]
     engine = timer("chinese-clip load", lambda: ChineseClipEngine.from_dir(folder, provider=provider, threads=threads))
     ranked = timer("chinese-clip classify", lambda: engine.classify(photos, CHINESE_LABELS))
     note = viz.RANDOM_WEIGHTS_NOTE if manifest.random_weights else None
@@ -280,7 +353,7 @@ def run_chinese_clip(out: Path, photos: list[Path], timer: Timer, say, provider:
 
 
 def run_blip(out: Path, photos: list[Path], timer: Timer, say, provider: str, threads: int | None,
-             sections: list, exporter: Exporter | None = None) -> dict:
+             sections: list, manifests: dict[str, Manifest]) -> dict:
     """Captions, answers and matches, one BLIP model loaded at a time (each is let go before the next loads)."""
     from . import viz
     from .engine import BlipEngine
@@ -288,11 +361,10 @@ def run_blip(out: Path, photos: list[Path], timer: Timer, say, provider: str, th
     sources, notes = {}, {}
 
     def load(task: str) -> BlipEngine:
-        manifest = timer(f"blip {task} export",
-                         lambda: ensure_export(task, out / "models" / f"blip-{task}", say, exporter))
+        manifest = manifests[task]
         sources[task] = {"model": manifest.source["model"], "random_weights": manifest.random_weights}
         notes[task] = viz.RANDOM_WEIGHTS_NOTE if manifest.random_weights else None
-        return timer(f"blip {task} load", lambda: BlipEngine.from_dir(out / "models" / f"blip-{task}",
+        return timer(f"blip {task} load", lambda: BlipEngine.from_dir(out / "models" / FOLDERS[task],
                                                                       provider=provider, threads=threads))
 
     engine = load("caption")  # each model is let go, and the memory it held given back, before the next loads
@@ -379,7 +451,7 @@ def summary(results: dict) -> list[str]:
         lines.append(f"- **{plain['image']}**: {plain['text']!r}; with the prompt: {prompted['text']!r}")
     lines += ["", f"## BLIP VQA: “{blip['vqa']['question']}”", ""]
     lines += [f"- **{a['image']}**: {a['text']!r}" for a in blip["vqa"]["results"]]
-    lines += ["", "## BLIP image–text matching", "", "![BLIP match](blip_match.png)", "", "## Timings (s)", ""]
+    lines += ["", "## BLIP image–text matching", "", "![BLIP match](blip_match.png)", "", "## Timings (s)", "", TIMINGS_NOTE, ""]
     lines += [f"- {stage}: {seconds:.2f}" for stage, seconds in results["timings_s"].items()]
     return lines
 
@@ -398,11 +470,18 @@ def run_demo(out: Path, progress: Callable[[str], None], provider: str = "auto",
         [("Scaled dot-product attention on a Chinese sentence, 'I like kittens and puppies' (random "
           "embeddings and weights, seed 0)",
           viz.toy_attention_figure())])]
+    lock = threading.Lock()  # the exports' messages come from their threads
+
+    def say(message: str) -> None:
+        with lock:
+            progress(message)
+
+    # every export first, none beside a model's run: on 2 cores an export beside BLIP's runs took 1.5 times as long
+    manifests = timer("exports", lambda: export_models(out, say))
     results = {}
-    with Exporter() as exporter:  # one process for the exports: started at the first, if any
-        for name, run in (("clip", run_clip), ("chinese_clip", run_chinese_clip), ("blip", run_blip)):
-            results[name] = run(out, photos, timer, progress, provider, threads, sections, exporter)
-            release_memory()  # what the model's engine held (0.75 GB after CLIP's, 0.18 once given back)
+    for name, run in (("clip", run_clip), ("chinese_clip", run_chinese_clip), ("blip", run_blip)):
+        results[name] = run(out, photos, timer, progress, provider, threads, sections, manifests)
+        release_memory()  # what the model's engine held (0.75 GB after CLIP's, 0.18 once given back)
     results["timings_s"] = timer.seconds
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     lines = summary(results)
@@ -410,7 +489,8 @@ def run_demo(out: Path, progress: Callable[[str], None], provider: str = "auto",
     sources = {label: source["model"] for label, source in model_sources(results).items()}
     random_weights = any(source["random_weights"] for source in model_sources(results).values())
     viz.report.write_report(out / "report.html", title="clipblip demo", sources=sources,
-                            random_weights=random_weights, sections=sections, timings=timer.seconds)
+                            random_weights=random_weights, sections=sections, timings=timer.seconds,
+                            timings_note=TIMINGS_NOTE)
     if steps is not None:
         steps(STAGES + 1, STAGES + 1)
     print("\n".join(line for line in lines if not line.startswith("![")))

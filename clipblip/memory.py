@@ -20,9 +20,10 @@ try:
 except ImportError:  # Windows
     resource = None
 
-__all__ = ["STATM", "resident_mb", "high_water_mb", "release_memory"]
+__all__ = ["STATM", "resident_mb", "high_water_mb", "available_mb", "release_memory"]
 
 STATM = "/proc/self/statm"
+MEMINFO = "/proc/meminfo"
 
 
 def resident_mb() -> float | None:
@@ -40,6 +41,19 @@ def high_water_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def available_mb() -> float | None:
+    """The memory the system can give new work without swapping (MemAvailable), in MiB; None where /proc is not
+    there."""
+    try:
+        with open(MEMINFO, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _malloc_trim() -> Any:

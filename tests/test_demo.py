@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -63,6 +65,43 @@ def test_an_export_process_stopped_midway_leaves_nothing(tmp_path):
         demo.export_in_process(stop, "random:clip-tiny", tmp_path / "out")
     assert [name for name in seen if name.startswith(".out.partial-")]  # it was there when the process was stopped
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("cores, available, plan", [
+    (2, 24_000, (2, 1)), (8, 24_000, (2, 4)), (1, 24_000, (1, 1)), (8, 5_000, (1, 8)), (2, None, (1, 2))])
+def test_exports_run_two_at_a_time_only_where_the_cores_and_memory_are(cores, available, plan, monkeypatch):
+    monkeypatch.setattr(demo, "available_mb", lambda: available)  # None: a system that does not say
+    assert demo.export_plan(cores) == plan
+
+
+def test_exports_run_side_by_side_and_one_that_fails_stops_those_not_started(tmp_path, monkeypatch):
+    sources = {"clip": TINY_SOURCES["clip"], "chinese_clip": (("random:chinese-clip-huge", None),),
+               "caption": TINY_SOURCES["caption"], "vqa": TINY_SOURCES["vqa"]}
+    monkeypatch.setattr(demo, "SOURCES", sources)
+    said = []
+    with pytest.raises(ModelSourceError, match="none of random:chinese-clip-huge could be exported"):
+        demo.export_models(tmp_path, said.append, ("chinese_clip", "clip", "caption", "vqa"), plan=(2, 1))
+    # the other process had started CLIP's export, which ends; nothing after the failure starts
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["clip"]
+    assert "[clip] loading random:clip-tiny" in said and "[chinese_clip] loading random:chinese-clip-huge" in said
+    assert Manifest.load(tmp_path / "models" / "clip").source["model"] == "random:clip-tiny"
+
+
+def test_leaving_the_exports_early_stops_them_all_and_leaves_no_half_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "SOURCES", TINY_SOURCES)
+    started = []
+
+    def say(message):  # called in an export's thread
+        if "exporting" in message:
+            started.append(message)
+            if len(started) == 2:  # Ctrl-C, while both exports trace a graph: KeyboardInterrupt in the main thread
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        demo.export_models(tmp_path, say, plan=(2, 1))
+    assert started and not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".")]
+    for folder in (tmp_path / "models").iterdir():  # what is there is a whole export
+        Manifest.load(folder)
 
 
 @pytest.mark.slow

@@ -23,7 +23,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     with ProgressBar(0, "export") as bar:
         manifest = export_model(args.model, args.out, task=args.task, opset=args.opset, force=args.force,
                                 attentions=args.attentions, precision=args.precision, optimize=args.optimize,
-                                allow_pickle=args.allow_pickle, progress=bar, steps=bar.update)
+                                allow_pickle=args.allow_pickle, progress=bar, steps=bar.update,
+                                threads=args.threads)
     if manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     for name, graph in manifest.graphs.items():

@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also load pickled (.bin) weights; only for checkpoints you trust")
     p.add_argument("--attentions", action="store_true",
                    help="also output attention weights (for `clipblip viz`); graphs are leaner without")
+    p.add_argument("--threads", type=positive, default=None,
+                   help="CPU threads of the export's PyTorch and ONNX Runtime runs (default: one per core); the "
+                        "folder written is the same")
     p.set_defaults(run=cmd_export)
 
     p = command(sub, "verify", help="run each graph's stored check on this machine: one line per graph, exit 0 if "

@@ -25,12 +25,39 @@ from ..errors import ExportError, ParityError
 from ..manifest import GraphInfo, TensorInfo, sha256_of
 from .specs import Axes, GraphSpec
 
-__all__ = ["export_graph", "Reference", "check_parity", "open_session", "store_graph", "graph_io", "graph_info"]
+__all__ = ["export_graph", "Reference", "check_parity", "open_session", "session_threads", "threads_used",
+           "store_graph", "graph_io", "graph_info"]
 
 ONNX_DTYPES = {1: "float32", 7: "int64", 6: "int32", 10: "float16", 9: "bool"}
 SIZE_THRESHOLD = 1024  # onnx.save_model's: smaller tensors stay inside the graph file
 DIFF_CHUNK = 1 << 22  # elements compared at a time (float64 copies of a 4M slice: 64 MB)
 MAPPED_BYTES = 1 << 20  # stored answers larger than this are read through a memory map
+_threads = 0  # ONNX Runtime's intra-op threads in the export's sessions (0: its default, one per core)
+
+
+@contextmanager
+def threads_used(count: int | None) -> Iterator[None]:
+    """Within the block, the export's PyTorch and ONNX Runtime runs use ``count`` threads (None: their
+    defaults, one per core); the previous settings come back after."""
+    global _threads
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads(), _threads
+    torch.set_num_threads(count)
+    _threads = count
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        _threads = before[1]
+
+
+def session_threads(options: ort.SessionOptions) -> ort.SessionOptions:
+    """``options`` with the intra-op threads that :func:`threads_used` set, if any."""
+    if _threads:
+        options.intra_op_num_threads = _threads
+    return options
 
 
 def export_graph(spec: GraphSpec, path: Path, opset: int) -> None:
@@ -160,7 +187,7 @@ def open_session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_threads(options), providers=["CPUExecutionProvider"])
 
 
 def _max_abs_diff(value: np.ndarray, reference: np.ndarray) -> float:

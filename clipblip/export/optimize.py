@@ -24,7 +24,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from ..engine.checks import gate_of, run_check
 from ..errors import ExportError, ParityError
 from ..manifest import GraphInfo
-from .convert import Reference, check_parity
+from .convert import Reference, check_parity, session_threads
 from .specs import GraphSpec
 
 __all__ = ["PRECISIONS", "WEIGHT_ONLY", "INT8_FORMATS", "fuse_graph", "int8_order", "precision_chain",
@@ -137,7 +137,7 @@ def open_candidate(path: Path) -> ort.InferenceSession:
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False  # freed when the gate is done; buffers' place never changes a value
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    return ort.InferenceSession(str(path), options, providers=providers)
+    return ort.InferenceSession(str(path), session_threads(options), providers=providers)
 
 
 def accuracy_gate(candidate: Any, check: dict[str, np.ndarray], info: GraphInfo) -> dict[str, Any]:

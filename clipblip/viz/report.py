@@ -30,7 +30,7 @@ class Section:
 
 
 def write_report(path: str | Path, *, title: str, sources: dict[str, str], random_weights: bool,
-                 sections: list[Section], timings: dict[str, float]) -> Path:
+                 sections: list[Section], timings: dict[str, float], timings_note: str = "") -> Path:
     """Write the report to ``path`` (temporary file + rename) and return the path."""
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -47,7 +47,8 @@ def write_report(path: str | Path, *, title: str, sources: dict[str, str], rando
         for caption, fig in section.figures:
             parts.append(f"<figure><img alt='{html.escape(caption)}' src='{png_data_uri(fig)}'>"
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    parts.append("<h2>Timings</h2><table><tr><th>stage</th><th>seconds</th></tr>")
+    parts.append("<h2>Timings</h2>" + (f"<p>{html.escape(timings_note)}</p>" if timings_note else "")
+                 + "<table><tr><th>stage</th><th>seconds</th></tr>")
     parts += [f"<tr><td>{html.escape(k)}</td><td>{v:.2f}</td></tr>" for k, v in timings.items()]
     parts.append("</table>")
     # Marks the page once every image has decoded, so a headless browser can check that all render.
