@@ -236,7 +236,8 @@ def export_models(out: Path, say: Callable[[str], None], names: tuple[str, ...] 
         for worker in workers:
             worker.start()
         for worker in workers:
-            worker.join()
+            while worker.is_alive():  # woken twice a second: Ctrl-C is seen even where another thread received it
+                worker.join(0.5)
     except BaseException:
         with lock:
             pending.clear()

@@ -89,10 +89,9 @@ def test_errors_are_one_line_and_debug_shows_traceback(tiny_clip, tmp_path, caps
 
 
 def test_export_cli_reports_random_weights(tmp_path, capsys):
-    result = subprocess.run([sys.executable, "-m", "clipblip", "export", "random:clip-tiny", "--out",
-                             str(tmp_path / "m")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "RANDOM weights" in result.stderr and "image_tower" in result.stdout
+    code, out, err = run_cli(capsys, "export", "random:clip-tiny", "--out", tmp_path / "m")
+    assert code == 0, err
+    assert "RANDOM weights" in err and "image_tower" in out
     code, _, err = run_cli(capsys, "export", "random:clip-tiny", "--out", tmp_path / "m")
     assert code == 6 and err.strip().count("\n") == 0
 

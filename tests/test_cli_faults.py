@@ -72,11 +72,10 @@ def test_sigterm_during_export_leaves_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("tiny_clip", ["square30"], indirect=True)  # one checkpoint shows it
-def test_pickle_only_checkpoints_need_explicit_permission(tiny_clip, tmp_path):
+def test_pickle_only_checkpoints_need_explicit_permission(tiny_clip, tmp_path, capsys):
     folder = pickled_copy(tiny_clip.checkpoint, tmp_path / "pickled")
-    result = subprocess.run([sys.executable, "-m", "clipblip", "export", str(folder), "--out", str(tmp_path / "a")],
-                            capture_output=True, text=True)
-    assert result.returncode == 3 and "--allow-pickle" in result.stderr
+    code, _, err = run_cli(capsys, "export", folder, "--out", tmp_path / "a")
+    assert code == 3 and "--allow-pickle" in err and not (tmp_path / "a").exists()
     manifest = export_model(str(folder), tmp_path / "b", allow_pickle=True)
     assert manifest.graphs["image_tower"].parity["max_abs_diff"] <= 1e-4
 

@@ -23,3 +23,20 @@ def test_padding_and_mask(tiny_clip):
     assert input_ids.shape == mask.shape == (2, 7)
     assert mask[0].tolist() == [1, 1, 1, 1, 0, 0, 0]
     assert input_ids[0, 4:].tolist() == [manifest.tokenizer["pad_id"]] * 3
+
+
+def test_a_folder_opened_again_shares_its_parsed_tokenizer_until_the_file_changes(tiny_clip, tmp_path):
+    import shutil
+
+    facts = Manifest.load(tiny_clip.exported).tokenizer
+    first = TextTokenizer.from_manifest(tiny_clip.exported, facts)
+    assert TextTokenizer.from_manifest(tiny_clip.exported, facts).tokenizer is first.tokenizer
+    shorter = TextTokenizer.from_manifest(tiny_clip.exported, {**facts, "max_length": 5})  # set up for its length
+    assert shorter.tokenizer is not first.tokenizer and len(shorter.ids(["a b c d e f g h"])[0]) == 5
+    assert len(first.ids(["a b c d e f g h"])[0]) == 10  # the first one's truncation is untouched
+    folder = shutil.copytree(tiny_clip.exported, tmp_path / "copy")
+    copy = TextTokenizer.from_manifest(folder, facts)
+    assert copy.tokenizer is not first.tokenizer
+    with open(folder / facts["file"], "a", encoding="utf-8") as f:  # the file changes: it is read again
+        f.write("\n")
+    assert TextTokenizer.from_manifest(folder, facts).tokenizer is not copy.tokenizer

@@ -36,19 +36,19 @@ def test_folder_holds_manifest_graphs_and_tokenizer(tiny_clip):
     json.loads((tiny_clip.exported / "tokenizer.json").read_text())
 
 
-def test_refuses_to_overwrite_without_force(tiny_clip, tmp_path):
+def test_refuses_to_overwrite_without_force(tmp_path):  # about the folder, not the model: one tiny preset
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="--force"):
-        export_model(str(tiny_clip.checkpoint), out)
+        export_model("random:clip-tiny", out)
     with pytest.raises(OutputError, match="never replaced, even with --force"):  # not a folder clipblip wrote
-        export_model(str(tiny_clip.checkpoint), out, force=True)
+        export_model("random:clip-tiny", out, force=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()
-    export_model(str(tiny_clip.checkpoint), out, force=True)  # an empty folder holds nothing of the user's...
+    export_model("random:clip-tiny", out, force=True)  # an empty folder holds nothing of the user's...
     first = (out / "manifest.json").stat().st_mtime_ns
-    export_model(str(tiny_clip.checkpoint), out, force=True)  # ...and clipblip's own export is replaced
+    export_model("random:clip-tiny", out, force=True)  # ...and clipblip's own export is replaced
     assert (out / "manifest.json").stat().st_mtime_ns >= first and (out / "image_tower.onnx").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folders left behind
 
