@@ -89,7 +89,10 @@ class TextTokenizer:
     @cached_property
     def unknown_id(self) -> int | None:
         """The id of the tokenizer's unknown token (None when its model has none)."""
-        model = json.loads(self.tokenizer.to_str()).get("model", {})
+        unk_token = getattr(self.tokenizer.model, "unk_token", False)  # BPE, WordPiece, WordLevel say it
+        if unk_token is not False:
+            return self.tokenizer.token_to_id(unk_token) if unk_token else None
+        model = json.loads(self.tokenizer.to_str()).get("model", {})  # Unigram's unk_id is in its JSON alone (1 s)
         if isinstance(model.get("unk_id"), int):  # Unigram (SentencePiece)
             return model["unk_id"]
         return self.tokenizer.token_to_id(model["unk_token"]) if model.get("unk_token") else None

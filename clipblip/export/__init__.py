@@ -22,7 +22,7 @@ from ..files import check_output, staged_folder
 from ..manifest import GraphInfo, Manifest
 from .checks import build_check, check_entry, stored, write_check
 from .convert import check_parity, graph_io, store_graph, threads_used
-from .meter import Meter
+from .meter import LARGE_WEIGHTS, Meter
 from .openvino import openvino_copy
 from .optimize import PRECISIONS, fuse_graph, lower_precision, precision_chain
 from .sources import load_source
@@ -33,7 +33,6 @@ __all__ = ["export_model", "DEFAULT_OPSET", "PRECISIONS"]
 
 DEFAULT_OPSET = 17
 WORK = ".work"  # inside the staging folder: traced graphs, PyTorch's answers, candidates; removed before the end
-LARGE_GRAPH = 32 << 20  # bytes of weights
 
 Say = Callable[[str], Any]
 
@@ -144,7 +143,7 @@ def finish_graph(spec: GraphSpec, traced: Traced, staging: Path, family: familie
     weights = fp32.with_name(fp32.name + ".data")
     # ONNX Runtime's optimizer and quantizer leave their objects in reference cycles: collected after them when
     # they held much (a full collection takes 0.2 s)
-    large = weights.is_file() and weights.stat().st_size >= LARGE_GRAPH
+    large = weights.is_file() and weights.stat().st_size >= LARGE_WEIGHTS
     with meter.step(f"{name}/fusion", collect=large):
         fusion = fuse_graph(spec, fp32, traced.reference) if optimize else {"applied": False, "reason": "--no-optimize"}
     if fusion["applied"]:

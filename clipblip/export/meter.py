@@ -14,9 +14,10 @@ from typing import Any, Iterator
 
 from ..memory import STATM, high_water_mb, release_memory, resident_mb
 
-__all__ = ["Meter"]
+__all__ = ["Meter", "LARGE_WEIGHTS"]
 
 INTERVAL_S = 0.01
+LARGE_WEIGHTS = 32 << 20  # bytes of weights above which what a step lets go is worth a full collection after it
 MEASURED = (f"peak resident memory (RSS) of the exporting process: sampled every {INTERVAL_S * 1000:g} ms from "
             f"{STATM}, or the process's high-water mark (getrusage) where it rose during the step; seconds are "
             f"wall-clock, cpu_seconds user + system time of the process")
