@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -219,7 +218,9 @@ def export_plan(cores: int | None = None, available: float | None = None) -> tup
     memory available for two (``EXPORT_MEMORY_MB`` each), each with its share of the cores. On 2 cores two
     single-threaded exports of BLIP base (VQA and ITM) took 82 s together, one after another 101 s (AMD EPYC
     Zen 4): an export leaves a core idle a third of its time (tracing and the fusions are serial Python)."""
-    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    from .engine.machine import usable_cores
+
+    cores = cores or usable_cores()
     available = available_mb() if available is None else available
     at_once = 2 if cores >= 2 and available is not None and available >= 2 * EXPORT_MEMORY_MB else 1
     return at_once, max(1, cores // at_once)

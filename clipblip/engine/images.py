@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..defaults import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
 from ..errors import ImageError, ImageTooLargeError
+from .machine import usable_cores
 
 __all__ = ["ImageInput", "load_image", "as_images", "ImagePreprocessor", "Prepared", "DEFAULT_MAX_PIXELS"]
 
@@ -167,8 +168,7 @@ def center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
 @functools.cache
 def decoding_pool() -> ThreadPoolExecutor:
     """One pool of a thread per usable core for decoding images, shared by every engine of the process."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return ThreadPoolExecutor(max(1, cores), thread_name_prefix="clipblip-decode")
+    return ThreadPoolExecutor(max(1, usable_cores()), thread_name_prefix="clipblip-decode")
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import platform
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["Machine", "this_machine", "INT8_FLAGS"]
+__all__ = ["Machine", "this_machine", "INT8_FLAGS", "usable_cores"]
 
 # the features that decide which int8 / bf16 kernels run, as /proc/cpuinfo spells them
 INT8_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "avx_vnni_int8", "avx512_bf16", "amx_int8",
@@ -152,3 +153,8 @@ def this_machine() -> Machine:
             flags |= {"i8mm"} if "i8mm" in _cpuinfo_field("Features").split() else set()
     cpu = cpu or _cpuinfo_field("model name", "Model", "Processor", "cpu model") or platform.processor() or arch
     return Machine(cpu=cpu, arch=arch, flags=tuple(f for f in INT8_FLAGS if f in flags), source=source)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system says it, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

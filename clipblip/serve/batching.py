@@ -20,7 +20,6 @@ Jobs without images (texts) skip the first stage. The queue is bounded in items:
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -28,17 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..engine.machine import usable_cores
 from .errors import QueueFull, ShuttingDown
 from .service import Job, JobResult, ModelService
 
-__all__ = ["Batcher", "QueueFull", "ShuttingDown", "usable_cores"]
+__all__ = ["Batcher", "QueueFull", "ShuttingDown"]
 
 RETURN_WAIT_S = 0.1  # the longest a busy batch waits for the clients the last call answered
 PREPARED_BATCHES = 2  # images prepared ahead of the model: at most this many full batches
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def os_name(name: str) -> None:

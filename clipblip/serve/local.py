@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .app import Metrics
-from .batching import Batcher, usable_cores
+from ..engine.machine import usable_cores
+from .batching import Batcher
 from .service import Job, JobResult, ModelService
 
 __all__ = ["LocalBackend"]
