@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 # The CPU build of torch is pinned: an open range pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
-# what the demo needs; `make install` (or test) adds the server, search, Ray, OpenVINO and the tests' tools
+# what the demo needs; `make install` (or test) adds the server, search, Ray, OpenVINO, OpenCLIP and the tests' tools
 DEMO_EXTRAS := cpu,export,viz
-EXTRAS := $(DEMO_EXTRAS),test,serve,ray,search,openvino
+EXTRAS := $(DEMO_EXTRAS),test,serve,ray,search,openvino,open_clip
 
 .PHONY: demo install test test-all bench browser qemu clean
 

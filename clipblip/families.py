@@ -24,7 +24,7 @@ from typing import Any
 __all__ = [
     "RANDOM_PREFIX", "Task", "Preset", "Family", "FAMILIES",
     "family", "by_model_type", "model_types", "preset", "preset_names", "export_task", "export_tasks",
-    "task_graphs", "export_hint", "family_of_task", "title", "load_exporter", "load_engine_class",
+    "task_graphs", "export_hint", "family_of_task", "title", "load_exporter", "load_engine_class", "by_reference",
 ]
 
 RANDOM_PREFIX = "random:"
@@ -79,6 +79,12 @@ class Family:
     # default prompt, in the language the model was trained on; both written into the manifest at export
     scoring: str | None = None
     prompt_template: str | None = None
+    # how `clipblip export MODEL` recognises this family's checkpoints when not by config.json's model_type: a
+    # folder holding ``checkpoint_file`` (and no config.json), or a MODEL starting with one of ``ref_prefixes``
+    checkpoint_file: str | None = None
+    ref_prefixes: tuple[str, ...] = ()
+    # the extra that `pip install` needs for exporting this family, when it is not `export`
+    export_extra: str | None = None
 
     @property
     def export_tasks(self) -> list[str]:
@@ -174,6 +180,35 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         ),
     ),
     Family(
+        name="open_clip",
+        title="OpenCLIP",
+        model_type="open_clip",
+        exporter="clipblip.export.openclip",
+        engine="clipblip.engine.clip:OpenClipEngine",
+        tasks=_dual_encoder_tasks("open_clip.CLIP", "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
+        # the manifest says which: sigmoid with the logit bias where the checkpoint has one (SigLIP), else softmax
+        scoring="softmax",
+        prompt_template="a photo of a {}.",  # open_clip's zero-shot templates begin with it
+        checkpoint_file="open_clip_config.json",
+        ref_prefixes=("hf-hub:", "open_clip:"),
+        export_extra="open_clip",
+        # full size, random weights: open_clip builds each from its own config (docs/openclip.md)
+        presets=tuple(Preset("openclip-" + arch.lower(), f"open_clip's {arch}: {what}", {"architecture": arch})
+                      for arch, what in (
+            ("ViT-B-32", "OpenCLIP ViT-B/32 at 224 with the 12-layer text transformer (LAION, DataComp)"),
+            ("ViT-B-32-quickgelu", "ViT-B/32 with QuickGELU, as OpenAI, MetaCLIP and DFN trained it"),
+            ("ViT-H-14", "ViT-H/14 at 224, 24-layer 1024-wide text tower (LAION-2B, DFN5B)"),
+            ("ViT-B-16-SigLIP", "timm ViT-B/16 with MAP pooling, text pooled at the last token, no causal mask, "
+                                "logit bias; a stand-in SentencePiece tokenizer"),
+            ("ViT-B-16-SigLIP2", "SigLIP 2's ViT-B/16; a stand-in Gemma-style tokenizer"),
+            ("MobileCLIP2-S0", "timm fastvit_mci0 conv tower at 256 (branches folded), 12-layer text tower"),
+            ("MobileCLIP-S1", "timm fastvit_mci1 conv tower at 256 (branches folded), 12-layer text tower"),
+            ("PE-Core-B-16", "Perception Encoder: timm ViT-B/16 with RoPE and attention pooling, 32 tokens"),
+            ("xlm-roberta-base-ViT-B-32", "ViT-B/32 with an XLM-RoBERTa base text tower (mean pooled); a stand-in "
+                                          "tokenizer"),
+        )),
+    ),
+    Family(
         name="blip",
         title="BLIP",
         model_type="blip",
@@ -231,6 +266,17 @@ def by_model_type(model_type: str) -> Family:
         if f.model_type == model_type:
             return f
     raise KeyError(f"model type {model_type!r} is not supported (clipblip exports: {', '.join(model_types())})")
+
+
+def by_reference(ref: str, is_folder: bool, has_file) -> Family | None:
+    """The family that claims MODEL ``ref`` by prefix (``hf-hub:``), or a folder holding its ``checkpoint_file``
+    and no config.json (``has_file(name)`` tells); None: read config.json's model_type."""
+    for f in FAMILIES.values():
+        if any(ref.startswith(prefix) for prefix in f.ref_prefixes):
+            return f
+    if is_folder and not has_file("config.json"):
+        return next((f for f in FAMILIES.values() if f.checkpoint_file and has_file(f.checkpoint_file)), None)
+    return None
 
 
 def preset_names() -> list[str]:

@@ -15,6 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["CLIPBLIP_CACHE"] = tempfile.mkdtemp(prefix="clipblip-test-cache-")
 atexit.register(shutil.rmtree, os.environ["CLIPBLIP_CACHE"], True)
 
+from clipblip.export import torchvision_cpu  # noqa: E402
+
+torchvision_cpu.install()  # before anything imports torchvision (transformers, open_clip, timm)
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +99,7 @@ def tiny_clip(request, tmp_path_factory, clip_tokenizer) -> TinyClip:
     exported = root / "exported"
     export_model(str(checkpoint), exported)
     model = CLIPModel.from_pretrained(checkpoint).eval()
-    processor = CLIPProcessor.from_pretrained(checkpoint)
+    processor = CLIPProcessor.from_pretrained(checkpoint, backend="pil")
     return TinyClip(request.param, checkpoint, exported, model, processor)
 
 
@@ -224,7 +228,7 @@ def make_tiny_blip(task: str, tmp_path_factory, blip_tokenizer, photos) -> TinyB
     exported = root / "exported"
     export_model(str(checkpoint), exported)  # the task comes from the checkpoint's architecture
     reloaded = cls.from_pretrained(checkpoint).eval()
-    return TinyBlip(task, checkpoint, exported, reloaded, BlipProcessor.from_pretrained(checkpoint))
+    return TinyBlip(task, checkpoint, exported, reloaded, BlipProcessor.from_pretrained(checkpoint, backend="pil"))
 
 
 @pytest.fixture(scope="session")
@@ -260,7 +264,7 @@ def clip_with_attentions(tmp_path_factory, clip_tokenizer):
     export_model(str(root / "checkpoint"), root / "exported", attentions=True)
     model = CLIPModel.from_pretrained(root / "checkpoint", attn_implementation="eager").eval()
     return TinyClip("square30", root / "checkpoint", root / "exported", model,
-                    CLIPProcessor.from_pretrained(root / "checkpoint"))
+                    CLIPProcessor.from_pretrained(root / "checkpoint", backend="pil"))
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,13 @@
 """CLIP-like models with ONNX Runtime: image and text embeddings, similarity, zero-shot classification.
 
-CLIP, Chinese-CLIP and SigLIP folders run the same code: what differs between them (how texts are
+CLIP, Chinese-CLIP, SigLIP and OpenCLIP folders run the same code: what differs between them (how texts are
 padded, how a label's probability is scored, the default prompt) is in each folder's manifest.
 """
 
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +22,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageInput, as_images, describe
 from .items import (as_texts, attention_names, batches, check_finite, finish, finite_attention, l2_normalize,
                     softmax)
 
-__all__ = ["label_prompts", "ClipEngine", "ChineseClipEngine", "SiglipEngine", "label_probabilities"]
+__all__ = ["label_prompts", "ClipEngine", "ChineseClipEngine", "SiglipEngine", "OpenClipEngine", "label_probabilities"]
 
 SCORINGS = ("softmax", "sigmoid")
 
@@ -94,8 +95,14 @@ class ClipEngine(FolderEngine):
             if kept:
                 input_ids, attention_mask = self.tokenizer.pad([rows[i] for i in kept])  # (batch, sequence)
                 feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+                feeds = {name: feeds[name] for name in self.text_inputs}  # OpenCLIP's towers take no mask
                 out[kept] = self.sessions["text_tower"].run(["text_embeds"], feeds)[0]
         return l2_normalize(out)
+
+    @cached_property
+    def text_inputs(self) -> list[str]:
+        """The text tower's inputs, as the manifest records them."""
+        return [tensor.name for tensor in self.manifest.graphs["text_tower"].inputs]
 
     def image_attentions(self, image: ImageInput) -> np.ndarray:
         """Attention weights of the image tower, float32 (layers, heads, tokens, tokens); class token first."""
@@ -158,6 +165,13 @@ class SiglipEngine(ClipEngine):
     """Runs an exported SigLIP folder: texts padded to max length, each label scored by its own sigmoid."""
 
     family = "siglip"
+
+
+class OpenClipEngine(ClipEngine):
+    """Runs an exported OpenCLIP folder: open_clip's preprocessing and text cleaning, texts padded to the context
+    length, softmax or sigmoid scoring, all as the manifest says."""
+
+    family = "open_clip"
 
 
 def label_prompts(template: str, labels: Sequence[str]) -> list[str]:

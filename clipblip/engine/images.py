@@ -22,7 +22,8 @@ from ..defaults import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
 from ..errors import ImageError, ImageTooLargeError
 from .machine import usable_cores
 
-__all__ = ["ImageInput", "load_image", "as_images", "ImagePreprocessor", "Prepared", "DEFAULT_MAX_PIXELS"]
+__all__ = ["ImageInput", "load_image", "as_images", "ImagePreprocessor", "OpenClipPreprocessor", "Prepared",
+           "DEFAULT_MAX_PIXELS"]
 
 HUGE_RESIZE = 16_000_000  # resized images above this many pixels are resampled only where cropped
 
@@ -196,6 +197,8 @@ class ImagePreprocessor:
 
     @classmethod
     def from_manifest(cls, image: dict[str, Any], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImagePreprocessor:
+        if image.get("style") == "open_clip":
+            return OpenClipPreprocessor.from_section(image, max_pixels)
         return cls(
             max_pixels=max_pixels,
             resize=image.get("resize"),
@@ -278,3 +281,102 @@ class ImagePreprocessor:
                 good.append(i)
         stacked = np.stack(pixels) if pixels else np.zeros((0, 3, 1, 1), dtype=np.float32)
         return stacked, good, errors
+
+
+@dataclass
+class OpenClipPreprocessor(ImagePreprocessor):
+    """open_clip's evaluation transform (open_clip/transform.py, torchvision on PIL), step for step: resize in the
+    image's own mode (``resize_mode`` shortest: the short side to the size, then a centre crop; longest: the long
+    side, then padded with ``fill_color``; squash: both sides), convert to RGB (alpha dropped, not composited),
+    then ``x / 255``, minus mean, over std, in float32. Crops round as torchvision does."""
+
+    size: tuple[int, int] = (224, 224)  # (height, width)
+    resize_mode: str = "shortest"
+    fill_color: int | list[int] = 0
+
+    @classmethod
+    def from_section(cls, image: dict[str, Any], max_pixels: int | None) -> OpenClipPreprocessor:
+        mode = image["resize_mode"]
+        if mode not in ("shortest", "longest", "squash"):
+            from ..errors import ModelLoadError
+
+            raise ModelLoadError(f"manifest image resize_mode {mode!r} is not one clipblip knows (shortest, longest, "
+                                 f"squash)")
+        return cls(resize=None, resample=image["resample"], center_crop=None, rescale_factor=None, mean=image["mean"],
+                   std=image["std"], max_pixels=max_pixels, size=tuple(image["size"]), resize_mode=mode,
+                   fill_color=image.get("fill_color", 0))
+
+    def _resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) after the resize step."""
+        target_h, target_w = self.size
+        if self.resize_mode == "squash":
+            return target_h, target_w
+        if self.resize_mode == "shortest" and target_h == target_w:  # torchvision Resize(int): the short side
+            short, long = (width, height) if width <= height else (height, width)
+            if short == target_h:
+                return height, width
+            new_long = int(target_h * long / short)
+            return (new_long, target_h) if width <= height else (target_h, new_long)
+        ratio_h, ratio_w = height / target_h, width / target_w  # ResizeKeepRatio: longest 1 (longest) or 0
+        ratio = max(ratio_h, ratio_w) if self.resize_mode == "longest" else min(ratio_h, ratio_w)
+        return round(height / ratio), round(width / ratio)
+
+    def geometry(self, image: ImageInput) -> np.ndarray:
+        pil = load_image(image, self.max_pixels)
+        name = describe(image)
+        height, width = self._resized_size(pil.height, pil.width)
+        target_h, target_w = self.size
+        resample = RESAMPLE[self.resample]
+        try:
+            if height * width > HUGE_RESIZE and height >= target_h and width >= target_w:
+                # an extremely elongated image: only the part the crop keeps is resampled (as ImagePreprocessor does)
+                top, left = round((height - target_h) / 2.0), round((width - target_w) / 2.0)
+                sy, sx = pil.height / height, pil.width / width
+                box = (left * sx, top * sy, (left + target_w) * sx, (top + target_h) * sy)
+                pil = pil.resize((target_w, target_h), resample=resample, box=box)
+            elif (height, width) != (pil.height, pil.width):
+                pil = pil.resize((width, height), resample=resample)
+            pil = _crop_or_pad(pil, target_h, target_w, self.fill_color if self.resize_mode == "longest" else 0)
+            pil = pil.convert("RGB")
+        except (OSError, ValueError) as e:  # a mode Pillow cannot resample or convert
+            raise ImageError(f"{name}: cannot preprocess a {pil.mode} image ({e})") from None
+        return np.moveaxis(np.asarray(pil), -1, 0)  # (3, H, W)
+
+    def pixels(self, image: ImageInput) -> np.ndarray:
+        if isinstance(image, Prepared):
+            return super().pixels(image)
+        pixels = self.geometry(image).astype(np.float32) / np.float32(255)  # torchvision's to_tensor
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return (pixels - mean) / std
+
+
+def _crop_or_pad(pil: Image.Image, height: int, width: int, fill: int | list[int]) -> Image.Image:
+    """torchvision's centre crop of a PIL image (open_clip's center_crop_or_pad): padded with ``fill`` where smaller,
+    the crop's corner rounded (``round``, half to even) as torchvision rounds it."""
+    from PIL import ImageOps
+
+    if width > pil.width or height > pil.height:
+        border = ((width - pil.width) // 2 if width > pil.width else 0,
+                  (height - pil.height) // 2 if height > pil.height else 0,
+                  (width - pil.width + 1) // 2 if width > pil.width else 0,
+                  (height - pil.height + 1) // 2 if height > pil.height else 0)
+        colour, bands = fill, len(pil.getbands())  # torchvision's _parse_fill
+        if isinstance(colour, (int, float)) and bands > 1:
+            colour = (colour,) * bands
+        if isinstance(colour, (list, tuple)):
+            if len(colour) == 1:
+                colour = tuple(colour) * bands
+            elif len(colour) != bands:
+                raise ValueError(f"fill_color {fill} has not one value per band of a {pil.mode} image")
+            colour = tuple(colour)
+        if pil.mode != "F":
+            colour = tuple(int(x) for x in colour) if isinstance(colour, tuple) else int(colour)
+        palette = pil.getpalette() if pil.mode == "P" else None
+        pil = ImageOps.expand(pil, border=border, fill=colour)
+        if palette is not None:
+            pil.putpalette(palette)
+        if pil.width == width and pil.height == height:
+            return pil
+    top, left = int(round((pil.height - height) / 2.0)), int(round((pil.width - width) / 2.0))
+    return pil.crop((left, top, left + width, top + height))

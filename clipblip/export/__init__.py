@@ -15,7 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import families
+from . import torchvision_cpu
+
+torchvision_cpu.install()  # before anything imports torchvision (transformers' image processors, open_clip, timm)
+
+from .. import families  # noqa: E402
 from ..engine.checks import summary
 from ..errors import ExportError, UsageError
 from ..files import check_output, staged_folder

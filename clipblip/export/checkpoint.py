@@ -32,6 +32,7 @@ class SourceModel:
     tokenizer: Any
     source: dict[str, Any]
     fast_tokenizer: Any = None  # a tokenizers.Tokenizer when ``tokenizer`` has none (SigLIP's SentencePiece)
+    facts: dict[str, Any] | None = None  # what a family's exporter worked out while loading (OpenCLIP: its configs)
 
     def tokenizer_json(self) -> Any:
         """The ``tokenizers`` form the engine runs (saved as the folder's tokenizer.json)."""
@@ -118,7 +119,9 @@ def load_pretrained_parts(ref: str, model_class, local_only: bool, allow_pickle:
         raise ModelSourceError(f"{ref}: cannot load {families.title(family)} weights ({str(e).splitlines()[0]}); "
                                f"clipblip loads safetensors unless --allow-pickle") from None
     try:
-        processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only)
+        # the PIL processor, which the engine reproduces (with torchvision installed, transformers 5 would pick its
+        # torchvision one: the same facts, other pixels)
+        processor = AutoImageProcessor.from_pretrained(ref, local_files_only=local_only, backend="pil")
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
     except (OSError, ValueError) as e:
         raise ModelSourceError(f"{ref}: cannot load the processor or tokenizer ({str(e).splitlines()[0]})") from None

@@ -1,4 +1,5 @@
-"""Resolve the MODEL argument of `clipblip export`: a Hub id, a local directory, or a random preset.
+"""Resolve the MODEL argument of `clipblip export`: a Hub id, a local directory, a prefixed reference
+(``hf-hub:``, ``open_clip:``) or a random preset.
 
 Which family a MODEL belongs to, and which module loads it, comes from the registry
 (:mod:`clipblip.families`); this module holds no per-family code.
@@ -32,7 +33,11 @@ def load_source(ref: str, task: str | None = None, allow_pickle: bool = False) -
             ) from None
         return families.load_exporter(family.name).build_random(preset, task)
 
-    local_only = Path(ref).is_dir() or not hub_reachable()
+    folder = Path(ref)
+    claimed = families.by_reference(ref, folder.is_dir(), lambda name: (folder / name).is_file())
+    local_only = folder.is_dir() or not hub_reachable()
+    if claimed is not None:
+        return families.load_exporter(claimed.name).load_pretrained(ref, task, None, local_only, allow_pickle)
     model_type, architectures = read_config(ref, local_only)
     try:
         family = families.by_model_type(model_type)

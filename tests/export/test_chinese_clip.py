@@ -39,7 +39,7 @@ def tiny_cn(tmp_path_factory):
     processor.save_pretrained(root / "checkpoint")
     export_model(str(root / "checkpoint"), root / "exported")
     model = ChineseCLIPModel.from_pretrained(root / "checkpoint").eval()
-    processor = ChineseCLIPProcessor.from_pretrained(root / "checkpoint")
+    processor = ChineseCLIPProcessor.from_pretrained(root / "checkpoint", backend="pil")
     return model, processor, root / "exported"
 
 

@@ -66,7 +66,7 @@ def make_siglip(root, tokenizer, seed):
     model.save_pretrained(root / "checkpoint")
     processor.save_pretrained(root / "checkpoint")
     export_model(str(root / "checkpoint"), root / "exported")
-    return (SiglipModel.from_pretrained(root / "checkpoint").eval(), SiglipProcessor.from_pretrained(root / "checkpoint"),
+    return (SiglipModel.from_pretrained(root / "checkpoint").eval(), SiglipProcessor.from_pretrained(root / "checkpoint", backend="pil"),
             root / "exported")
 
 
