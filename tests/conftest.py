@@ -331,3 +331,30 @@ def chromium() -> str:
         pytest.skip("headless Chromium is not installed and `make test` could not install it "
                     "(Debian package 'chromium'; needs root and the Debian mirror)")
     return path
+
+
+@dataclass
+class TinyOpenClip:
+    arch: str
+    checkpoint: Path  # open_clip's local-dir layout
+    exported: Path  # `clipblip export CHECKPOINT`, fp32
+
+
+@pytest.fixture(scope="session")
+def openclip(tmp_path_factory):
+    """arch → its TinyOpenClip (tests/openclip_helpers.py), saved and exported through the CLI once per session."""
+    pytest.importorskip("open_clip", reason="open_clip and timm (the `open_clip` extra) are not installed")
+    from clipblip.cli import main
+    from tests.openclip_helpers import save_checkpoint
+
+    made: dict[str, TinyOpenClip] = {}
+
+    def get(arch: str) -> TinyOpenClip:
+        if arch not in made:
+            root = tmp_path_factory.mktemp("openclip-" + arch.lower())
+            checkpoint = save_checkpoint(arch, root / "checkpoint")
+            assert main(["export", str(checkpoint), "--out", str(root / "exported")]) == 0
+            made[arch] = TinyOpenClip(arch, checkpoint, root / "exported")
+        return made[arch]
+
+    return get
