@@ -367,6 +367,7 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
                            eos_id=tok["eos_id"], pad_id=tok["pad_id"])
         return {"input_ids": rows["input_ids"]}
 
+    image_fusion, text_fusion = fusions(source.model)
     return [
         GraphSpec(
             name="image_tower",
@@ -377,6 +378,7 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
             trace_sizes={"batch": 2},
             check_sizes=({"batch": 1}, {"batch": 3}),
             gate_sizes=({"batch": 2},),
+            fusion=image_fusion,
             gate={"image_embeds": 0.999},
         ),
         GraphSpec(
@@ -387,9 +389,34 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
             sample=text_sample,
             trace_sizes={"batch": 2},
             check_sizes=({"batch": 1}, {"batch": 3}),
+            fusion=text_fusion,
             gate={"text_embeds": 0.999},
         ),
     ]
+
+
+def fusions(model: nn.Module) -> tuple[dict | None, dict | None]:
+    """ONNX Runtime's transformer optimizer settings for the (image, text) tower, or None where no pattern of its
+    fits (FastViT's convolutions); a fusion is kept only if the fused graph passes parity (``fuse_graph``)."""
+
+    def blocks(model_type: str, width: int, heads: int) -> dict:
+        return {"model_type": model_type, "num_heads": int(heads), "hidden_size": int(width)}
+
+    visual, text = model.visual, getattr(model, "text", model)
+    if hasattr(visual, "transformer"):  # open_clip's ViT
+        image = blocks("clip", visual.transformer.width, visual.transformer.resblocks[0].attn.num_heads)
+    elif hasattr(visual, "trunk") and hasattr(visual.trunk, "blocks") and hasattr(visual.trunk.blocks[0], "attn"):
+        image = blocks("vit", visual.trunk.embed_dim, visual.trunk.blocks[0].attn.num_heads)  # timm ViTs
+    else:
+        image = None
+    if hasattr(text, "transformer") and hasattr(text.transformer, "config"):  # a Hugging Face tower
+        config = text.transformer.config
+        words = blocks("bert", config.hidden_size, config.num_attention_heads)
+    elif hasattr(text, "transformer") and hasattr(text.transformer, "resblocks"):
+        words = blocks("clip", text.transformer.width, text.transformer.resblocks[0].attn.num_heads)
+    else:
+        words = None
+    return image, words
 
 
 INTERPOLATIONS = ("bicubic", "bilinear")
