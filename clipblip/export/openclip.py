@@ -158,7 +158,7 @@ def build_random(preset: families.Preset, task: str | None = None) -> SourceMode
 def write_config(open_clip, arch: str, folder: Path) -> None:
     """``folder`` as open_clip's local-dir loader reads it, without weights: ``arch``'s config, the preprocessing of
     its first pretrained tag, and stand-ins for what a Hugging Face text tower fetches from the hub."""
-    from .vocab import gemma_tokenizer, siglip_tokenizer, xlm_roberta_tokenizer
+    from . import vocab
 
     model_cfg = open_clip.get_model_config(arch)
     tags = open_clip.list_pretrained_tags_by_model(arch)
@@ -179,11 +179,11 @@ def write_config(open_clip, arch: str, folder: Path) -> None:
     if text.get("hf_tokenizer_name"):
         length = text.get("context_length", 77)
         if "xlm-roberta" in text["hf_tokenizer_name"]:
-            xlm_roberta_tokenizer(8000, length, str(folder))
+            vocab.xlm_roberta_tokenizer(8000, length, str(folder))
         elif "SigLIP2" in text["hf_tokenizer_name"]:
-            gemma_tokenizer(8000, length, str(folder))
+            vocab.gemma_tokenizer(8000, length, str(folder))
         elif "SigLIP" in text["hf_tokenizer_name"]:
-            siglip_tokenizer(min(text["vocab_size"], 8000), length, str(folder)).save_pretrained(folder)
+            vocab.siglip_tokenizer(min(text["vocab_size"], 8000), length, str(folder)).save_pretrained(folder)
         else:
             raise ModelSourceError(f"random:{arch}: no stand-in for its tokenizer {text['hf_tokenizer_name']!r}")
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}))
