@@ -70,6 +70,19 @@ def architectures() -> dict[str, dict[str, Any]]:
                           "text_cfg": {**siglip_text, "hf_tokenizer_name": "timm/ViT-B-16-SigLIP"}},
             "preprocess_cfg": {"size": 32, **HALF, "interpolation": "bicubic", "resize_mode": "squash"},
             "tokenizer": "siglip"},
+        "ViT-B-16-SigLIP2": {
+            "model_cfg": {"embed_dim": 32, "init_logit_bias": -10, "custom_text": True, "vision_cfg": siglip_vit,
+                          "text_cfg": {**siglip_text, "hf_tokenizer_name": "timm/ViT-B-16-SigLIP2",
+                                       "act_kwargs": {"approximate": "tanh"}}},
+            "preprocess_cfg": {"size": 32, **HALF, "interpolation": "bicubic", "resize_mode": "squash"},
+            "tokenizer": "gemma"},
+        "xlm-roberta-base-ViT-B-32": {
+            "model_cfg": {"embed_dim": 16, "vision_cfg": VIT,
+                          "text_cfg": {"hf_model_name": "xlm-roberta-base", "hf_tokenizer_name": "xlm-roberta-base",
+                                       "hf_pooler_type": "mean_pooler", "context_length": 24,
+                                       "hf_model_pretrained": False}},
+            "preprocess_cfg": {"size": 32, **OPENAI, "interpolation": "bicubic", "resize_mode": "shortest"},
+            "tokenizer": "xlm"},
         "MobileCLIP2-S0": {
             "model_cfg": {"embed_dim": 16, "custom_text": True, "text_cfg": {**TEXT, "no_causal_mask": True},
                           "vision_cfg": {"timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": None,
@@ -96,15 +109,25 @@ def save_checkpoint(arch: str, folder: Path) -> Path:
     from open_clip.model import CLIP, CustomTextCLIP
     from safetensors.torch import save_file
 
+    from clipblip.export import vocab
+
     spec = architectures()[arch]
     folder.mkdir(parents=True, exist_ok=True)
+    text = spec["model_cfg"]["text_cfg"]
+    if spec.get("tokenizer") == "siglip":
+        vocab.siglip_tokenizer(text["vocab_size"], text["context_length"], str(folder)).save_pretrained(folder)
+    elif spec.get("tokenizer") == "gemma":
+        text["vocab_size"] = len(vocab.gemma_tokenizer(text["vocab_size"], text["context_length"], str(folder)))
+    elif spec.get("tokenizer") == "xlm":  # the tower's config where hf_model_name points (the hub's, offline)
+        from transformers import XLMRobertaConfig
+
+        tokenizer = vocab.xlm_roberta_tokenizer(4000, text["context_length"], str(folder))
+        XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=text["context_length"] + 2, type_vocab_size=1,
+                         pad_token_id=1, bos_token_id=0, eos_token_id=2).save_pretrained(folder / "text_tower")
+        text["hf_model_name"] = str(folder / "text_tower")
     config = {"model_cfg": spec["model_cfg"], "preprocess_cfg": spec["preprocess_cfg"]}
     (folder / "open_clip_config.json").write_text(json.dumps(config))
-    if spec.get("tokenizer") == "siglip":
-        from clipblip.export.vocab import siglip_tokenizer
-
-        text = spec["model_cfg"]["text_cfg"]
-        siglip_tokenizer(text["vocab_size"], text["context_length"], str(folder)).save_pretrained(folder)
     torch.manual_seed(0)
     kwargs = {key: value for key, value in spec["model_cfg"].items() if key != "custom_text"}
     model = (CustomTextCLIP if spec["model_cfg"].get("custom_text") else CLIP)(**kwargs)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "clipblip"
-HEAVY = ("torch", "transformers", "onnx", "onnxruntime")
+HEAVY = ("torch", "transformers", "onnx", "onnxruntime", "open_clip", "timm", "torchvision", "ftfy")
 
 
 def heavy_modules_after(imports: str) -> list[str]:

@@ -170,3 +170,17 @@ def test_refusals_name_what_is_wrong(openclip, tmp_path, capsys):
     assert not (tmp_path / "att").exists()
     with pytest.raises(ModelSourceError, match="hub is unreachable"):
         export_model("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", tmp_path / "hub")
+
+
+def test_running_a_folder_imports_no_torch_open_clip_or_timm(openclip, photos):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom clipblip.engine import OpenClipEngine\n"
+            f"engine = OpenClipEngine.from_dir({str(openclip('MobileCLIP2-S0').exported)!r}, provider='cpu')\n"
+            f"engine.classify([{str(photos[0])!r}], ['a cat', 'a dog &amp; a mojibake cafÃ©'])\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'open_clip', 'timm', 'torchvision', "
+            "'transformers', 'ftfy'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['ftfy']"  # open_clip's text cleaning, pure Python
