@@ -130,7 +130,8 @@ def save_checkpoint(arch: str, folder: Path) -> Path:
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     torch.manual_seed(0)
     kwargs = {key: value for key, value in spec["model_cfg"].items() if key != "custom_text"}
-    model = (CustomTextCLIP if spec["model_cfg"].get("custom_text") else CLIP)(**kwargs)
+    custom = spec["model_cfg"].get("custom_text") or "hf_model_name" in text  # as open_clip's factory decides
+    model = (CustomTextCLIP if custom else CLIP)(**kwargs)
     save_file({key: value.contiguous() for key, value in model.state_dict().items()},
               str(folder / "open_clip_model.safetensors"))
     return folder

@@ -87,11 +87,13 @@ class ClipEngine(FolderEngine):
         return finish(out, errors, len(texts), return_errors)
 
     def _text_tower(self, texts: list[str]) -> np.ndarray:
-        """Rows of texts → normalised embeddings; NaN for a text of no tokens (fully masked, it has no meaning)."""
+        """Rows of texts → normalised embeddings; NaN for a text of no tokens where the tower takes a mask (fully
+        masked, it has no meaning)."""
         rows = self.tokenizer.ids(texts)
         out = np.full((len(texts), self.embed_dim), np.nan, dtype=np.float32)
         for part in batches(len(texts), self.max_batch):
-            kept = [i for i in range(part.start, part.stop) if rows[i]]
+            # a text of no tokens is masked out entirely, unless the tower takes no mask (OpenCLIP: a row of padding)
+            kept = [i for i in range(part.start, part.stop) if rows[i] or not self.tokenizer.attention_mask]
             if kept:
                 input_ids, attention_mask = self.tokenizer.pad([rows[i] for i in kept])  # (batch, sequence)
                 feeds = {"input_ids": input_ids, "attention_mask": attention_mask}

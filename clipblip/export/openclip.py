@@ -260,7 +260,7 @@ def tokenizer_parts(tokenizer: Any, ref: str) -> tuple[Any, dict[str, Any]]:
             raise ModelSourceError(f"{ref}: its {kind} reduces texts ({tokenizer.reduction_fn}), which clipblip does "
                                    f"not reproduce; not exported")
         fast = simple_tokenizer_json(tokenizer)
-        bos, eos, pad = tokenizer.sot_token_id, tokenizer.eot_token_id, 0
+        bos, eos, pad, side = tokenizer.sot_token_id, tokenizer.eot_token_id, 0, "right"
     elif isinstance(tokenizer, HFTokenizer):
         unsupported = [what for what, used in (("strip_sep_token", tokenizer.strip_sep_token),
                                                (f"tokenizer_mode {tokenizer.tokenizer_mode!r}", tokenizer.tokenizer_mode),
@@ -283,13 +283,14 @@ def tokenizer_parts(tokenizer: Any, ref: str) -> tuple[Any, dict[str, Any]]:
         bos = hf.bos_token_id if hf.bos_token_id is not None else (hf.cls_token_id if hf.cls_token_id is not None
                                                                    else eos)
         pad = hf.pad_token_id if hf.pad_token_id is not None else 0
-        if getattr(hf, "padding_side", "right") != "right":
-            raise ModelSourceError(f"{ref}: its tokenizer pads on the {hf.padding_side}; not exported")
+        side = getattr(hf, "padding_side", "right")  # Gemma's pads on the left
+        if getattr(hf, "truncation_side", "right") != "right":
+            raise ModelSourceError(f"{ref}: its tokenizer truncates on the {hf.truncation_side}; not exported")
     else:
         raise ModelSourceError(f"{ref}: its tokenizer {kind} is not one clipblip reproduces (SimpleTokenizer, "
                                f"HFTokenizer); not exported")
     facts = {"file": "tokenizer.json", "max_length": length, "bos_id": int(bos), "eos_id": int(eos),
-             "pad_id": int(pad), "padding": "max_length", "padding_side": "right", "attention_mask": False,
+             "pad_id": int(pad), "padding": "max_length", "padding_side": side, "attention_mask": False,
              "clean": "open_clip:" + _clean_name(tokenizer, ref), "kind": kind}
     facts["checks"] = _checked(tokenizer, fast, facts, ref)
     return fast, facts
@@ -332,7 +333,8 @@ def _checked(tokenizer: Any, fast: Any, facts: dict[str, Any], ref: str) -> list
     """The check cases (text, ids without padding): open_clip's ids, which the engine's tokenisation must give."""
     from ..engine.text import TextTokenizer
 
-    ours = TextTokenizer(fast, facts["max_length"], facts["pad_id"], "max_length", "right", False, facts["clean"])
+    ours = TextTokenizer(fast, facts["max_length"], facts["pad_id"], "max_length", facts["padding_side"], False,
+                         facts["clean"])
     expected = tokenizer(list(CHECK_TEXTS)).tolist()  # (texts, context length), padded
     got = ours.pad(ours.ids(list(CHECK_TEXTS)))[0].tolist()
     for i, (text, want, have) in enumerate(zip(CHECK_TEXTS, expected, got)):
@@ -364,7 +366,7 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
 
     def text_sample(sizes, generator):
         rows = token_batch({"batch": sizes["batch"], "sequence": length}, generator, high=high, bos_id=tok["bos_id"],
-                           eos_id=tok["eos_id"], pad_id=tok["pad_id"])
+                           eos_id=tok["eos_id"], pad_id=tok["pad_id"], padding_side=tok["padding_side"])
         return {"input_ids": rows["input_ids"]}
 
     image_fusion, text_fusion = fusions(source.model)

@@ -18,7 +18,8 @@ import gzip
 from functools import lru_cache
 from importlib import resources
 
-__all__ = ["clip_tokenizer", "blip_tokenizer", "chinese_bert_tokenizer", "siglip_tokenizer"]
+__all__ = ["clip_tokenizer", "blip_tokenizer", "chinese_bert_tokenizer", "siglip_tokenizer", "gemma_tokenizer",
+           "xlm_roberta_tokenizer"]
 
 CLIP_BPE_FILE = "clip_bpe_simple_vocab_16e6.txt.gz"
 CLIP_MERGES = 49152 - 256 - 2
@@ -105,3 +106,66 @@ def siglip_tokenizer(vocab_size: int, model_max_length: int, folder: str):
     with open(path, "wb") as f:
         f.write(_siglip_sentencepiece(vocab_size))
     return SiglipTokenizer(vocab_file=path, model_max_length=model_max_length)
+
+
+def _words() -> list[str]:
+    vocab, _ = _clip_vocab_and_merges()
+    bert = resources.files(__name__).joinpath("bert_uncased_vocab.txt").read_text(encoding="utf-8").splitlines()
+    return sorted({t[:-4] for t in vocab if t.endswith("</w>")} | {t for t in bert if not t.startswith("[")})
+
+
+@lru_cache(maxsize=4)
+def _sentencepiece(vocab_size: int, kind: str) -> bytes:
+    """A SentencePiece model trained (deterministically, one thread) on the CLIP and BERT vocabularies' words, with the
+    special pieces of ``kind``: "gemma" (byte-fallback BPE: <pad> 0, <eos> 1, <bos> 2, <unk> 3, <mask> 4) or "xlm-roberta"
+    (unigram: <unk> 0, <s> 1, </s> 2, as XLM-R's own model before fairseq's offset)."""
+    import io
+
+    import sentencepiece as spm
+
+    ids = {"gemma": dict(model_type="bpe", byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+                         pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+                         user_defined_symbols=["<mask>"]),
+           "xlm-roberta": dict(model_type="unigram", unk_id=0, bos_id=1, eos_id=2, pad_id=-1)}[kind]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_words()), model_writer=model, vocab_size=vocab_size, num_threads=1,
+        hard_vocab_limit=False, seed_sentencepiece_size=10**6, character_coverage=1.0, shuffle_input_sentence=False,
+        minloglevel=2, **ids)
+    return model.getvalue()
+
+
+def gemma_tokenizer(vocab_size: int, model_max_length: int, folder: str):
+    """A Gemma-style tokenizer (transformers' GemmaTokenizer: byte-fallback BPE over "▁"-marked words, <bos> first)
+    from a model of :func:`_sentencepiece`, saved into ``folder`` and loaded back as AutoTokenizer loads it there. A
+    stand-in for SigLIP 2's: the same kind and special ids, not Gemma's pieces (256,000 of them)."""
+    import os
+
+    from transformers import AutoTokenizer, GemmaTokenizer
+    from tokenizers.models import BPE
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "gemma.model")
+    with open(path, "wb") as f:
+        f.write(_sentencepiece(vocab_size, "gemma"))
+    extracted = SentencePieceExtractor(path).extract(BPE)  # the vocabulary and the merges that build it
+    os.remove(path)
+    GemmaTokenizer(vocab=extracted["vocab"], merges=extracted["merges"], model_max_length=model_max_length).save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def xlm_roberta_tokenizer(vocab_size: int, model_max_length: int, folder: str):
+    """An XLM-RoBERTa-style tokenizer (transformers' XLMRobertaTokenizer: a unigram model with its normaliser's
+    character map, <s> 0, <pad> 1, </s> 2, <unk> 3 and <mask> last, rows <s> … </s>) from a model of
+    :func:`_sentencepiece`, saved into ``folder`` and loaded back. A stand-in: not XLM-R's 250,002 pieces."""
+    from transformers import AutoTokenizer, XLMRobertaTokenizer
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    proto = import_protobuf().ModelProto()
+    proto.ParseFromString(_sentencepiece(vocab_size, "xlm-roberta"))
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(p.piece, p.score) for p in proto.pieces[3:]] + [("<mask>", 0.0)]
+    XLMRobertaTokenizer(vocab=pieces, model_max_length=model_max_length,
+                        _spm_precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap).save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
