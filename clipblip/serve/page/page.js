@@ -94,7 +94,8 @@ async function start() {
   }
   fillModels("caption-model", (m) => m.ops.includes("caption"));
   fillModels("vqa-model", (m) => m.ops.includes("vqa"));
-  fillModels("clip-model", (m) => m.scoring !== null && m.ops.includes("embed_image"));
+  // zero-shot labels need both towers: a folder exported with one tower alone embeds one modality only
+  fillModels("clip-model", (m) => m.scoring !== null && m.ops.includes("embed_image") && m.ops.includes("embed_text"));
   $("search").hidden = !db;
   if (db) {
     $("search-info").textContent = `${db.count} photos indexed by ${db.model} (${db.family})`;
