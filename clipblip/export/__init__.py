@@ -8,6 +8,8 @@ stored. Each graph's :class:`GraphInfo` is made once, from those records.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -102,6 +104,7 @@ def export_model(
             exporter = families.load_exporter(source.family)  # looked up per call: tests may patch its functions
             sections = held_towers(source.family, exporter.manifest_sections(source), towers)
             specs = _graph_specs(exporter, source, sections, attentions)
+            fingerprint = checkpoint_fingerprint(source, sections)
         count = (lambda done: steps(done, 2 * len(specs))) if steps is not None else (lambda done: None)
         with staged_folder(out, force) as staging:
             count(0)
@@ -118,7 +121,7 @@ def export_model(
             shutil.rmtree(staging / WORK)
             manifest = Manifest(
                 family=source.family,
-                source={**source.source, "task": source.task, "opset": opset,
+                source={**source.source, "fingerprint": fingerprint, "task": source.task, "opset": opset,
                         "attentions": attentions, "precision": precision, "optimize": optimize,
                         "libraries": _library_versions()},
                 graphs=graphs,
@@ -167,6 +170,21 @@ def _graph_specs(exporter: Any, source: Any, sections: dict[str, Any], attention
         raise ExportError(f"{source.family} exporter gives no {', '.join(missing)} graph, which the tasks "
                           f"{', '.join(sections['tasks'])} need (see clipblip.families)")
     return specs
+
+
+def checkpoint_fingerprint(source: Any, sections: dict[str, Any]) -> str:
+    """sha256 of what the model's graphs compute from: every weight of the checkpoint (names, types, shapes,
+    bytes), its image preprocessing and its tokenizer. Exports of one checkpoint share it whatever their towers,
+    precision or options, so that a search database built with one may be queried with another."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in source.model.state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    digest.update(json.dumps([sections["image"], sections["tokenizer"]], sort_keys=True).encode())
+    digest.update(source.tokenizer_json().to_str().encode())
+    return digest.hexdigest()
 
 
 def finish_graph(spec: GraphSpec, traced: Traced, staging: Path, family: families.Family, precision: str,
