@@ -86,6 +86,7 @@ def export_model(
     Runtime runs (default: one per core); the graphs written are the same. ``towers`` "image" or "text" writes a
     dual encoder's one tower alone (its manifest's ``model.towers`` says which, and its ``tasks`` are those one
     tower does: embed); a family whose tasks need both sides together (BLIP) is refused before anything loads.
+    The manifest's ``source.fingerprint`` identifies the checkpoint (:func:`checkpoint_fingerprint`).
     """
     say = progress or (lambda message: None)
     out = check_output(Path(out), force, folder=True)  # before the slow part
