@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import ProviderError, UsageError, WrongModelError
-from ..families import title as family_title
+from ..families import TOWERS, title as family_title
 from ..manifest import Manifest
 from .cache import TextCache
 from .checks import ensure_checked
@@ -79,7 +79,7 @@ class FolderEngine:
     def require(self, task: str) -> None:
         """WrongModelError unless the folder was exported for ``task``."""
         if task not in self.manifest.tasks and self.manifest.one_tower is not None:
-            raise WrongModelError(tower_refusal(str(self.folder), self.manifest.towers, ("image", "text"), task))
+            raise WrongModelError(tower_refusal(str(self.folder), self.manifest.towers, TOWERS, task))
         if task not in self.manifest.tasks:
             raise WrongModelError(f"{self.folder}: this {family_title(self.family)} folder does "
                                   f"{', '.join(self.manifest.tasks)}, not {task}; {wanted_export(self.family, task)}")

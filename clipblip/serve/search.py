@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..engine.base import missing_towers
 from ..errors import UsageError, WrongModelError
 from ..families import TOWERS
 from ..manifest import MANIFEST_NAME, Manifest, sha256_of
@@ -17,7 +18,7 @@ __all__ = ["SearchService"]
 
 def holds(manifest: Manifest, tower: str) -> bool:
     """Whether a folder holds ``tower`` (every folder does but one exported with the other tower alone)."""
-    return manifest.towers is None or tower in manifest.towers
+    return not missing_towers(manifest.towers, (tower,))
 
 
 class SearchService:
