@@ -25,9 +25,12 @@ __all__ = [
     "RANDOM_PREFIX", "Task", "Preset", "Family", "FAMILIES",
     "family", "by_model_type", "model_types", "preset", "preset_names", "export_task", "export_tasks",
     "task_graphs", "export_hint", "family_of_task", "title", "load_exporter", "load_engine_class", "by_reference",
+    "TOWERS", "BOTH", "tower_tasks",
 ]
 
 RANDOM_PREFIX = "random:"
+TOWERS = ("image", "text")  # the towers of a dual encoder, each the graph "<tower>_tower"
+BOTH = "both"  # `clipblip export --towers both`: every tower
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,9 @@ class Task:
     ``clipblip export --task`` that produces it (None: the family has a single export, no --task);
     ``model_class`` the transformers class that loads such a checkpoint; ``graphs`` the graphs the
     engine opens for the task; ``example`` a Hub checkpoint of this kind; ``max_new_tokens`` the
-    default generation length of a generative task.
+    default generation length of a generative task; ``one_tower`` whether a folder holding one tower alone
+    (``export --towers image|text``) still does the task, with that tower (embed: each tower embeds its own
+    modality; similarity needs both).
     """
 
     name: str
@@ -47,6 +52,7 @@ class Task:
     graphs: tuple[str, ...]
     example: str
     max_new_tokens: int | None = None
+    one_tower: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,14 @@ class Family:
             return list(self.tasks)
         return [t for t in self.tasks if t.export_task == export_task]
 
+    @property
+    def towers(self) -> dict[str, str]:
+        """The towers a folder may hold alone (``export --towers``), each with its graph: ``{"image": "image_tower",
+        "text": "text_tower"}`` for a family whose tasks run on these two graphs and no other (a dual encoder);
+        empty where a task needs more (BLIP's need both sides together)."""
+        graphs = {tower: f"{tower}_tower" for tower in TOWERS}
+        return graphs if {g for t in self.tasks for g in t.graphs} == set(graphs.values()) else {}
+
     def model_class(self, export_task: str | None) -> str:
         """The transformers class of a checkpoint for ``export_task``."""
         tasks = self.tasks_of(export_task)
@@ -120,8 +134,10 @@ def _tiny_towers(text: dict | None = None, **model: Any) -> dict[str, Any]:
 
 
 def _dual_encoder_tasks(model_class: str, example: str) -> tuple[Task, ...]:
-    """embed, similarity and classify: what every CLIP-like family does with its two towers."""
-    return tuple(Task(name, None, model_class, _DUAL_GRAPHS, example) for name in ("embed", "similarity", "classify"))
+    """embed, similarity and classify: what every CLIP-like family does with its two towers (embed with either
+    one alone)."""
+    return tuple(Task(name, None, model_class, _DUAL_GRAPHS, example, one_tower=name == "embed")
+                 for name in ("embed", "similarity", "classify"))
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -321,10 +337,26 @@ def export_task(name: str) -> tuple[Family, list[Task]]:
     raise KeyError(f"unknown export task {name!r} (choose one of {', '.join(export_tasks())})")
 
 
-def task_graphs(family_name: str, tasks: list[str] | tuple[str, ...]) -> list[str]:
-    """The graphs an engine opens for ``tasks`` of a family, each once, in task order; unknown tasks add none."""
-    by_name = {t.name: t for t in family(family_name).tasks}
-    return list(dict.fromkeys(g for name in tasks if name in by_name for g in by_name[name].graphs))
+def task_graphs(family_name: str, tasks: list[str] | tuple[str, ...],
+                towers: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The graphs an engine opens for ``tasks`` of a family, each once, in task order; unknown tasks add none.
+    ``towers`` (a manifest's ``model.towers``; None: every one) leaves out the graphs of the towers not held."""
+    f = family(family_name)
+    by_name = {t.name: t for t in f.tasks}
+    left_out = {graph for tower, graph in f.towers.items() if towers is not None and tower not in towers}
+    return list(dict.fromkeys(g for name in tasks if name in by_name for g in by_name[name].graphs
+                              if g not in left_out))
+
+
+def tower_tasks(family_name: str, tasks: list[str] | tuple[str, ...],
+                towers: list[str] | tuple[str, ...]) -> list[str]:
+    """Which of an export's ``tasks`` a folder holding ``towers`` does: all of them with every tower, else those a
+    single tower does (``Task.one_tower``)."""
+    f = family(family_name)
+    if set(f.towers) <= set(towers):
+        return list(tasks)
+    one_tower = {t.name for t in f.tasks if t.one_tower}
+    return [name for name in tasks if name in one_tower]
 
 
 def export_hint(family_name: str, task_name: str | None = None) -> str:

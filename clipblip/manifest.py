@@ -110,6 +110,20 @@ class Manifest:
     def random_weights(self) -> bool:
         return bool(self.source.get("random_weights"))
 
+    @property
+    def towers(self) -> list[str] | None:
+        """The towers a dual-encoder folder holds (``model.towers``: ``["image"]``, ``["text"]`` or both, as
+        ``export --towers`` chose); None where the manifest does not say (BLIP, or a folder exported before it
+        was recorded): every graph its tasks need."""
+        towers = self.model.get("towers")
+        return None if towers is None else [str(tower) for tower in towers]
+
+    @property
+    def one_tower(self) -> str | None:
+        """The tower of a folder that holds one alone (``export --towers image|text``), else None."""
+        towers = self.towers
+        return towers[0] if towers is not None and len(towers) == 1 else None
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

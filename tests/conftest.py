@@ -301,6 +301,40 @@ def int8_folders(tmp_path_factory) -> dict[str, Path]:
     return {"clip": root / "clip", "blip": root / "blip"}
 
 
+# --- one tower alone (export --towers) ----------------------------------------------------------------
+
+@dataclass
+class Towers:
+    preset: str
+    both: Path  # exported whole
+    image: Path  # --towers image
+    text: Path  # --towers text
+
+
+@pytest.fixture(scope="session")
+def tower_folders(tmp_path_factory):
+    """``random:<preset>`` exported whole and with each tower alone, once per session for each preset asked for
+    (a tiny one-tower export takes half a second)."""
+    from clipblip.export import export_model
+
+    made: dict[str, Towers] = {}
+
+    def folders(preset: str) -> Towers:
+        if preset not in made:
+            root = tmp_path_factory.mktemp(f"towers-{preset}")
+            for towers in ("both", "image", "text"):
+                export_model(f"random:{preset}", root / towers, towers=towers)
+            made[preset] = Towers(preset, root / "both", root / "image", root / "text")
+        return made[preset]
+
+    return folders
+
+
+@pytest.fixture(scope="session")
+def clip_towers(tower_folders) -> Towers:
+    return tower_folders("clip-tiny")
+
+
 @dataclass
 class TinyDemo:
     out: Path  # the demo's folder (report.html, results.json, README.md...)

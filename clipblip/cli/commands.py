@@ -24,7 +24,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         manifest = export_model(args.model, args.out, task=args.task, opset=args.opset, force=args.force,
                                 attentions=args.attentions, precision=args.precision, optimize=args.optimize,
                                 allow_pickle=args.allow_pickle, progress=bar, steps=bar.update,
-                                threads=args.threads)
+                                threads=args.threads, towers=args.towers)
     if manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     for name, graph in manifest.graphs.items():
@@ -38,6 +38,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             line += (f"  {backend} copy {entry['file']} gate passed ({summary(entry['accuracy'])})" if "files" in entry
                      else f"  no {backend} copy ({entry.get('reason')})")
         print(line)
+    if manifest.one_tower is not None:
+        print(f"towers: the {manifest.one_tower} tower alone; the folder does {', '.join(manifest.tasks)}")
     cost = manifest.export
     peak = f", peak {cost['peak_rss_mb'] / 1024:.2f} GB resident" if cost.get("peak_rss_mb") else ""
     print(f"export: {cost['seconds']:.0f} s ({cost['cpu_seconds']:.0f} s CPU){peak}; each step's in "

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive, default=None,
                    help="CPU threads of the export's PyTorch and ONNX Runtime runs (default: one per core); the "
                         "folder written is the same")
+    p.add_argument("--towers", default=families.BOTH, choices=[*families.TOWERS, families.BOTH],
+                   help="CLIP-like models: write one tower alone, for a service that only embeds images (image) or "
+                        "only texts (text); such a folder embeds, and does no similarity or classification")
     p.set_defaults(run=cmd_export)
 
     p = command(sub, "verify", help="run each graph's stored check on this machine: one line per graph, exit 0 if "

@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import ProviderError, UsageError, WrongModelError
-from ..families import title as family_title
+from ..families import TOWERS, title as family_title
 from ..manifest import Manifest
 from .cache import TextCache
 from .checks import ensure_checked
@@ -19,7 +19,7 @@ from . import openvino
 from .session import backend_for, open_graph
 from .text import TextTokenizer
 
-__all__ = ["FolderEngine"]
+__all__ = ["FolderEngine", "tower_refusal", "missing_towers"]
 
 
 class FolderEngine:
@@ -68,7 +68,9 @@ class FolderEngine:
 
     @property
     def providers(self) -> list[str]:
-        return self.sessions["image_tower"].get_providers()
+        """The execution providers of the image tower (of the graph opened first where it has none)."""
+        session = self.sessions.get("image_tower") or next(iter(self.sessions.values()))
+        return session.get_providers()
 
     @property
     def tasks(self) -> list[str]:
@@ -76,9 +78,17 @@ class FolderEngine:
 
     def require(self, task: str) -> None:
         """WrongModelError unless the folder was exported for ``task``."""
+        if task not in self.manifest.tasks and self.manifest.one_tower is not None:
+            raise WrongModelError(tower_refusal(str(self.folder), self.manifest.towers, TOWERS, task))
         if task not in self.manifest.tasks:
             raise WrongModelError(f"{self.folder}: this {family_title(self.family)} folder does "
                                   f"{', '.join(self.manifest.tasks)}, not {task}; {wanted_export(self.family, task)}")
+
+    def require_towers(self, towers: Sequence[str], doing: str) -> None:
+        """WrongModelError, naming the folder and the tower it holds, unless it holds ``towers`` (a folder exported
+        with ``--towers image|text`` holds one); ``doing`` names what needs them ("embedding images")."""
+        if missing_towers(self.manifest.towers, towers):
+            raise WrongModelError(tower_refusal(str(self.folder), self.manifest.towers, towers, doing))
 
     @property
     def precision(self) -> str:
@@ -90,8 +100,9 @@ class FolderEngine:
 
     def __repr__(self) -> str:
         random = ", RANDOM WEIGHTS" if self.manifest.random_weights else ""
+        towers = f"towers={self.manifest.towers}, " if self.manifest.one_tower is not None else ""
         return (f"{type(self).__name__}(folder={str(self.folder)!r}, family={self.manifest.family!r}, "
-                f"tasks={self.tasks}, providers={self.providers}, precision={self.precision!r}{random})")
+                f"tasks={self.tasks}, {towers}providers={self.providers}, precision={self.precision!r}{random})")
 
     def usable_images(self, images: Sequence[ImageInput], errors: dict) -> Iterator[tuple[list[int], np.ndarray]]:
         """Chunk by chunk: (indices of the usable images, their pixels (k, 3, H, W)); each image that
@@ -108,3 +119,17 @@ def wanted_export(family: str, task: str | None = None) -> str:
     from ..families import export_hint
 
     return f"export one with: {export_hint(family, task)}"
+
+
+def missing_towers(held: Sequence[str] | None, needed: Sequence[str]) -> list[str]:
+    """Those of ``needed`` that a folder holding ``held`` (a manifest's ``towers``; None: every one) lacks."""
+    return [] if held is None else [tower for tower in needed if tower not in held]
+
+
+def tower_refusal(where: str, held: Sequence[str], needed: Sequence[str], doing: str) -> str:
+    """One line for a folder (``where``: its path, or a served model's name) without the towers ``doing`` needs:
+    which it holds, which are missing, and the export that has them."""
+    holds = f"holds only the {held[0]} tower (exported with --towers {held[0]})"
+    if len(needed) > 1:
+        return f"{where}: {holds}; {doing} needs both towers: export with --towers both (the default)"
+    return f"{where}: {holds}; {doing} needs the {needed[0]} tower: export with --towers {needed[0]} or both"

@@ -61,12 +61,13 @@ class ClipEngine(FolderEngine):
         is not usable: no silent fallback). ``max_batch`` bounds how many items one graph run takes;
         ``max_image_pixels`` refuses larger images before decoding them.
         """
-        loaded = cls.open_folder(folder, lambda manifest: task_graphs(cls.family, manifest.tasks), provider, threads,
-                                 verify)
+        loaded = cls.open_folder(folder, lambda manifest: task_graphs(cls.family, manifest.tasks, manifest.towers),
+                                 provider, threads, verify)
         return cls(*loaded, max_batch, max_image_pixels)
 
     def embed_images(self, images: Sequence[ImageInput] | ImageInput, *, return_errors: bool = False):
         """Images → float32 (N, D), rows L2-normalised, in input order (NaN rows for failed items)."""
+        self.require_towers(("image",), "embedding images")
         images = as_images(images)
         out = np.full((len(images), self.embed_dim), np.nan, dtype=np.float32)
         errors: dict = {}
@@ -78,6 +79,7 @@ class ClipEngine(FolderEngine):
     def embed_texts(self, texts: Sequence[str] | str, *, return_errors: bool = False):
         """Texts → float32 (M, D), rows L2-normalised; long texts are truncated keeping end-of-text.
         Each text's embedding is kept in ``text_cache``, so repeated texts (labels) cost nothing."""
+        self.require_towers(("text",), "embedding texts")
         texts = as_texts(texts)
         out, errors = self.text_cache.embed(texts, self._text_tower, self.embed_dim, "text embedding")
         if errors:  # a text of no tokens (possible where the tokenizer adds none, as SigLIP 2's) is named as such
@@ -108,6 +110,7 @@ class ClipEngine(FolderEngine):
 
     def image_attentions(self, image: ImageInput) -> np.ndarray:
         """Attention weights of the image tower, float32 (layers, heads, tokens, tokens); class token first."""
+        self.require_towers(("image",), "image attention")
         names = attention_names(self.folder, self.manifest, "image_tower")
         weights = self.sessions["image_tower"].run(names, {"pixel_values": self.preprocess([image])})
         return finite_attention(np.stack([w[0] for w in weights]), describe(image))
@@ -115,6 +118,7 @@ class ClipEngine(FolderEngine):
     def text_attentions(self, text: str) -> tuple[list[str], np.ndarray]:
         """The text's tokens and the text tower's attention weights, (layers, heads, tokens, tokens);
         padding (SigLIP pads every text to its max length) left out."""
+        self.require_towers(("text",), "text attention")
         names = attention_names(self.folder, self.manifest, "text_tower")
         input_ids, attention_mask = self.tokenizer([text])
         weights = self.sessions["text_tower"].run(names, {"input_ids": input_ids, "attention_mask": attention_mask})
@@ -126,6 +130,7 @@ class ClipEngine(FolderEngine):
     def similarity(self, images: Sequence[ImageInput] | ImageInput, texts: Sequence[str] | str, *,
                    return_errors: bool = False):
         """Cosine similarities, float32 (N images, M texts); NaN rows for images that failed."""
+        self.require_towers(("image", "text"), "similarity")
         images = as_images(images)
         image_embeds, errors = self.embed_images(images, return_errors=True)
         text_embeds = self.embed_texts(texts)  # a text that fails fails the call: every row needs it
@@ -143,6 +148,7 @@ class ClipEngine(FolderEngine):
         probability is the family's (``scoring``): CLIP and Chinese-CLIP softmax logit_scale · cosine over
         the labels (they sum to 1); SigLIP scores each label on its own, sigmoid(logit_scale · cosine + logit_bias).
         """
+        self.require_towers(("image", "text"), "zero-shot classification")
         template = self.prompt_template if template is None else template
         labels = as_texts(labels)
         if not labels:

@@ -8,9 +8,9 @@ from typing import Any, Sequence
 
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
 from ..errors import WrongModelError
-from ..families import family_of_task, load_engine_class, title as family_title
+from ..families import TOWERS, family_of_task, load_engine_class, title as family_title
 from ..manifest import Manifest
-from .base import wanted_export
+from .base import tower_refusal, wanted_export
 
 __all__ = ["open_engine"]
 
@@ -26,6 +26,8 @@ def open_engine(folder: str | os.PathLike, tasks: str | Sequence[str] = (), *, p
     manifest = Manifest.load(folder)
     if tasks and not set(tasks) & set(manifest.tasks):
         task = tasks[0]
+        if manifest.one_tower is not None and family_of_task(task, prefer=manifest.family) == manifest.family:
+            raise WrongModelError(tower_refusal(str(folder), manifest.towers, TOWERS, needed_by or task))
         held = f"{family_title(manifest.family)} model ({', '.join(manifest.tasks)})"
         raise WrongModelError(f"{folder}: holds a {held}; {needed_by or task} needs a folder that does "
                               f"{' or '.join(tasks)}: {wanted_export(family_of_task(task, prefer=manifest.family), task)}")

@@ -8,6 +8,8 @@ stored. Each graph's :class:`GraphInfo` is made once, from those records.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -29,7 +31,7 @@ from .convert import check_parity, graph_io, store_graph, threads_used
 from .meter import LARGE_WEIGHTS, Meter
 from .openvino import openvino_copy
 from .optimize import PRECISIONS, fuse_graph, lower_precision, precision_chain
-from .sources import load_source
+from .sources import load_source, source_family
 from .specs import GraphSpec
 from .trace import Traced, trace_graphs
 
@@ -65,6 +67,7 @@ def export_model(
     progress: Callable[[str], None] | None = None,
     steps: Callable[[int, int], None] | None = None,
     threads: int | None = None,
+    towers: str = families.BOTH,
 ) -> Manifest:
     """Export ``model`` (Hub id, save_pretrained directory or ``random:<preset>``) into ``out``.
 
@@ -84,7 +87,10 @@ def export_model(
     ``out`` must be new, or (with ``force``) a model folder that clipblip exported: nothing else is
     ever replaced. ``progress(message)`` reports each stage, ``steps(done, total)`` counts the graphs'
     steps (each graph is traced, then finished). ``threads``: the CPU threads of the export's PyTorch and ONNX
-    Runtime runs (default: one per core); the graphs written are the same.
+    Runtime runs (default: one per core); the graphs written are the same. ``towers`` "image" or "text" writes a
+    dual encoder's one tower alone (its manifest's ``model.towers`` says which, and its ``tasks`` are those one
+    tower does: embed); a family whose tasks need both sides together (BLIP) is refused before anything loads.
+    The manifest's ``source.fingerprint`` identifies the checkpoint (:func:`checkpoint_fingerprint`).
     """
     say = progress or (lambda message: None)
     out = check_output(Path(out), force, folder=True)  # before the slow part
@@ -94,14 +100,16 @@ def export_model(
         raise UsageError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads {threads}: must be at least 1")
+    check_towers(model, towers)
 
     with Meter() as meter, threads_used(threads):
         with meter.step("load"):
             say(f"loading {model}")
             source = load_source(model, task, allow_pickle)
             exporter = families.load_exporter(source.family)  # looked up per call: tests may patch its functions
-            sections = exporter.manifest_sections(source)
+            sections = held_towers(source.family, exporter.manifest_sections(source), towers)
             specs = _graph_specs(exporter, source, sections, attentions)
+            fingerprint = checkpoint_fingerprint(source, sections)
         count = (lambda done: steps(done, 2 * len(specs))) if steps is not None else (lambda done: None)
         with staged_folder(out, force) as staging:
             count(0)
@@ -118,8 +126,9 @@ def export_model(
             shutil.rmtree(staging / WORK)
             manifest = Manifest(
                 family=source.family,
-                source={**source.source, "task": source.task, "opset": opset, "attentions": attentions,
-                        "precision": precision, "optimize": optimize, "libraries": _library_versions()},
+                source={**source.source, "fingerprint": fingerprint, "task": source.task, "opset": opset,
+                        "attentions": attentions, "precision": precision, "optimize": optimize,
+                        "libraries": _library_versions()},
                 graphs=graphs,
                 **sections,
                 export=meter.record(),
@@ -129,14 +138,58 @@ def export_model(
     return manifest
 
 
+def check_towers(model: str, towers: str) -> None:
+    """UsageError, before anything loads, for a ``towers`` that is no choice or that the family of ``model`` cannot
+    export alone."""
+    if towers not in (*families.TOWERS, families.BOTH):
+        raise UsageError(f"--towers {towers}: choose {', '.join(families.TOWERS)} or {families.BOTH}")
+    if towers == families.BOTH:
+        return
+    family = source_family(model)
+    if not family.towers:
+        raise UsageError(f"--towers {towers}: {model} is a {family.title} model, whose tasks "
+                         f"({', '.join(t.name for t in family.tasks)}) need the image and text sides together; "
+                         f"it is exported whole: leave out --towers")
+
+
+def held_towers(family_name: str, sections: dict[str, Any], towers: str) -> dict[str, Any]:
+    """The manifest sections of an export holding ``towers``: ``model.towers`` names them (a dual encoder's), and
+    ``tasks`` keeps what they do."""
+    family = families.family(family_name)
+    if not family.towers:
+        return sections
+    held = list(family.towers) if towers == families.BOTH else [towers]
+    return {**sections, "tasks": families.tower_tasks(family_name, sections["tasks"], held),
+            "model": {**sections["model"], "towers": held}}
+
+
 def _graph_specs(exporter: Any, source: Any, sections: dict[str, Any], attentions: bool) -> list[GraphSpec]:
-    """The family's graphs for the source; ExportError if one that its tasks need is missing."""
-    specs = exporter.graph_specs(source, attentions)
-    needed = families.task_graphs(source.family, sections["tasks"])
+    """The family's graphs for the source, less those of towers not held; ExportError if one that its tasks need
+    is missing."""
+    held = sections["model"].get("towers")
+    left_out = {graph for tower, graph in families.family(source.family).towers.items()
+                if held is not None and tower not in held}
+    specs = [spec for spec in exporter.graph_specs(source, attentions) if spec.name not in left_out]
+    needed = families.task_graphs(source.family, sections["tasks"], held)
     if missing := [name for name in needed if name not in {spec.name for spec in specs}]:
         raise ExportError(f"{source.family} exporter gives no {', '.join(missing)} graph, which the tasks "
                           f"{', '.join(sections['tasks'])} need (see clipblip.families)")
     return specs
+
+
+def checkpoint_fingerprint(source: Any, sections: dict[str, Any]) -> str:
+    """sha256 of what the model's graphs compute from: every weight of the checkpoint (names, types, shapes,
+    bytes), its image preprocessing and its tokenizer. Exports of one checkpoint share it whatever their towers,
+    precision or options, so that a search database built with one may be queried with another."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in source.model.state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    digest.update(json.dumps([sections["image"], sections["tokenizer"]], sort_keys=True).encode())
+    digest.update(source.tokenizer_json().to_str().encode())
+    return digest.hexdigest()
 
 
 def finish_graph(spec: GraphSpec, traced: Traced, staging: Path, family: families.Family, precision: str,

@@ -13,7 +13,7 @@ from .. import families
 from ..errors import ModelSourceError
 from .checkpoint import SourceModel, hub_reachable, read_config
 
-__all__ = ["SourceModel", "load_source", "hub_reachable", "RANDOM_PREFIX"]
+__all__ = ["SourceModel", "load_source", "source_family", "hub_reachable", "RANDOM_PREFIX"]
 
 RANDOM_PREFIX = families.RANDOM_PREFIX
 
@@ -25,23 +25,39 @@ def load_source(ref: str, task: str | None = None, allow_pickle: bool = False) -
     is never trusted: the model classes are transformers' own.
     """
     if ref.startswith(RANDOM_PREFIX):
-        try:
-            family, preset = families.preset(ref)
-        except KeyError:
-            raise ModelSourceError(
-                f"{ref}: unknown random preset; choose one of {', '.join(families.preset_names())}"
-            ) from None
+        family, preset = _preset(ref)
         return families.load_exporter(family.name).build_random(preset, task)
+    local_only = Path(ref).is_dir() or not hub_reachable()
+    family, architectures = _checkpoint_family(ref, local_only)
+    return families.load_exporter(family.name).load_pretrained(ref, task, architectures, local_only, allow_pickle)
 
+
+def source_family(ref: str) -> families.Family:
+    """The family of MODEL, from its preset name, its prefix, or its folder's files alone (no weights are read)."""
+    if ref.startswith(RANDOM_PREFIX):
+        return _preset(ref)[0]
+    return _checkpoint_family(ref, Path(ref).is_dir() or not hub_reachable())[0]
+
+
+def _preset(ref: str) -> tuple[families.Family, families.Preset]:
+    try:
+        return families.preset(ref)
+    except KeyError:
+        raise ModelSourceError(
+            f"{ref}: unknown random preset; choose one of {', '.join(families.preset_names())}"
+        ) from None
+
+
+def _checkpoint_family(ref: str, local_only: bool) -> tuple[families.Family, list[str] | None]:
+    """The family of a checkpoint and its architectures: claimed by prefix or by a folder's own config file
+    (``families.by_reference``: OpenCLIP), else by its config.json's model_type."""
     folder = Path(ref)
     claimed = families.by_reference(ref, folder.is_dir(), lambda name: (folder / name).is_file())
-    local_only = folder.is_dir() or not hub_reachable()
     if claimed is not None:
-        return families.load_exporter(claimed.name).load_pretrained(ref, task, None, local_only, allow_pickle)
+        return claimed, None
     model_type, architectures = read_config(ref, local_only)
     try:
-        family = families.by_model_type(model_type)
+        return families.by_model_type(model_type), architectures
     except KeyError:
         raise ModelSourceError(f"{ref}: model type '{model_type}' is not supported "
                                f"(clipblip exports: {', '.join(families.model_types())})") from None
-    return families.load_exporter(family.name).load_pretrained(ref, task, architectures, local_only, allow_pickle)

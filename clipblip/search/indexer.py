@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
+from ..engine.base import missing_towers, tower_refusal
 from ..engine.items import batches
-from ..errors import ClipblipError, DatabaseError, ImageError, UsageError
+from ..errors import ClipblipError, DatabaseError, ImageError, UsageError, WrongModelError
 from ..manifest import MANIFEST_NAME, Manifest, sha256_of
 from .store import Entry, Meta, Store
 
@@ -162,7 +163,7 @@ class Indexer:
         if self.engine is None:
             self.engine = open_model(self.model_dir, max_batch=self.max_batch, **self.engine_options)
         meta = Meta(model_dir=os.path.abspath(self.model_dir), model_sha256=sha, family=manifest.family,
-                    dim=int(self.engine.embed_dim))
+                    dim=int(self.engine.embed_dim), model_fingerprint=manifest.source.get("fingerprint"))
         return Store.create(self.db, meta)
 
     def run(self, paths: Sequence[str], progress: Callable[[int, int], None] | None = None) -> IndexReport:
@@ -170,6 +171,9 @@ class Indexer:
         KeyboardInterrupt passes through after the batch in flight is rolled back (``report.interrupted``)."""
         if not paths:
             raise UsageError("index: give at least one PATH")
+        held = Manifest.load(self.model_dir).towers
+        if missing_towers(held, ("image",)):  # before any file is looked at
+            raise WrongModelError(tower_refusal(str(self.model_dir), held, ("image",), "indexing images"))
         files, self.report.skipped = expand(paths)
         with self.open_store() as store:
             known = store.entries()

@@ -10,13 +10,15 @@ from typing import Callable
 import numpy as np
 
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
-from ..errors import ClipblipError, DatabaseError, UsageError
+from ..engine.base import missing_towers, tower_refusal
+from ..errors import ClipblipError, DatabaseError, UsageError, WrongModelError
 from ..families import title as family_title
+from ..manifest import Manifest
 from . import ann
 from .indexer import model_sha256, open_model
-from .store import Store
+from .store import Meta, Store
 
-__all__ = ["SearchHit", "search", "rerank_count"]
+__all__ = ["SearchHit", "search", "rerank_count", "query_model_dir", "same_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -37,19 +39,36 @@ def rerank_count(k: int) -> int:
     return max(4 * k, 20)
 
 
-def query_model_dir(store: Store, model_dir: str | os.PathLike | None) -> Path:
-    """The folder that embeds queries: ``model_dir`` or the database's own; refused when its manifest is
-    not the one the database was built with."""
+def query_model_dir(store: Store, model_dir: str | os.PathLike | None, tower: str | None = None) -> Path:
+    """The folder that embeds queries: ``model_dir`` or the database's own. It must hold the manifest the database
+    was built with, or be another export of the same checkpoint (:func:`same_checkpoint`), and hold ``tower``
+    (the query's: "text" or "image"); refused otherwise."""
     folder = Path(model_dir) if model_dir is not None else Path(store.meta.model_dir)
     if model_dir is None and not folder.is_dir():
         raise DatabaseError(f"{store.path}: its model folder {folder} is not here; give --model DIR (a copy of "
                             f"that folder) to embed the query")
     sha = model_sha256(folder)
-    if sha != store.meta.model_sha256:
+    manifest = Manifest.load(folder)
+    if sha != store.meta.model_sha256 and not same_checkpoint(store.meta, manifest):
         raise DatabaseError(f"{store.path}: was indexed with another model ({store.meta.model_dir}, manifest sha256 "
                             f"{store.meta.model_sha256[:12]}); {folder} has manifest sha256 {sha[:12]}, so its "
                             f"vectors are not comparable: query with the model that built the database")
+    if tower is not None and missing_towers(manifest.towers, (tower,)):
+        query = {"text": "a text query", "image": "an image query"}[tower]
+        if model_dir is not None:
+            raise WrongModelError(tower_refusal(str(folder), manifest.towers, (tower,), query))
+        raise WrongModelError(f"{store.path}: was indexed with {folder}, which holds only the {manifest.towers[0]} "
+                              f"tower; {query} needs the {tower} tower: give --model DIR, an export of the same "
+                              f"checkpoint with --towers {tower} or both")
     return folder
+
+
+def same_checkpoint(meta: Meta, manifest: Manifest) -> bool:
+    """Whether ``manifest`` is another export (other towers, precision or options) of the checkpoint that built the
+    database: the same family and checkpoint fingerprint (its weights, preprocessing and tokenizer, recorded at
+    export). Databases and folders from before fingerprints never match."""
+    fingerprint = manifest.source.get("fingerprint")
+    return bool(fingerprint) and fingerprint == meta.model_fingerprint and manifest.family == meta.family
 
 
 def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 10, *,
@@ -63,7 +82,7 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
     best first by cosine similarity (k above the count gives every image).
 
     The query is embedded with the database's own model folder, or ``model_dir`` (which must hold the same
-    manifest). ``rerank``: the ``rerank_count(k)`` best by cosine are ordered by BLIP's ITM match
+    manifest, or be another export of the same checkpoint, such as its text tower alone). ``rerank``: the ``rerank_count(k)`` best by cosine are ordered by BLIP's ITM match
     probability, with ``itm_dir`` (a BLIP retrieval folder; default: the database's model when it is one);
     a candidate whose file cannot be read is left out and passed to ``on_error(path, error)``.
     """
@@ -85,7 +104,7 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
             if stored is None:
                 raise UsageError(f"like {like}: not a photo of {db}")
         elif engine is None:
-            engine = open_model(query_model_dir(store, model_dir), **options)
+            engine = open_model(query_model_dir(store, model_dir, "text" if text is not None else "image"), **options)
         index = None  # above ann.EXACT_LIMIT vectors (and with faiss): the HNSW index, cached beside the db
         if store.count() > ann.EXACT_LIMIT and ann.available(warn=True):
             index = ann.load_or_build(store)

@@ -3,7 +3,7 @@
 Tables::
 
     meta(key TEXT PRIMARY KEY, value TEXT)        -- app, schema_version, model_dir, model_sha256,
-                                                  -- family, dim, clipblip_version
+                                                  -- family, dim, clipblip_version[, model_fingerprint]
     images(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT, vector BLOB)
 
 ``vector`` is the image's L2-normalised embedding as float32 bytes (``dim`` of them). Paths are absolute
@@ -51,11 +51,14 @@ class Meta:
     dim: int
     clipblip_version: str = __version__
     schema_version: int = SCHEMA_VERSION
+    # the checkpoint's (manifest source.fingerprint): another export of it may embed queries; absent in older ones
+    model_fingerprint: str | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         return [("app", APP), ("schema_version", str(self.schema_version)), ("model_dir", self.model_dir),
                 ("model_sha256", self.model_sha256), ("family", self.family), ("dim", str(self.dim)),
-                ("clipblip_version", self.clipblip_version)]
+                ("clipblip_version", self.clipblip_version),
+                *([("model_fingerprint", self.model_fingerprint)] if self.model_fingerprint else [])]
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,6 @@ def read_meta(path: Path, connection: sqlite3.Connection) -> Meta:
     try:
         return Meta(model_dir=values["model_dir"], model_sha256=values["model_sha256"], family=values["family"],
                     dim=int(values["dim"]), clipblip_version=values["clipblip_version"],
-                    schema_version=int(version))
+                    schema_version=int(version), model_fingerprint=values.get("model_fingerprint"))
     except (KeyError, ValueError) as e:
         raise DatabaseError(f"{path}: damaged search database (bad or missing meta entry {e})") from None

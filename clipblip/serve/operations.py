@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Hashable, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from ..engine.base import missing_towers, tower_refusal
 from ..engine.clip import label_prompts
 from ..engine.generate import OPTION_NAMES, option_rules, option_types
 from ..errors import ClipblipError, GenerationConfigError
@@ -143,6 +144,8 @@ class Operation:
     body: ClassVar[type[Body]]
     summary: ClassVar[str]  # one line for the API docs
     needs: ClassVar[tuple[str, ...]]  # the folder must have one of these tasks
+    towers: ClassVar[tuple[str, ...]] = ()  # and these towers, where it holds one alone (export --towers)
+    doing: ClassVar[str] = ""  # what needs them, for the refusal: "embedding images"
     listed_as: ClassVar[str | None] = None  # its name in GET /v1/models "ops" (default: its key)
     images: ClassVar[bool] = True  # items are images (decoded on the batcher's preparing thread)
 
@@ -152,10 +155,16 @@ class Operation:
 
     def does(self, model: dict[str, Any]) -> bool:
         """Whether the model (as :meth:`ModelService.describe` says) does this operation."""
-        return any(task in model["tasks"] for task in self.needs)
+        return any(task in model["tasks"] for task in self.needs) and not self.missing_towers(model)
+
+    def missing_towers(self, model: dict[str, Any]) -> list[str]:
+        """The towers this operation needs that the model's folder does not hold."""
+        return missing_towers(model.get("towers"), self.towers)
 
     def refusal(self, name: str, model: dict[str, Any]) -> str:
         """Why the model does not do this operation, and the routes it answers."""
+        if self.missing_towers(model):
+            return tower_refusal(f"model {name!r}", model["towers"], self.towers, self.doing)
         return (f"model {name!r} ({model['family']}: {', '.join(model['tasks'])}) does not do {self.key}; "
                 f"it answers {', '.join(routes_of(model)) or 'no route'}")
 
@@ -263,6 +272,8 @@ class Embeddings(Operation):
 class EmbedImage(Embeddings):
     key = "embed_image"
     modality = "image"
+    towers = ("image",)
+    doing = "embedding images"
 
     def job(self, body: EmbeddingsBody, model: dict[str, Any]) -> Job:
         return Job(self.key, decode_images(self.items(body, model), "input"))
@@ -277,6 +288,8 @@ class EmbedText(Embeddings):
     key = "embed_text"
     modality = "text"
     images = False
+    towers = ("text",)
+    doing = "embedding texts"
 
     def job(self, body: EmbeddingsBody, model: dict[str, Any]) -> Job:
         return Job(self.key, self.items(body, model))
@@ -293,6 +306,8 @@ class Similarity(Operation):
     body = SimilarityBody
     summary = "Cosine similarity of each image to each text"
     needs = ("embed", "match")
+    towers = ("image", "text")
+    doing = "similarity"
     listed_as = "embed_image"
 
     def job(self, body: SimilarityBody, model: dict[str, Any]) -> Job:
@@ -313,12 +328,16 @@ class Classify(Operation):
     body = ClassifyBody
     summary = "Zero-shot classification: each label's probability per image"
     needs = ("embed",)
+    towers = ("image", "text")
+    doing = "zero-shot classification"
     listed_as = "embed_image"
 
     def does(self, model: dict[str, Any]) -> bool:
         return super().does(model) and model.get("scoring") is not None
 
     def refusal(self, name: str, model: dict[str, Any]) -> str:
+        if model.get("scoring") is not None:
+            return super().refusal(name, model)
         return f"model {name!r}: zero-shot classification needs a CLIP-like model (CLIP, Chinese-CLIP, SigLIP)"
 
     def template(self, body: ClassifyBody, model: dict[str, Any]) -> str:

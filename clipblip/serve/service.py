@@ -35,6 +35,7 @@ class ModelService:
         embeds = "embed" in self.tasks or "match" in self.tasks  # BLIP retrieval: its ITC projections
         described = {
             "id": self.name, "object": "model", "family": self.family, "tasks": self.tasks, "ops": [],
+            "towers": manifest.towers,  # a CLIP-like folder's: ["image"] or ["text"] where it holds one alone
             "precision": self.engine.precision, "random_weights": manifest.random_weights,
             "source": manifest.source.get("model"), "max_batch": self.engine.max_batch,
             "logit_scale": getattr(self.engine, "logit_scale", None),

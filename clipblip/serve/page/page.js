@@ -94,9 +94,13 @@ async function start() {
   }
   fillModels("caption-model", (m) => m.ops.includes("caption"));
   fillModels("vqa-model", (m) => m.ops.includes("vqa"));
-  fillModels("clip-model", (m) => m.scoring !== null && m.ops.includes("embed_image"));
+  // zero-shot labels need both towers: a folder exported with one tower alone embeds one modality only
+  fillModels("clip-model", (m) => m.scoring !== null && m.ops.includes("embed_image") && m.ops.includes("embed_text"));
   $("search").hidden = !db;
   if (db) {
+    const byText = db.queries.includes("text");  // the database's model may hold its image tower alone
+    $("query").disabled = !byText;
+    if (!byText) $("query").placeholder = "no text tower for this database: search by a photo";
     $("search-info").textContent = `${db.count} photos indexed by ${db.model} (${db.family})`;
     const rerankers = db.rerank_models;
     $("rerank-label").hidden = rerankers.length === 0 && !db.rerank_default;
@@ -220,7 +224,7 @@ function lookAt(photo) {
   for (const id of ["caption", "answer"]) $(id).textContent = "";
   $("probabilities").replaceChildren();
   $("scoring").textContent = "";
-  $("look-similar").hidden = !state.database;
+  $("look-similar").hidden = !state.database || !(photo.id || state.database.queries.includes("image"));
   if (!$("caption-form").hidden) caption().catch(failed("caption"));
   $("look").scrollIntoView({ block: "nearest" });
 }
@@ -275,7 +279,9 @@ function chosen(file) {
   }
   const name = file.name || "pasted image";
   lookAt({ blob: file, name, id: null });
-  if (state.database) asDataURI(file).then((image) => search({ image })).catch(failed("search"));
+  if (state.database && state.database.queries.includes("image")) {
+    asDataURI(file).then((image) => search({ image })).catch(failed("search"));
+  }
 }
 
 // --- wiring ------------------------------------------------------------------------------------------------------
