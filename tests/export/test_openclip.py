@@ -184,3 +184,23 @@ def test_running_a_folder_imports_no_torch_open_clip_or_timm(openclip, photos):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "['ftfy']"  # open_clip's text cleaning, pure Python
+
+
+def test_one_tower_folders_hold_and_refuse_what_they_should(openclip, photos, tmp_path, capsys):
+    from clipblip.errors import WrongModelError
+
+    tiny = openclip("MobileCLIP2-S0")
+    both = OpenClipEngine.from_dir(tiny.exported, provider="cpu")
+    for tower in ("image", "text"):
+        assert run_cli(capsys, "export", tiny.checkpoint, "--out", tmp_path / tower, "--towers", tower)[0] == 0
+        engine = OpenClipEngine.from_dir(tmp_path / tower, provider="cpu")
+        assert list(engine.manifest.graphs) == [f"{tower}_tower"]
+        assert engine.manifest.source["fingerprint"] == both.manifest.source["fingerprint"]
+        if tower == "image":
+            np.testing.assert_allclose(engine.embed_images(photos), both.embed_images(photos), atol=1e-6)
+            with pytest.raises(WrongModelError, match="holds only the image tower"):
+                engine.embed_texts(["a cat"])
+        else:
+            np.testing.assert_allclose(engine.embed_texts(ALL_TEXTS), both.embed_texts(ALL_TEXTS), atol=1e-6)
+            code, _, err = run_cli(capsys, "classify", tmp_path / tower, photos[0], "--labels", "cat")
+            assert code != 0 and "holds only the text tower" in err and len(err.strip().splitlines()) == 1
