@@ -117,7 +117,8 @@ def save_checkpoint(arch: str, folder: Path) -> Path:
     if spec.get("tokenizer") == "siglip":
         vocab.siglip_tokenizer(text["vocab_size"], text["context_length"], str(folder)).save_pretrained(folder)
     elif spec.get("tokenizer") == "gemma":
-        text["vocab_size"] = len(vocab.gemma_tokenizer(text["vocab_size"], text["context_length"], str(folder)))
+        text["vocab_size"] = len(vocab.gemma_tokenizer(text["vocab_size"], text["context_length"], str(folder),
+                                                        siglip2=True))
     elif spec.get("tokenizer") == "xlm":  # the tower's config where hf_model_name points (the hub's, offline)
         from transformers import XLMRobertaConfig
 

@@ -181,7 +181,7 @@ def write_config(open_clip, arch: str, folder: Path) -> None:
         if "xlm-roberta" in text["hf_tokenizer_name"]:
             vocab.xlm_roberta_tokenizer(8000, length, str(folder))
         elif "SigLIP2" in text["hf_tokenizer_name"]:
-            vocab.gemma_tokenizer(8000, length, str(folder))
+            vocab.gemma_tokenizer(8000, length, str(folder), siglip2=True)
         elif "SigLIP" in text["hf_tokenizer_name"]:
             vocab.siglip_tokenizer(min(text["vocab_size"], 8000), length, str(folder)).save_pretrained(folder)
         else:
