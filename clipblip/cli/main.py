@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(sub, "export", help="export a model to an ONNX model folder")
     p.add_argument("model", metavar="MODEL",
-                   help=f"Hub id, save_pretrained directory, or a random-weight preset: {', '.join(families.preset_names())}")
+                   help="Hub id, save_pretrained directory, an OpenCLIP checkpoint (a folder in open_clip's hub layout, "
+                        "hf-hub:ORG/NAME or open_clip:ARCH/TAG; the open_clip extra), or a random-weight preset: "
+                        f"{', '.join(families.preset_names())}")
     p.add_argument("--out", required=True, help="model folder to create")
     p.add_argument("--task", default=None, choices=families.export_tasks(),
                    help="for BLIP: which head to export (default: from the checkpoint)")
