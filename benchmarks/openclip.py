@@ -31,7 +31,8 @@ from pathlib import Path
 from common import (cell, describe, environment, export_once, interleaved, measured_line, sample_image, say,
                     summarise, table, write_results)  # benchmarks/common.py
 
-ARCHS = ("vit-b-32", "vit-b-32-quickgelu", "mobileclip2-s0", "pe-core-b-16", "vit-h-14")
+ARCHS = ("vit-b-32", "vit-b-32-quickgelu", "vit-h-14", "vit-b-16-siglip", "vit-b-16-siglip2", "mobileclip2-s0",
+         "mobileclip-s1", "pe-core-b-16", "xlm-roberta-base-vit-b-32")
 LIBRARIES = ("torch", "open_clip", "timm", "onnxruntime")
 LABELS = ["a cat", "a dog", "a car", "a woman in uniform", "a blue gift box"]
 EAGER, FOLDED = "eager fp32", "eager fp32, branches folded"

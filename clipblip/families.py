@@ -89,8 +89,6 @@ class Family:
     # folder holding ``checkpoint_file`` (and no config.json), or a MODEL starting with one of ``ref_prefixes``
     checkpoint_file: str | None = None
     ref_prefixes: tuple[str, ...] = ()
-    # the extra that `pip install` needs for exporting this family, when it is not `export`
-    export_extra: str | None = None
 
     @property
     def export_tasks(self) -> list[str]:
@@ -207,7 +205,6 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         prompt_template="a photo of a {}.",  # open_clip's zero-shot templates begin with it
         checkpoint_file="open_clip_config.json",
         ref_prefixes=("hf-hub:", "open_clip:"),
-        export_extra="open_clip",
         # full size, random weights: open_clip builds each from its own config (docs/openclip.md)
         presets=tuple(Preset("openclip-" + arch.lower(), f"open_clip's {arch}: {what}", {"architecture": arch})
                       for arch, what in (

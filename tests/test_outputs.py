@@ -143,6 +143,7 @@ sys.exit(main({argv!r}))
     ("matplotlib", "viz", ["similarity", "{clip}", "--images", "{photo}", "--texts", "a", "--plot", "{tmp}/s.png"]),
     ("matplotlib", "viz", ["viz", "toy-attention", "--out", "{tmp}/t.png"]),
     ("ray", "ray", ["index", "{clip}", "{photo}", "--db", "{tmp}/p.db", "--ray"]),
+    ("open_clip", "open_clip", ["export", "random:openclip-vit-b-32", "--out", "{tmp}/m"]),
 ])
 def test_a_missing_extra_is_named(clip_with_attentions, photos, tmp_path, module, extra, argv):
     filled = [a.format(tmp=tmp_path, clip=clip_with_attentions.exported, photo=photos[0]) for a in argv]

@@ -27,7 +27,8 @@ FIGURE_HELP = "the figure to write: FILE.png, .svg or .pdf"
 # the extra that installs each optional top-level package (`pip install clipblip[EXTRA]`)
 EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "safetensors": "export",
           "matplotlib": "viz", "onnxruntime": "cpu", "fastapi": "serve", "uvicorn": "serve",
-          "prometheus_client": "serve", "ray": "ray", "yaml": "ray", "pyarrow": "ray"}
+          "prometheus_client": "serve", "ray": "ray", "yaml": "ray", "pyarrow": "ray", "open_clip": "open_clip",
+          "timm": "open_clip"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,6 @@ __all__ = ["OpenClipImageTower", "OpenClipTextTower", "import_open_clip", "load_
            "graph_specs", "manifest_sections", "tokenizer_parts", "image_facts", "CHECK_TEXTS"]
 
 FAMILY = "open_clip"
-INSTALL = "pip install 'clipblip[open_clip]'"
 LOCAL = "local-dir:"
 WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -55,12 +54,11 @@ CHECK_TEXTS = (
 
 
 def import_open_clip():
-    """The open_clip module, importable beside the CPU build of torch (:mod:`.torchvision_cpu`)."""
+    """The open_clip module, importable beside the CPU build of torch (:mod:`.torchvision_cpu`); without the
+    ``open_clip`` extra, ModuleNotFoundError (the CLI names the extra to install)."""
     torchvision_cpu.install()
-    try:
-        import open_clip
-    except ImportError as e:
-        raise ModelSourceError(f"OpenCLIP models need open_clip and timm ({e}): {INSTALL}") from None
+    import open_clip
+
     return open_clip
 
 
@@ -104,11 +102,11 @@ class OpenClipTextTower(nn.Module):
 # --- loading -------------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _quiet():
-    """open_clip logs at INFO and warns for things clipblip checks itself."""
+def _quiet(random: bool = False):
+    """open_clip logs at INFO, and warns that a random preset's folder has no weights (clipblip says so itself)."""
     logger = logging.getLogger()
     level = logger.level
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.ERROR if random else logging.WARNING)
     try:
         yield
     finally:
@@ -193,7 +191,7 @@ def _load(open_clip, name: str, tag: str | None, ref: str, random: bool) -> Sour
     """open_clip's model (folded, eval mode), preprocessing and tokenizer for ``name``, as a SourceModel; the
     tokenizer's reproduction checked before anything else happens."""
     try:
-        with _quiet():
+        with _quiet(random):
             # pretrained_text False: no base text weights fetched for a Hugging Face tower; the checkpoint's load after
             model, _, _ = open_clip.create_model_and_transforms(name, pretrained=tag, pretrained_text=False)
             tokenizer = open_clip.get_tokenizer(name)
