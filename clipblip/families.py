@@ -89,6 +89,8 @@ class Family:
     # folder holding ``checkpoint_file`` (and no config.json), or a MODEL starting with one of ``ref_prefixes``
     checkpoint_file: str | None = None
     ref_prefixes: tuple[str, ...] = ()
+    # packages its exporter needs beyond the `export` extra, and the extra that installs them
+    export_needs: tuple[str, ...] = ()
 
     @property
     def export_tasks(self) -> list[str]:
@@ -205,6 +207,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         prompt_template="a photo of a {}.",  # open_clip's zero-shot templates begin with it
         checkpoint_file="open_clip_config.json",
         ref_prefixes=("hf-hub:", "open_clip:"),
+        export_needs=("open_clip", "timm"),
         # full size, random weights: open_clip builds each from its own config (docs/openclip.md)
         presets=tuple(Preset("openclip-" + arch.lower(), f"open_clip's {arch}: {what}", {"architecture": arch})
                       for arch, what in (

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +32,7 @@ from .convert import check_parity, graph_io, store_graph, threads_used
 from .meter import LARGE_WEIGHTS, Meter
 from .openvino import openvino_copy
 from .optimize import PRECISIONS, fuse_graph, lower_precision, precision_chain
-from .sources import load_source, source_family
+from .sources import check_needs, load_source, source_family
 from .specs import GraphSpec
 from .trace import Traced, trace_graphs
 
@@ -49,8 +50,12 @@ def _library_versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
+                "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    for name in ("open_clip", "timm", "ftfy"):  # an OpenCLIP export's too: they built the model and its checks
+        if name in sys.modules:
+            versions[name] = getattr(sys.modules[name], "__version__", "unknown")
+    return versions
 
 
 def export_model(
@@ -101,6 +106,7 @@ def export_model(
     if threads is not None and threads < 1:
         raise UsageError(f"--threads {threads}: must be at least 1")
     check_towers(model, towers)
+    check_needs(model)
 
     with Meter() as meter, threads_used(threads):
         with meter.step("load"):

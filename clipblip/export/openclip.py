@@ -149,7 +149,7 @@ def build_random(preset: families.Preset, task: str | None = None) -> SourceMode
         write_config(open_clip, arch, Path(folder))
         torch.manual_seed(0)
         source = _load(open_clip, LOCAL + folder, None, families.RANDOM_PREFIX + preset.name, random=True)
-    source.source["seed"] = 0
+    source.source.update(seed=0, architecture=arch)
     return source
 
 
@@ -202,11 +202,8 @@ def _load(open_clip, name: str, tag: str | None, ref: str, random: bool) -> Sour
     model.eval()
     folded = fold_branches(model)
     fast, tokenizer_facts = tokenizer_parts(tokenizer, ref)
-    import timm
-
     source = {"model": ref, "kind": "random" if random else "pretrained", "random_weights": random,
-              "architecture": model_cfg.get("name") or (name if not name.startswith(LOCAL) else None),
-              "libraries_open_clip": {"open_clip": open_clip.__version__, "timm": timm.__version__}}
+              "architecture": model_cfg.get("name") or (name if not name.startswith(LOCAL) else None)}
     return SourceModel(FAMILY, None, model, preprocess_cfg, tokenizer, source, fast, facts={
         "model_cfg": model_cfg, "tokenizer": tokenizer_facts, "folded": folded})
 

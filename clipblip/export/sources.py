@@ -13,7 +13,7 @@ from .. import families
 from ..errors import ModelSourceError
 from .checkpoint import SourceModel, hub_reachable, read_config
 
-__all__ = ["SourceModel", "load_source", "source_family", "hub_reachable", "RANDOM_PREFIX"]
+__all__ = ["SourceModel", "load_source", "source_family", "check_needs", "hub_reachable", "RANDOM_PREFIX"]
 
 RANDOM_PREFIX = families.RANDOM_PREFIX
 
@@ -37,6 +37,23 @@ def source_family(ref: str) -> families.Family:
     if ref.startswith(RANDOM_PREFIX):
         return _preset(ref)[0]
     return _checkpoint_family(ref, Path(ref).is_dir() or not hub_reachable())[0]
+
+
+def check_needs(ref: str) -> None:
+    """ModuleNotFoundError (which the CLI turns into the extra to install) before anything loads, where MODEL's family
+    is plain from its name or folder (a preset, ``hf-hub:``, an open_clip folder) and needs a package not installed."""
+    import importlib.util
+
+    folder = Path(ref)
+    family = _preset(ref)[0] if ref.startswith(RANDOM_PREFIX) else \
+        families.by_reference(ref, folder.is_dir(), lambda name: (folder / name).is_file())
+    for package in family.export_needs if family else ():
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except ValueError:  # a module set to None in sys.modules: not importable
+            found = False
+        if not found:
+            raise ModuleNotFoundError(f"No module named {package!r}", name=package)
 
 
 def _preset(ref: str) -> tuple[families.Family, families.Preset]:
