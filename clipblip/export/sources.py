@@ -45,8 +45,13 @@ def check_needs(ref: str) -> None:
     import importlib.util
 
     folder = Path(ref)
-    family = _preset(ref)[0] if ref.startswith(RANDOM_PREFIX) else \
-        families.by_reference(ref, folder.is_dir(), lambda name: (folder / name).is_file())
+    if ref.startswith(RANDOM_PREFIX):
+        try:
+            family = families.preset(ref)[0]
+        except KeyError:  # load_source says so, in its turn
+            return
+    else:
+        family = families.by_reference(ref, folder.is_dir(), lambda name: (folder / name).is_file())
     for package in family.export_needs if family else ():
         try:
             found = importlib.util.find_spec(package) is not None
