@@ -53,6 +53,7 @@ def test_an_export_in_its_own_process_raises_its_error_there_and_leaves_nothing(
     assert said == ["loading random:clip-huge"] and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # processes killed and waited for (2.3 s): the suite's time is near its 4 minutes
 def test_an_export_process_stopped_midway_leaves_nothing(tmp_path):
     seen = []
 
@@ -87,6 +88,7 @@ def test_exports_run_side_by_side_and_one_that_fails_stops_those_not_started(tmp
     assert Manifest.load(tmp_path / "models" / "clip").source["model"] == "random:clip-tiny"
 
 
+@pytest.mark.slow  # processes stopped and waited for (2.2 s): the suite's time is near its 4 minutes
 def test_leaving_the_exports_early_stops_them_all_and_leaves_no_half_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "SOURCES", TINY_SOURCES)
     started = []

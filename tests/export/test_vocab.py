@@ -88,6 +88,7 @@ def test_xlm_roberta_truncation_keeps_the_closing_token(xlm_roberta):
     assert long[1][long[1].index(2) + 1:] == [1] * (7 - long[1].index(2))  # then <pad>
 
 
+@pytest.mark.slow  # trains both again (3 s): the suite's time is near its 4 minutes
 @pytest.mark.parametrize("make, trained", [(vocab.gemma_tokenizer, vocab._gemma_sentencepiece),
                                            (vocab.xlm_roberta_tokenizer, vocab._xlm_roberta_sentencepiece)])
 def test_files_are_the_same_every_time(make, trained, tmp_path):
