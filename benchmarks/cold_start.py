@@ -15,6 +15,9 @@ kind, model_dir, photo, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys
 provider = sys.argv[5] if len(sys.argv) > 5 else "cpu"
 
 if kind == "eager":
+    from clipblip import torchvision_cpu  # stdlib only: torchvision importable beside the CPU torch
+
+    torchvision_cpu.install()
     import torch
     from PIL import Image
     from transformers import BlipForConditionalGeneration, BlipImageProcessorPil

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["CLIPBLIP_CACHE"] = tempfile.mkdtemp(prefix="clipblip-test-cache-")
 atexit.register(shutil.rmtree, os.environ["CLIPBLIP_CACHE"], True)
 
-from clipblip.export import torchvision_cpu  # noqa: E402
+from clipblip import torchvision_cpu  # noqa: E402
 
 torchvision_cpu.install()  # before anything imports torchvision (transformers, open_clip, timm)
 

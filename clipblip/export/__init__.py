@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import torchvision_cpu
+from .. import torchvision_cpu
 
 torchvision_cpu.install()  # before anything imports torchvision (transformers' image processors, open_clip, timm)
 

@@ -25,7 +25,8 @@ from torch import nn
 
 from .. import families
 from ..errors import ModelSourceError, UsageError
-from . import checkpoint, torchvision_cpu
+from .. import torchvision_cpu
+from . import checkpoint
 from .checkpoint import SourceModel
 from .clip import token_batch
 from .specs import GraphSpec, TensorSpec
@@ -54,7 +55,7 @@ CHECK_TEXTS = (
 
 
 def import_open_clip():
-    """The open_clip module, importable beside the CPU build of torch (:mod:`.torchvision_cpu`); without the
+    """The open_clip module, importable beside the CPU build of torch (:mod:`clipblip.torchvision_cpu`); without the
     ``open_clip`` extra, ModuleNotFoundError (the CLI names the extra to install)."""
     torchvision_cpu.install()
     import open_clip

@@ -40,7 +40,7 @@ class _SkipRegistrations(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None  # the default module
 
     def exec_module(self, module) -> None:
-        module.__doc__ = "Left empty by clipblip.export.torchvision_cpu: torchvision's compiled operators are absent."
+        module.__doc__ = "Left empty by clipblip.torchvision_cpu: torchvision's compiled operators are absent."
 
 
 def install() -> None:
