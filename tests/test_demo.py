@@ -12,6 +12,7 @@ from clipblip.manifest import Manifest
 from tests.helpers import TINY_SOURCES
 
 
+@pytest.mark.slow  # the whole demo on tiny models (16 s, with tests/viz/test_report.py): make test-all runs it
 def test_demo_writes_results_with_the_random_banner(tiny_demo, monkeypatch):
     monkeypatch.setattr(demo, "SOURCES", TINY_SOURCES)  # the real demo falls back to the *-base presets
     tmp_path, messages = tiny_demo.out, list(tiny_demo.messages)

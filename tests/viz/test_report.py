@@ -10,6 +10,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+pytestmark = pytest.mark.slow  # on the whole demo's report (tiny_demo, 16 s): make test-all runs it
+
+
 @pytest.fixture(scope="module")
 def report(tiny_demo):
     return tiny_demo.out / "report.html"
