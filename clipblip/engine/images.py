@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..defaults import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
 from ..errors import ImageError, ImageTooLargeError
@@ -166,6 +166,17 @@ def center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return padded[:, max(0, top) : min(new_h, top + height), max(0, left) : min(new_w, left + width)]
 
 
+def resample_crop(pil: Image.Image, resized: tuple[int, int], crop: tuple[int, int, int, int],
+                  resample: Image.Resampling) -> Image.Image:
+    """Only the ``crop`` (top, left, height, width) of ``pil`` resized to ``resized`` (height, width), resampled
+    directly from the matching box of the original: an extremely elongated image is never resized whole
+    (1x10000 would become 224x2,240,000). Not bit-exact with the full resize, so used only where that would not fit."""
+    top, left, height, width = crop
+    sy, sx = pil.height / resized[0], pil.width / resized[1]
+    return pil.resize((width, height), resample=resample,
+                      box=(left * sx, top * sy, (left + width) * sx, (top + height) * sy))
+
+
 @functools.cache
 def decoding_pool() -> ThreadPoolExecutor:
     """One pool of a thread per usable core for decoding images, shared by every engine of the process."""
@@ -218,13 +229,10 @@ class ImagePreprocessor:
             height, width = resize_shape(pil.height, pil.width, self.resize)
             crop = self.center_crop
             if crop and height >= crop["height"] and width >= crop["width"] and height * width > HUGE_RESIZE:
-                # an extremely elongated image: resample only the part the centre crop keeps, never the
-                # whole resized strip (1x10000 would become 224x2,240,000). Not bit-exact with the
-                # processor's full resize, so only used where that resize would not fit in memory.
+                # an extremely elongated image: only the part the centre crop keeps (resample_crop)
                 top, left = (height - crop["height"]) // 2, (width - crop["width"]) // 2
-                sy, sx = pil.height / height, pil.width / width
-                box = (left * sx, top * sy, (left + crop["width"]) * sx, (top + crop["height"]) * sy)
-                pil = pil.resize((crop["width"], crop["height"]), resample=RESAMPLE[self.resample], box=box)
+                pil = resample_crop(pil, (height, width), (top, left, crop["height"], crop["width"]),
+                                    RESAMPLE[self.resample])
             else:
                 pil = pil.resize((width, height), resample=RESAMPLE[self.resample])
         pixels = np.asarray(pil)
@@ -329,11 +337,9 @@ class OpenClipPreprocessor(ImagePreprocessor):
         resample = RESAMPLE[self.resample]
         try:
             if height * width > HUGE_RESIZE and height >= target_h and width >= target_w:
-                # an extremely elongated image: only the part the crop keeps is resampled (as ImagePreprocessor does)
+                # an extremely elongated image: only the part the crop keeps (resample_crop)
                 top, left = round((height - target_h) / 2.0), round((width - target_w) / 2.0)
-                sy, sx = pil.height / height, pil.width / width
-                box = (left * sx, top * sy, (left + target_w) * sx, (top + target_h) * sy)
-                pil = pil.resize((target_w, target_h), resample=resample, box=box)
+                pil = resample_crop(pil, (height, width), (top, left, target_h, target_w), resample)
             elif (height, width) != (pil.height, pil.width):
                 pil = pil.resize((width, height), resample=resample)
             pil = _crop_or_pad(pil, target_h, target_w, self.fill_color if self.resize_mode == "longest" else 0)
@@ -354,8 +360,6 @@ class OpenClipPreprocessor(ImagePreprocessor):
 def _crop_or_pad(pil: Image.Image, height: int, width: int, fill: int | list[int]) -> Image.Image:
     """torchvision's centre crop of a PIL image (open_clip's center_crop_or_pad): padded with ``fill`` where smaller,
     the crop's corner rounded (``round``, half to even) as torchvision rounds it."""
-    from PIL import ImageOps
-
     if width > pil.width or height > pil.height:
         border = ((width - pil.width) // 2 if width > pil.width else 0,
                   (height - pil.height) // 2 if height > pil.height else 0,

@@ -31,7 +31,7 @@ from .checkpoint import SourceModel
 from .clip import token_batch
 from .specs import GraphSpec, TensorSpec
 
-__all__ = ["OpenClipImageTower", "OpenClipTextTower", "import_open_clip", "load_pretrained", "build_random",
+__all__ = ["OpenClipTower", "import_open_clip", "load_pretrained", "build_random",
            "graph_specs", "manifest_sections", "tokenizer_parts", "image_facts", "CHECK_TEXTS"]
 
 FAMILY = "open_clip"
@@ -75,29 +75,19 @@ def traceable_attention():
         torch.backends.mha.set_fastpath_enabled(enabled)
 
 
-class OpenClipImageTower(nn.Module):
-    """pixel_values → ``encode_image``: the projected image embedding, not normalised."""
+class OpenClipTower(nn.Module):
+    """One tower of an open_clip model as a graph: ``encode_image`` (pixel_values) or ``encode_text`` (input_ids, every
+    row at the context length; open_clip's text towers take no mask), giving the projected embedding (batch,
+    embed_dim), not normalised."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, encode: str):
         super().__init__()
         self.model = model
+        self.encode = encode  # "encode_image" or "encode_text"
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         with traceable_attention():
-            return self.model.encode_image(pixel_values)  # (batch, embed_dim)
-
-
-class OpenClipTextTower(nn.Module):
-    """input_ids (batch, context length) → ``encode_text``: the pooled, projected text embedding, not normalised.
-    open_clip's text towers take no mask: they mask causally or by the pad id, as their config says."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        with traceable_attention():
-            return self.model.encode_text(input_ids)  # (batch, embed_dim)
+            return getattr(self.model, self.encode)(inputs)
 
 
 # --- loading -------------------------------------------------------------------------------------------------------
@@ -234,7 +224,7 @@ def fold_branches(model: nn.Module) -> int:
     folded = 0
     for module in list(model.modules()):
         for method in ("reparameterize", "fuse"):
-            if callable(getattr(module, method, None)) and not isinstance(module, type(model)):
+            if callable(getattr(module, method, None)):
                 getattr(module, method)()
                 folded += 1
                 break
@@ -369,7 +359,7 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
     return [
         GraphSpec(
             name="image_tower",
-            module=OpenClipImageTower(source.model).eval(),
+            module=OpenClipTower(source.model, "encode_image").eval(),
             inputs=(TensorSpec("pixel_values", "float32", ("batch", 3, height, width)),),
             outputs=(TensorSpec("image_embeds", "float32", embed_axes),),
             sample=image_sample,
@@ -381,7 +371,7 @@ def graph_specs(source: SourceModel, attentions: bool = False) -> list[GraphSpec
         ),
         GraphSpec(
             name="text_tower",
-            module=OpenClipTextTower(source.model).eval(),
+            module=OpenClipTower(source.model, "encode_text").eval(),
             inputs=(TensorSpec("input_ids", "int64", ("batch", length)),),  # every row padded to the context length
             outputs=(TensorSpec("text_embeds", "float32", embed_axes),),
             sample=text_sample,

@@ -41,17 +41,10 @@ def source_family(ref: str) -> families.Family:
 
 def check_needs(ref: str) -> None:
     """ModuleNotFoundError (which the CLI turns into the extra to install) before anything loads, where MODEL's family
-    is plain from its name or folder (a preset, ``hf-hub:``, an open_clip folder) and needs a package not installed."""
+    is plain from its name or folder (:func:`_claimed`) and needs a package not installed."""
     import importlib.util
 
-    folder = Path(ref)
-    if ref.startswith(RANDOM_PREFIX):
-        try:
-            family = families.preset(ref)[0]
-        except KeyError:  # load_source says so, in its turn
-            return
-    else:
-        family = families.by_reference(ref, folder.is_dir(), lambda name: (folder / name).is_file())
+    family = _claimed(ref)
     for package in family.export_needs if family else ():
         try:
             found = importlib.util.find_spec(package) is not None
@@ -59,6 +52,19 @@ def check_needs(ref: str) -> None:
             found = False
         if not found:
             raise ModuleNotFoundError(f"No module named {package!r}", name=package)
+
+
+def _claimed(ref: str) -> families.Family | None:
+    """The family plain from MODEL without reading config.json: a known preset's, or one claimed by prefix or by a
+    folder's own config file (``families.by_reference``: OpenCLIP); None otherwise (an unknown preset included:
+    load_source names it in its turn)."""
+    if ref.startswith(RANDOM_PREFIX):
+        try:
+            return families.preset(ref)[0]
+        except KeyError:
+            return None
+    folder = Path(ref)
+    return families.by_reference(ref, folder.is_dir(), lambda name: (folder / name).is_file())
 
 
 def _preset(ref: str) -> tuple[families.Family, families.Preset]:
@@ -71,10 +77,9 @@ def _preset(ref: str) -> tuple[families.Family, families.Preset]:
 
 
 def _checkpoint_family(ref: str, local_only: bool) -> tuple[families.Family, list[str] | None]:
-    """The family of a checkpoint and its architectures: claimed by prefix or by a folder's own config file
-    (``families.by_reference``: OpenCLIP), else by its config.json's model_type."""
-    folder = Path(ref)
-    claimed = families.by_reference(ref, folder.is_dir(), lambda name: (folder / name).is_file())
+    """The family of a checkpoint and its architectures: claimed (:func:`_claimed`), else by its config.json's
+    model_type."""
+    claimed = _claimed(ref)
     if claimed is not None:
         return claimed, None
     model_type, architectures = read_config(ref, local_only)
