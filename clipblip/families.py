@@ -66,6 +66,22 @@ class Preset:
 
 
 @dataclass(frozen=True)
+class OpenVinoCopy:
+    """How an export of one precision writes a graph for OpenVINO, and where provider "auto" runs it."""
+
+    weights: str  # "fp32", "fp16", or "int8" (NNCF's post-training quantisation, activation ranges calibrated)
+    inference: str  # OpenVINO's precision hint: "f32", "bf16", or "native" (bf16 where the CPU computes it, else f32)
+    # the CPU classes (machine.Machine.int8_kernels) where it was measured faster than ONNX Runtime; "bf16":
+    # wherever OpenVINO says the CPU computes bf16 (the only fast path of a bf16 folder)
+    auto_on: tuple[str, ...]
+
+    @property
+    def lossy(self) -> bool:
+        """Whether its answers differ from fp32's by more than rounding (gated by cosine, not max difference)."""
+        return (self.weights, self.inference) != ("fp32", "f32")
+
+
+@dataclass(frozen=True)
 class Family:
     """A model family: manifest ``family``, checkpoint ``model_type``, its exporter, engine, tasks and presets."""
 
@@ -76,10 +92,10 @@ class Family:
     engine: str  # "module:Class"
     tasks: tuple[Task, ...]
     presets: tuple[Preset, ...]
-    # graphs that OpenVINO runs faster than ONNX Runtime on some CPUs; int8/int4 exports write a copy for it,
-    # which provider "auto" picks on the CPU classes of ``openvino_auto_on`` (machine.Machine.int8_kernels)
+    # graphs that OpenVINO runs faster than ONNX Runtime on some CPUs: an export of a precision in
+    # ``openvino_copies`` writes each a copy for it, which provider "auto" runs where that copy says
     openvino_graphs: tuple[str, ...] = ()
-    openvino_auto_on: tuple[str, ...] = ()
+    openvino_copies: dict[str, OpenVinoCopy] = field(default_factory=dict, hash=False)
     # zero-shot classification (families with a classify task): how logit_scale · cosine becomes a probability
     # ("softmax" over the labels, or "sigmoid": each label on its own, with the model's logit_bias), and the
     # default prompt, in the language the model was trained on; both written into the manifest at export
@@ -121,6 +137,16 @@ class Family:
 
 _DUAL_GRAPHS = ("image_tower", "text_tower")
 
+# Both towers of a dual encoder, on the AMD EPYC Zen 4 (AVX-512 VNNI and BF16, no AMX), 2 threads, ViT-B/32
+# (docs/speed.md, "OpenVINO copies"): OpenVINO f32 ahead of ONNX Runtime's fused fp32, NNCF's calibrated int8 ahead of
+# ONNX Runtime's dynamic int8, and bf16 the fastest of all where the CPU computes it. Not measured on AVX2 or AMX
+# machines (none lent to this work): ONNX Runtime there.
+_DUAL_ENCODER_COPIES = {
+    "fp32": OpenVinoCopy("fp32", "f32", ("vnni",)),
+    "int8": OpenVinoCopy("int8", "f32", ("vnni",)),
+    "bf16": OpenVinoCopy("fp16", "bf16", ("bf16",)),
+}
+
 
 # the SentencePiece ids of SigLIP's tokenizer (transformers' defaults, 49406/49407, are CLIP's, outside its vocabulary)
 _SIGLIP_TEXT_IDS = {"vocab_size": 32000, "pad_token_id": 1, "eos_token_id": 1, "bos_token_id": None}
@@ -148,6 +174,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         exporter="clipblip.export.clip",
         engine="clipblip.engine.clip:ClipEngine",
         tasks=_dual_encoder_tasks("CLIPModel", "openai/clip-vit-base-patch32"),
+        openvino_graphs=_DUAL_GRAPHS,
+        openvino_copies=_DUAL_ENCODER_COPIES,
         scoring="softmax",
         prompt_template="a photo of a {}.",
         presets=(
@@ -163,6 +191,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         exporter="clipblip.export.chinese_clip",
         engine="clipblip.engine.clip:ChineseClipEngine",
         tasks=_dual_encoder_tasks("ChineseCLIPModel", "OFA-Sys/chinese-clip-vit-base-patch16"),
+        openvino_graphs=_DUAL_GRAPHS,
+        openvino_copies=_DUAL_ENCODER_COPIES,
         scoring="softmax",
         prompt_template="一张{}的照片。",  # Chinese-CLIP's zero-shot prompt: "a photo of {}."
         presets=(
@@ -183,6 +213,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         exporter="clipblip.export.siglip",
         engine="clipblip.engine.clip:SiglipEngine",
         tasks=_dual_encoder_tasks("SiglipModel", "google/siglip-base-patch16-224"),
+        openvino_graphs=_DUAL_GRAPHS,
+        openvino_copies=_DUAL_ENCODER_COPIES,
         scoring="sigmoid",
         prompt_template="This is a photo of {}.",  # the SigLIP model card's
         presets=(
@@ -202,6 +234,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         exporter="clipblip.export.openclip",
         engine="clipblip.engine.clip:OpenClipEngine",
         tasks=_dual_encoder_tasks("open_clip.CLIP", "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
+        openvino_graphs=_DUAL_GRAPHS,
+        openvino_copies=_DUAL_ENCODER_COPIES,
         # the manifest says which: sigmoid with the logit bias where the checkpoint has one (SigLIP), else softmax
         scoring="softmax",
         prompt_template="a photo of a {}.",  # open_clip's zero-shot templates begin with it
@@ -243,9 +277,15 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         # AMX, OpenVINO bf16 108 ms against ORT int8 161 ms; on an AMD EPYC with AVX-512 VNNI and BF16 but no AMX,
         # OpenVINO bf16 323 ms against ORT int8 (u8s7) 270 ms; without BF16 (AVX2) OpenVINO computes in f32, 2.2x
         # ORT int8's time on that EPYC: ORT.
-        # CLIP's towers and the decoder step are as fast or faster on ORT everywhere measured.
+        # The decoder step is as fast or faster on ORT everywhere measured. fp32: OpenVINO f32 581 ms against ORT's
+        # 624 ms on the Zen 4 (issue 29's measurement); bf16 folders: OpenVINO wherever the CPU computes bf16.
         openvino_graphs=("image_tower",),
-        openvino_auto_on=("amx",),
+        openvino_copies={
+            "int8": OpenVinoCopy("fp16", "native", ("amx",)),
+            "int4": OpenVinoCopy("fp16", "native", ("amx",)),
+            "fp32": OpenVinoCopy("fp32", "f32", ("vnni",)),
+            "bf16": OpenVinoCopy("fp16", "bf16", ("bf16",)),
+        },
         presets=(
             Preset("blip-base", "Salesforce/blip-*-base: ViT-B/16 at 384 (577 image tokens), 12-layer BERT-base "
                                 "text side", {"text_config": {"num_attention_heads": 12}}, "caption"),

@@ -18,13 +18,15 @@ from .progress import ProgressBar
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..engine.checks import summary
+    from ..engine.session import has_copy
     from ..export import export_model
 
     with ProgressBar(0, "export") as bar:
         manifest = export_model(args.model, args.out, task=args.task, opset=args.opset, force=args.force,
                                 attentions=args.attentions, precision=args.precision, optimize=args.optimize,
                                 allow_pickle=args.allow_pickle, progress=bar, steps=bar.update,
-                                threads=args.threads, towers=args.towers)
+                                threads=args.threads, towers=args.towers,
+                                calibration=args.calibration)
     if manifest.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     for name, graph in manifest.graphs.items():
@@ -35,7 +37,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             line += f"  {graph.accuracy['precision_tried']} gate {'passed' if graph.accuracy['passed'] else 'FAILED'}"
             line += f" ({graph.accuracy.get('reason') or summary(graph.accuracy)})"
         for backend, entry in graph.backends.items():
-            line += (f"  {backend} copy {entry['file']} gate passed ({summary(entry['accuracy'])})" if "files" in entry
+            what = f"{entry.get('file') or graph.file} ({entry.get('weights')} weights, {entry.get('inference')})"
+            line += (f"  {backend} runs {what}, gate passed ({summary(entry['accuracy'])})" if has_copy(entry)
                      else f"  no {backend} copy ({entry.get('reason')})")
         print(line)
     if manifest.one_tower is not None:

@@ -65,10 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for BLIP: which head to export (default: from the checkpoint)")
     p.add_argument("--opset", type=int, default=17, help="the ONNX opset the graphs are written with")
     p.add_argument("--force", action="store_true", help="replace a model folder that clipblip exported before")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "int4", "fp16"],
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "int4", "fp16", "bf16"],
                    help="int8 for CPU; int4: 4-bit decoder-step weights, int8 elsewhere (int8 if int4 fails its "
-                        "gate); fp16 for CUDA; each graph must pass an accuracy gate or stays fp32. int8/int4 BLIP "
-                        "folders also get an OpenVINO copy of the image tower when OpenVINO is installed")
+                        "gate); fp16 for CUDA; bf16 for CPUs that compute it (AVX-512 BF16, AMX), on OpenVINO, "
+                        "fp32 elsewhere; each graph must pass an accuracy gate or stays fp32. With OpenVINO "
+                        "installed, the graphs it runs faster also get a copy for it (docs/speed.md)")
+    p.add_argument("--calibration", metavar="DIR", default=None,
+                   help="int8: images and .txt texts (one per line) that OpenVINO's int8 copies calibrate their "
+                        "activation ranges on (default: seeded sample inputs); ~100 of your own is plenty")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
                    help="skip ONNX Runtime's transformer fusions (on by default, kept only if parity holds)")
     p.add_argument("--allow-pickle", action="store_true",

@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ProviderError, UsageError, WrongModelError
+from ..errors import UsageError, WrongModelError
 from ..families import TOWERS, title as family_title
 from ..manifest import Manifest
 from .cache import TextCache
@@ -56,8 +56,7 @@ class FolderEngine:
         names = sorted(set(graphs(manifest)))
         if provider == "openvino" and all(backend_for(manifest.graph(folder, n), provider) != openvino.BACKEND
                                           for n in names):
-            raise ProviderError(f"{folder}: holds no graph for OpenVINO; export the model (int8 or int4) with "
-                                f"OpenVINO installed ({openvino.INSTALL}) to get one")
+            raise openvino.no_copy(folder)
         sessions = {name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
                     for name in names}
         if verify:  # "auto" falls back to ONNX Runtime for an OpenVINO copy whose check fails on this machine

@@ -212,9 +212,13 @@ def check_graph(folder: Path, name: str, info: GraphInfo, session: Any) -> dict[
     """Run graph ``name``'s stored check on ``session`` here; the result with where and how it ran."""
     from .openvino import OpenVinoGraph
 
-    lossy = info.precision != "fp32" or isinstance(session, OpenVinoGraph)
-    precision = info.backends["openvino"]["weights"] + " weights" if isinstance(session, OpenVinoGraph) \
-        else info.precision
+    if isinstance(session, OpenVinoGraph):  # an fp32 copy run in f32 is gated as fp32 is
+        weights = info.backends["openvino"]["weights"]
+        lossy = (weights, session.precision) != ("fp32", "f32")
+        precision = ("int8" if weights == "int8" else {"f32": "fp32"}.get(session.precision, session.precision)) + (
+            " (fp16 weights)" if weights == "fp16" else "")
+    else:
+        lossy, precision = info.precision != "fp32", info.precision
     started = time.perf_counter()
     record = run_check(session, _load(folder, name, info), gate_of(info, lossy), info)
     return {"graph": name, "precision": precision, **runtime_of(session), "machine": this_machine().to_dict(),
@@ -225,8 +229,9 @@ def _record_key(folder: Path, name: str, info: GraphInfo, session: Any) -> str:
     """What the result depends on: the graph's files, its check, what runs it, the machine, the procedure."""
     from .openvino import OpenVinoGraph
 
-    files = (info.backends["openvino"]["files"] if isinstance(session, OpenVinoGraph)
-             else {info.file: info.sha256, **info.data})
+    entry = info.backends.get("openvino", {})
+    files = ({info.file: info.sha256, **info.data} if not isinstance(session, OpenVinoGraph) or entry.get("reads_graph")
+             else entry["files"])
     parts = {"files": files, "check": info.check["sha256"], "precision": info.precision, **runtime_of(session),
              "machine": this_machine().to_dict(), "procedure": CHECK_PROCEDURE}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -283,15 +288,14 @@ def verify_folder(folder: str | os.PathLike, provider: str = "auto", threads: in
     """``clipblip verify``: every graph of the folder opened on ``provider`` here and its check run anew (and
     recorded, so that the engine need not run it again). A graph that cannot be opened (missing or damaged file,
     no kernel for it) is a failed result whose ``reason`` says why; nothing is raised for a failed graph."""
-    from ..errors import ClipblipError, ProviderError
+    from ..errors import ClipblipError
     from . import openvino
     from .session import backend_for, open_graph
 
     folder = Path(folder)
     manifest = Manifest.load(folder)
     if provider == "openvino" and all(backend_for(g, provider) != openvino.BACKEND for g in manifest.graphs.values()):
-        raise ProviderError(f"{folder}: holds no graph for OpenVINO; export the model (int8 or int4) with OpenVINO "
-                            f"installed ({openvino.INSTALL}) to get one")
+        raise openvino.no_copy(folder)
     results = []
     for name, info in manifest.graphs.items():
         try:

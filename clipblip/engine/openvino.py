@@ -1,10 +1,11 @@
 """OpenVINO runtime as a second CPU backend, for the graphs where it measures faster (extra ``openvino``).
 
-On a CPU with AMX, OpenVINO runs the BLIP image tower in bf16 about 1.5× faster than ONNX Runtime's
-dynamic int8 (docs/same-answers.md, "Backends by CPU class"); on AVX-512 BF16 without AMX, and on AVX2,
-ONNX Runtime's int8 is faster; ONNX Runtime stays faster on the decoder step, whose shapes change every
-step, and on the small CLIP towers. Export writes such graphs a second time, as OpenVINO IR with fp16
-weights (``GraphInfo.backends["openvino"]``), gated against fp32 like any lower precision.
+Export writes such graphs a second time as OpenVINO IR (``GraphInfo.backends["openvino"]``), as the family's
+``OpenVinoCopy`` for the export's precision says: fp32 weights run in f32 (fp32 folders; gated by max difference,
+as fp32 is), NNCF's calibrated int8 (int8 folders of dual encoders), fp16 weights run in bf16 (bf16 folders; and
+BLIP's int8 folders, bf16 where the CPU computes it). Provider "auto" runs a copy on the CPU classes it was measured
+faster on (docs/speed.md, "OpenVINO copies"); ONNX Runtime stays faster on the decoder step, whose shapes change
+every step.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def _core():
 def inference_precision() -> str:
     """"bf16" where OpenVINO says the CPU computes it natively (AMX or AVX-512 BF16), else "f32"."""
     return "bf16" if "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+
+
+def no_copy(folder: Path) -> ProviderError:
+    """The refusal of ``provider="openvino"`` for a folder that holds no graph for it."""
+    return ProviderError(f"{folder}: holds no graph for OpenVINO; export the model again with OpenVINO installed "
+                         f"({INSTALL}) to get one where its family has one (docs/speed.md, \"OpenVINO copies\")")
 
 
 def cache_dir() -> Path:
@@ -93,10 +100,14 @@ def _port_name(port: Any, wanted: list[str], i: int) -> str:
 
 
 def open_openvino(path: Path, threads: int | None, names: tuple[list[str], list[str]] = ([], []),
-                  cache: bool = True) -> OpenVinoGraph:
-    """Compile an OpenVINO IR for this CPU and check what OpenVINO made of it; ``cache`` keeps the
-    compiled graph in :func:`cache_dir` for the next process."""
-    precision = inference_precision()
+                  cache: bool = True, inference: str = "native") -> OpenVinoGraph:
+    """Compile an OpenVINO IR for this CPU in the ``inference`` precision ("f32", "bf16", or "native": bf16 where
+    the CPU computes it, else f32) and check what OpenVINO made of it; ``cache`` keeps the compiled graph in
+    :func:`cache_dir` for the next process."""
+    precision = inference_precision() if inference not in ("f32", "bf16") else inference
+    if precision == "bf16" and inference_precision() != "bf16":
+        raise ProviderError(f"{path}: a bf16 graph, and OpenVINO says this CPU does not compute bf16 (no AMX or "
+                            f"AVX-512 BF16); provider 'auto' runs the folder's fp32 graph here")
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads

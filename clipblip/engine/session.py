@@ -130,16 +130,24 @@ def compatibility_error(path: Path, name: str, message: str) -> CompatibilityErr
 def backend_for(info: GraphInfo, provider: str) -> str:
     """"openvino" or "onnxruntime" for this graph: OpenVINO when asked for (``provider="openvino"``) and
     the folder holds the graph for it, or with "auto" where it was measured faster: an OpenVINO copy of
-    the graph, OpenVINO installed, no CUDA, and a CPU of a class the copy names (``auto_on``: "amx")."""
+    the graph, OpenVINO installed, no CUDA, and a CPU of a class the copy names (``auto_on``: "vnni", "amx"…;
+    "bf16": wherever OpenVINO says the CPU computes bf16)."""
     entry = info.backends.get(openvino.BACKEND, {})
-    if "files" not in entry:
+    if not has_copy(entry):
         return "onnxruntime"
     if provider == "openvino":
         return openvino.BACKEND
-    if (provider == "auto" and this_machine().int8_kernels in entry.get("auto_on", ()) and openvino.available()
-            and PROVIDERS["cuda"] not in ort.get_available_providers()):
+    if provider != "auto" or not openvino.available() or PROVIDERS["cuda"] in ort.get_available_providers():
+        return "onnxruntime"
+    auto_on = entry.get("auto_on", ())
+    if this_machine().int8_kernels in auto_on or ("bf16" in auto_on and openvino.inference_precision() == "bf16"):
         return openvino.BACKEND
     return "onnxruntime"
+
+
+def has_copy(entry: dict) -> bool:
+    """Whether a backends entry gives the runtime something to run: files of its own, or the graph itself."""
+    return "files" in entry or bool(entry.get("reads_graph"))
 
 
 def checked_file(folder: Path, name: str, file: str, sha256: str, verify: bool) -> Path:
@@ -160,21 +168,23 @@ def open_graph(folder: Path, name: str, info: GraphInfo, provider: str, threads:
     lie inside the model folder. ``provider="openvino"`` runs the graphs the folder holds for OpenVINO
     there and the others on ONNX Runtime's CPU provider.
     """
+    path = checked_file(folder, name, info.file, info.sha256, verify)
+    check_external_data(folder, name, path, info.data, verify)
     if backend_for(info, provider) == openvino.BACKEND:
         entry = info.backends[openvino.BACKEND]
-        checked = {file: checked_file(folder, name, file, sha, verify) for file, sha in entry["files"].items()}
-        path = checked[entry["file"]]  # the IR; its weights beside it were checked too
+        if not entry.get("reads_graph"):  # an IR of its own, its weights beside it
+            path = {file: checked_file(folder, name, file, sha, verify) for file, sha in entry["files"].items()}[
+                entry["file"]]
         names = ([t.name for t in info.inputs], [t.name for t in info.outputs])
-        session = openvino.open_openvino(path, threads, names)
-        check_names(path, name, info, session)
-        return session
-    path = checked_file(folder, name, info.file, info.sha256, verify)
-    for location in external_data_paths(path):
-        check_inside(folder, location, f"external data of graph '{name}'")
-        if verify and location not in info.data:
-            raise ModelLoadError(f"{path}: names external data {location!r}, which the manifest does not list")
-        if verify:
-            checked_file(folder, name, location, info.data[location], verify)
+        try:
+            session = openvino.open_openvino(path, threads, names, inference=entry.get("inference", "native"))
+        except (ModelLoadError, ProviderError):
+            if provider == "openvino":
+                raise
+            session = None  # "auto": what OpenVINO cannot load, ONNX Runtime may; if not, its error is the one said
+        if session is not None:
+            check_names(path, name, info, session)
+            return session
     providers = resolve_providers("cpu" if provider == "openvino" else provider)
     try:
         session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
@@ -186,6 +196,17 @@ def open_graph(folder: Path, name: str, info: GraphInfo, provider: str, threads:
         raise ProviderError(f"{path}: asked for {providers[0]}, ONNX Runtime gave {session.get_providers()[0]}")
     check_names(path, name, info, session)
     return session
+
+
+def check_external_data(folder: Path, name: str, path: Path, listed: dict[str, str], verify: bool) -> None:
+    """The external data files ONNX graph ``path`` names lie inside the folder and (``verify``) are the ``listed``
+    ones, with their hashes."""
+    for location in external_data_paths(path):
+        check_inside(folder, location, f"external data of graph '{name}'")
+        if verify and location not in listed:
+            raise ModelLoadError(f"{path}: names external data {location!r}, which the manifest does not list")
+        if verify:
+            checked_file(folder, name, location, listed[location], verify)
 
 
 def check_names(path: Path, name: str, info: GraphInfo, session) -> None:

@@ -24,9 +24,11 @@ torchvision_cpu.install()  # before anything imports torchvision (transformers' 
 
 from .. import families  # noqa: E402
 from ..engine.checks import summary
+from ..engine.session import has_copy
 from ..errors import ExportError, UsageError
 from ..files import check_output, staged_folder
 from ..manifest import GraphInfo, Manifest
+from .calibration import Calibration
 from .checks import build_check, check_entry, stored, write_check
 from .convert import check_parity, graph_io, store_graph, threads_used
 from .meter import LARGE_WEIGHTS, Meter
@@ -73,6 +75,7 @@ def export_model(
     steps: Callable[[int, int], None] | None = None,
     threads: int | None = None,
     towers: str = families.BOTH,
+    calibration: str | os.PathLike | None = None,
 ) -> Manifest:
     """Export ``model`` (Hub id, save_pretrained directory or ``random:<preset>``) into ``out``.
 
@@ -96,6 +99,11 @@ def export_model(
     dual encoder's one tower alone (its manifest's ``model.towers`` says which, and its ``tasks`` are those one
     tower does: embed); a family whose tasks need both sides together (BLIP) is refused before anything loads.
     The manifest's ``source.fingerprint`` identifies the checkpoint (:func:`checkpoint_fingerprint`).
+    "bf16" keeps every ONNX graph fp32 and writes the graphs OpenVINO runs in bf16 (the family's
+    ``openvino_graphs``) as OpenVINO copies, gated like fp16; where the CPU computes no bf16, the fp32 graphs run.
+    Where the family has OpenVINO copies for ``precision`` (``Family.openvino_copies``) and OpenVINO is installed,
+    each such graph gets one; int8 copies (only with ``calibration``, a folder of images and ``.txt`` texts) are
+    quantised by NNCF with activation ranges calibrated on three in four of them and gated on the fourth too.
     """
     say = progress or (lambda message: None)
     out = check_output(Path(out), force, folder=True)  # before the slow part
@@ -107,6 +115,9 @@ def export_model(
         raise UsageError(f"--threads {threads}: must be at least 1")
     check_towers(model, towers)
     check_needs(model)
+    if calibration is not None and precision != "int8":
+        raise UsageError(f"--calibration: only int8 exports are calibrated, not --precision {precision}")
+    calibrate = Calibration(calibration)  # a folder of no images and no texts is refused before the slow part
 
     with Meter() as meter, threads_used(threads):
         with meter.step("load"):
@@ -123,10 +134,11 @@ def export_model(
             source.tokenizer_json().save(str(staging / sections["tokenizer"]["file"]))
             family = families.family(source.family)
             graphs = {}
+            copies = OpenVinoCopies(family, precision, calibrate, sections, staging)
             for done, spec in enumerate(specs):
                 count(len(specs) + done)
                 graphs[spec.name] = finish_graph(spec, traced[spec.name], staging, family, precision, optimize,
-                                                 meter, say)
+                                                 meter, say, copies)
                 shutil.rmtree(traced[spec.name].graph.parent)
             count(2 * len(specs))
             shutil.rmtree(staging / WORK)
@@ -199,7 +211,7 @@ def checkpoint_fingerprint(source: Any, sections: dict[str, Any]) -> str:
 
 
 def finish_graph(spec: GraphSpec, traced: Traced, staging: Path, family: families.Family, precision: str,
-                 optimize: bool, meter: Meter, say: Say) -> GraphInfo:
+                 optimize: bool, meter: Meter, say: Say, copies: OpenVinoCopies | None = None) -> GraphInfo:
     """A traced graph through its ONNX steps into ``staging``: parity, fusion, its stored check, an OpenVINO copy
     and a lower precision where asked; returns its manifest entry, made from the steps' records."""
     name, fp32 = spec.name, traced.graph  # its weights in a data file: each step reads those it needs
@@ -207,6 +219,10 @@ def finish_graph(spec: GraphSpec, traced: Traced, staging: Path, family: familie
     # ONNX Runtime's optimizer and quantizer leave their objects in reference cycles: collected after them when
     # they held much (a full collection takes 0.2 s)
     large = weights.is_file() and weights.stat().st_size >= LARGE_WEIGHTS
+    copy = copies.copy_of(spec) if copies is not None else None
+    unfused = fp32.with_name(fp32.stem + ".unfused.onnx")  # NNCF quantises the traced graph: it reads no fused ops
+    if copy is not None and copy.weights == "int8" and copies.calibration.folder is not None:
+        shutil.copyfile(fp32, unfused)  # the graph alone; its weights stay in the data file both name
     with meter.step(f"{name}/fusion", collect=large):
         fusion = fuse_graph(spec, fp32, traced.reference) if optimize else {"applied": False, "reason": "--no-optimize"}
     if fusion["applied"]:
@@ -225,10 +241,9 @@ def finish_graph(spec: GraphSpec, traced: Traced, staging: Path, family: familie
         check = build_check(spec, fp32, traced.cross)  # the gate's inputs and the fp32 graph's outputs
     lossy_check = stored(check, lossy=True)  # as a lower precision's check is stored, and run everywhere
     backends = {}
-    # lossy folders only: an fp32 folder promises fp32 answers, which bf16 would not keep
-    if precision in ("int8", "int4") and spec.gate and name in family.openvino_graphs:
+    if copy is not None:
         with meter.step(f"{name}/openvino"):
-            backends["openvino"] = openvino_step(spec, fp32, lossy_check, gated, staging, family, say)
+            backends["openvino"] = openvino_step(spec, fp32, unfused, check, gated, staging, copies, say)
     with meter.step(f"{name}/precision", collect=large and precision != "fp32"):
         kept, kept_precision, accuracy = lower_step(spec, fp32, precision, lossy_check, gated, say)
     with meter.step(f"{name}/store"):
@@ -241,13 +256,35 @@ def finish_graph(spec: GraphSpec, traced: Traced, staging: Path, family: familie
                      check={**entry, **check_file})
 
 
-def openvino_step(spec: GraphSpec, fp32: Path, check: dict[str, np.ndarray], gated: GraphInfo, staging: Path,
-                  family: families.Family, say: Say) -> dict[str, Any]:
-    """The graph's OpenVINO copy, written into ``staging`` from the fp32 graph and gated: its backends entry."""
-    say(f"{spec.name}: writing and gating its OpenVINO copy")
-    openvino = openvino_copy(spec, fp32, check, gated, staging)
-    openvino["auto_on"] = list(family.openvino_auto_on)  # the CPU classes where `auto` runs it
-    say(f"{spec.name}: OpenVINO copy " + (f"kept, {summary(openvino['accuracy'])}" if "files" in openvino
+class OpenVinoCopies:
+    """Which graphs of an export get an OpenVINO copy, of what kind, and their calibration inputs."""
+
+    def __init__(self, family: families.Family, precision: str, calibration: Calibration, sections: dict[str, Any],
+                 staging: Path):
+        self.family, self.precision, self.calibration = family, precision, calibration
+        self.sections, self.staging = sections, staging
+
+    def copy_of(self, spec: GraphSpec) -> families.OpenVinoCopy | None:
+        copy = self.family.openvino_copies.get(self.precision)
+        return copy if copy is not None and spec.gate and spec.name in self.family.openvino_graphs else None
+
+    def feeds(self, spec: GraphSpec) -> list[dict[str, np.ndarray]]:
+        return self.calibration.feeds(spec, self.sections, self.staging)
+
+
+def openvino_step(spec: GraphSpec, fp32: Path, unfused: Path, check: dict[str, np.ndarray], gated: GraphInfo,
+                  staging: Path, copies: OpenVinoCopies, say: Say) -> dict[str, Any]:
+    """The graph's OpenVINO copy, written into ``staging`` and gated: its backends entry."""
+    copy = copies.copy_of(spec)
+    say(f"{spec.name}: writing and gating its OpenVINO copy ({copy.weights} weights, {copy.inference} inference)")
+    if copy.weights == "int8" and copies.calibration.folder is None:
+        return {"reason": "no --calibration: static int8 calibrates on your images and texts (docs/speed.md)"}
+    feeds = copies.feeds(spec) if copy.weights == "int8" else []
+    # an fp32 copy is gated as fp32 is, on the float32 references an fp32 graph's check stores
+    openvino = openvino_copy(spec, fp32, unfused, stored(check, lossy=copy.lossy), gated, copy, feeds, staging)
+    if copy.weights == "int8":
+        openvino["calibration"] = copies.calibration.describe()
+    say(f"{spec.name}: OpenVINO copy " + (f"kept, {summary(openvino['accuracy'])}" if has_copy(openvino)
                                           else f"not written: {openvino['reason']}"))
     return openvino
 
@@ -257,7 +294,7 @@ def lower_step(spec: GraphSpec, fp32: Path, precision: str, check: dict[str, np.
     """The graph to keep, its precision and the manifest's accuracy record: each candidate of the precision's
     chain (int4 only where weights dominate; int8 in formats exact on every CPU, the fastest first) until one
     passes its gate, else fp32. The record is the attempt that decided, with any rejected one before it."""
-    if precision == "fp32" or not spec.gate:
+    if precision in ("fp32", "bf16") or not spec.gate:  # bf16: an OpenVINO copy's, ONNX Runtime's graph stays fp32
         return fp32, "fp32", {}
     tries, kept, kept_precision = [], fp32, "fp32"
     for target, int8_format in precision_chain(spec, precision):

@@ -31,7 +31,7 @@ __all__ = ["PRECISIONS", "WEIGHT_ONLY", "INT8_FORMATS", "fuse_graph", "int8_orde
            "lower_precision", "fold_weight_transposes", "quantize_weight_only", "write_int8", "accuracy_gate",
            "open_candidate"]
 
-PRECISIONS = ("fp32", "int8", "int4", "fp16")
+PRECISIONS = ("fp32", "int8", "int4", "fp16", "bf16")
 # --precision int4: the graphs whose batch-1 run is bound by reading their weights (GraphSpec.weight_bound, the
 # decoder step) get 4-bit weight-only MatMulNBits on every linear layer, the vocabulary projection included;
 # compute-bound graphs (towers, cross K/V) get int8 as under --precision int8: they lose with 4 bits (BLIP base
@@ -140,12 +140,13 @@ def open_candidate(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), session_threads(options), providers=providers)
 
 
-def accuracy_gate(candidate: Any, check: dict[str, np.ndarray], info: GraphInfo) -> dict[str, Any]:
+def accuracy_gate(candidate: Any, check: dict[str, np.ndarray], info: GraphInfo, lossy: bool = True) -> dict[str, Any]:
     """The gate of a lower precision or another runtime's copy: the graph's stored check (as the folder will
-    hold it) run on ``candidate``, which the engine runs the same way where the folder is used."""
+    hold it) run on ``candidate``, which the engine runs the same way where the folder is used; fp32's max
+    difference where the copy is not ``lossy``."""
     provider = candidate.get_providers()[0]  # where it really ran
     try:
-        record = run_check(candidate, check, gate_of(info, lossy=True), info)
+        record = run_check(candidate, check, gate_of(info, lossy=lossy), info)
     except Exception as e:  # a kernel missing for this precision on this provider
         return {"passed": False, "reason": f"cannot run the graph on {provider}: {str(e).splitlines()[0]}"}
     return {**record, "provider": provider}
