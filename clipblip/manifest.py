@@ -12,6 +12,7 @@ import mmap
 import os
 import re
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,9 @@ def _identity(path: Path) -> list:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
 
 
+RECORD_LOCK = threading.RLock()  # one read-modify-write of a user record at a time in this process
+
+
 def has_sha256(path: str | os.PathLike, sha256: str) -> bool:
     """Whether the file's sha256 is ``sha256``, hashing it only when it changed since it last matched.
 
@@ -219,9 +223,11 @@ def has_sha256(path: str | os.PathLike, sha256: str) -> bool:
         return True
     if sha256_of(path) != sha256:
         return False
-    known.pop(str(path), None)
-    known[str(path)] = [*_identity(path), sha256]
-    write_user_record(VERIFIED_NAME, known, VERIFIED_LIMIT)  # without a writable cache, every load hashes
+    with RECORD_LOCK:  # graphs open side by side: read again, so that no thread's record is lost
+        known = read_user_record(VERIFIED_NAME)
+        known.pop(str(path), None)
+        known[str(path)] = [*_identity(path), sha256]
+        write_user_record(VERIFIED_NAME, known, VERIFIED_LIMIT)  # without a writable cache, every load hashes
     return True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -57,8 +58,12 @@ class FolderEngine:
         if provider == "openvino" and all(backend_for(manifest.graph(folder, n), provider) != openvino.BACKEND
                                           for n in names):
             raise openvino.no_copy(folder)
-        sessions = {name: open_graph(folder, name, manifest.graph(folder, name), provider, threads, verify)
-                    for name in names}
+        infos = {name: manifest.graph(folder, name) for name in names}
+        # ONNX Runtime optimises each graph as it opens it, without the GIL: the graphs open side by side
+        # (int8 BLIP caption, 3 graphs on 2 cores: 0.30-0.38 s one after another, 0.22-0.26 s together)
+        with ThreadPoolExecutor(max_workers=len(names) or 1) as pool:
+            opened = pool.map(lambda name: open_graph(folder, name, infos[name], provider, threads, verify), names)
+            sessions = dict(zip(names, opened))
         if verify:  # "auto" falls back to ONNX Runtime for an OpenVINO copy whose check fails on this machine
             fallback = (lambda name: open_graph(folder, name, manifest.graph(folder, name), "cpu", threads, verify)
                         ) if provider == "auto" else None
