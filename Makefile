@@ -71,6 +71,9 @@ $(PEERS_STAMP): benchmarks/peers/requirements.txt
 
 peers-venv: $(PEERS_STAMP)
 
-# transformers eager, optimum-onnx and clipblip on one zero-shot classification, side by side
+# transformers eager, optimum-onnx and clipblip on one zero-shot classification, side by side; then clipblip beside
+# PyTorch eager, torch.compile, OpenVINO and OpenVINO + NNCF int8 on CLIP/BLIP towers and captions (engines.py: the
+# openvino extra of EXTRAS brings OpenVINO and NNCF)
 bench-peers: $(STAMP) $(PEERS_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/peers/classify.py --out bench-output/peers
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/peers/engines.py --out bench-output/peers-engines

@@ -240,23 +240,28 @@ def sample_image(name: str = PHOTOS[0]):
 
 
 def export_once(model: str, folder: Path, *, task: str | None = None, precision: str = "fp32",
-                progress: Callable[[str], None] = say) -> Path:
-    """``folder``, exported from ``model`` unless it already holds that export (same model and precision, and
-    task where one is given), which is reused: benchmarks keep their exports between runs (--work, --models)."""
+                calibration: Path | None = None, progress: Callable[[str], None] = say) -> Path:
+    """``folder``, exported from ``model`` unless it already holds that export (same model and precision, task
+    where one is given, calibrated where ``calibration`` is given), which is reused: benchmarks keep their exports
+    between runs (--work, --models)."""
     from clipblip.errors import ClipblipError
     from clipblip.manifest import Manifest
 
     folder = Path(folder)
     try:
-        source = Manifest.load(folder).source
-        if source.get("model") == model and source.get("precision") == precision and task in (None, source.get("task")):
+        manifest = Manifest.load(folder)
+        source = manifest.source
+        calibrated = any("calibration" in g.backends.get("openvino", {}) for g in manifest.graphs.values())
+        if source.get("model") == model and source.get("precision") == precision and task in (None, source.get("task")) \
+                and calibrated == (calibration is not None):
             return folder
     except ClipblipError:  # absent, or not a complete export
         pass
     from clipblip.export import export_model
 
-    progress(f"exporting {model}{' --task ' + task if task else ''} --precision {precision} to {folder}")
-    export_model(model, folder, task=task, precision=precision, force=folder.exists())
+    progress(f"exporting {model}{' --task ' + task if task else ''} --precision {precision}"
+             f"{f' --calibration {calibration}' if calibration else ''} to {folder}")
+    export_model(model, folder, task=task, precision=precision, force=folder.exists(), calibration=calibration)
     return folder
 
 

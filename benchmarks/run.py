@@ -7,7 +7,8 @@ answer, match scores), on both sides, with the same inputs and the same number o
 variants of one workload run interleaved in the same process after a warm-up, with a pause of --pause
 seconds before each timed call, so that the threads of whichever ran before (ONNX Runtime's spin, PyTorch's
 OpenMP pool) have gone to sleep; ratios are to PyTorch eager fp32 measured in the same run. clipblip runs with
-provider "auto", as users do; the backend each graph ran on is recorded. Cold start and peak memory are
+provider "auto", as users do; the backend each graph ran on is recorded. CLIP is also exported in bf16, and its
+int8 folder with `--calibration` (benchmarks/calibration.py's 96 images and texts), as a user who calibrates does. Cold start and peak memory are
 measured in fresh processes: the first load of a folder on this machine (its stored checks run, results
 recorded in a fresh user cache), then a new process with that record in place.
 The models are random-weight presets with the real architectures (`random:clip-base`,
@@ -41,14 +42,21 @@ LIBRARIES = ("torch", "transformers", "onnxruntime", "openvino")  # their versio
 def export_all(tmp: Path, size: str) -> dict[str, Path]:
     from clipblip.export import PRECISIONS
 
+    from calibration import calibration_folder
+
     folders = {}
     for name, preset, task in (("clip", f"random:clip-{size}", None), ("caption", f"random:blip-{size}", "caption"),
                                ("vqa", f"random:blip-{size}", "vqa"), ("itm", f"random:blip-{size}", "itm")):
-        # int4 touches only the decoder step (the weights read every token): measured on captions
-        for precision in ("fp32", "int8", "int4") if task == "caption" and "int4" in PRECISIONS else ("fp32", "int8"):
+        # int4 touches only the decoder step (the weights read every token): measured on captions; bf16 (OpenVINO
+        # where the CPU computes it) on CLIP, whose towers are all a bf16 folder runs there
+        precisions = ("fp32", "int8", "int4") if task == "caption" else ("fp32", "int8", "bf16") if name == "clip" \
+            else ("fp32", "int8")
+        for precision in (p for p in precisions if p in PRECISIONS):
+            # CLIP int8 as a user who calibrates exports it (NNCF's static int8 copies where they pass their gates);
             # --work: an earlier run's export, reused
+            calibration = calibration_folder(tmp / "calibration") if (name, precision) == ("clip", "int8") else None
             folders[f"{name} {precision}"] = export_once(preset, tmp / f"{name}-{precision}", task=task,
-                                                         precision=precision)
+                                                         precision=precision, calibration=calibration)
     return folders
 
 
@@ -158,10 +166,10 @@ def workloads(folders: dict[str, Path], size: str, threads: int, images: list) -
 def engines_with_openvino(folder: Path) -> bool:
     """Whether the folder holds an OpenVINO copy of a graph and OpenVINO is installed."""
     from clipblip.engine.openvino import available
+    from clipblip.engine.session import has_copy
     from clipblip.manifest import Manifest
 
-    return available() and any(g.backends.get("openvino", {}).get("files")
-                               for g in Manifest.load(folder).graphs.values())
+    return available() and any(has_copy(g.backends.get("openvino", {})) for g in Manifest.load(folder).graphs.values())
 
 
 def cold_start(folders: dict[str, Path], size: str, threads: int, tmp: Path, photo: Path) -> dict:

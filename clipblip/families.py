@@ -144,7 +144,7 @@ _DUAL_GRAPHS = ("image_tower", "text_tower")
 _DUAL_ENCODER_COPIES = {
     "fp32": OpenVinoCopy("fp32", "f32", ("vnni",)),
     "int8": OpenVinoCopy("int8", "f32", ("vnni",)),
-    "bf16": OpenVinoCopy("fp16", "bf16", ("bf16",)),
+    "bf16": OpenVinoCopy("fp32", "bf16", ("bf16",)),
 }
 
 
@@ -284,7 +284,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
             "int8": OpenVinoCopy("fp16", "native", ("amx",)),
             "int4": OpenVinoCopy("fp16", "native", ("amx",)),
             "fp32": OpenVinoCopy("fp32", "f32", ("vnni",)),
-            "bf16": OpenVinoCopy("fp16", "bf16", ("bf16",)),
+            "bf16": OpenVinoCopy("fp32", "bf16", ("bf16",)),
         },
         presets=(
             Preset("blip-base", "Salesforce/blip-*-base: ViT-B/16 at 384 (577 image tokens), 12-layer BERT-base "
