@@ -38,8 +38,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             line += f" ({graph.accuracy.get('reason') or summary(graph.accuracy)})"
         for backend, entry in graph.backends.items():
             what = f"{entry.get('file') or graph.file} ({entry.get('weights')} weights, {entry.get('inference')})"
-            line += (f"  {backend} runs {what}, gate passed ({summary(entry['accuracy'])})" if has_copy(entry)
-                     else f"  no {backend} copy ({entry.get('reason')})")
+            if has_copy(entry):
+                record = entry["accuracy"]
+                line += f"  {backend} runs {what}, " + (f"gate passed ({summary(record)})" if "measured" in record
+                                                        else record.get("reason", ""))
+            else:
+                line += f"  no {backend} copy ({entry.get('reason')})"
         print(line)
     if manifest.one_tower is not None:
         print(f"towers: the {manifest.one_tower} tower alone; the folder does {', '.join(manifest.tasks)}")

@@ -50,6 +50,12 @@ def inference_precision() -> str:
     return "bf16" if "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
 
 
+# One compilation at a time: two OpenVINO compilations in threads at once (a folder's graphs open side by side) left
+# the process's C locale at "C" (each saves and restores it around reading a graph), after which Python decoded
+# every subprocess's output as ASCII.
+_COMPILING = threading.Lock()
+
+
 def no_copy(folder: Path) -> ProviderError:
     """The refusal of ``provider="openvino"`` for a folder that holds no graph for it."""
     return ProviderError(f"{folder}: holds no graph for OpenVINO; export the model again with OpenVINO installed "
@@ -118,7 +124,8 @@ def open_openvino(path: Path, threads: int | None, names: tuple[list[str], list[
         except OSError:
             pass  # no writable cache: compile every time
     try:
-        compiled = _core().compile_model(str(path), "CPU", config)
+        with _COMPILING:
+            compiled = _core().compile_model(str(path), "CPU", config)
     except Exception as e:  # OpenVINO raises its own RuntimeError types; report one line
         raise ModelLoadError(f"{path}: OpenVINO cannot load this graph: {str(e).strip().splitlines()[0]}") from None
     got = compiled.get_property("INFERENCE_PRECISION_HINT")

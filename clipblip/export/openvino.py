@@ -26,13 +26,21 @@ def openvino_copy(spec: GraphSpec, fp32_path: Path, traced_path: Path, check: di
                   copy: OpenVinoCopy, calibration: Iterable[dict[str, np.ndarray]] = (),
                   folder: Path | None = None) -> dict[str, Any]:
     """Gate on this CPU, with the graph's stored ``check``, OpenVINO running the graph as ``copy`` says: fp32 weights
-    straight from the kept fp32 ONNX graph (no file of its own: the entry says ``reads_graph``); fp16 weights converted from it, or int8 weights quantised by NNCF from the
+    straight from the kept fp32 ONNX graph (no file of its own: the entry says ``reads_graph``; in f32 not gated here,
+    as the graph itself passed parity: checked where it runs, with fp32's gate; in bf16 gated where this CPU computes
+    bf16, else left to the machines that run it); fp16 weights converted from it, or int8 weights quantised by NNCF from the
     traced (unfused) graph on the ``calibration`` feeds, written as ``<graph>.openvino.xml/.bin`` into ``folder``
     (default: beside the fp32 graph).
 
     Returns the manifest's ``backends["openvino"]`` entry; without ``files`` (and leaving no file) when OpenVINO (or
     NNCF, for int8) is not installed or the copy fails its gate, ``reason`` saying which.
     """
+    plan = {"weights": copy.weights, "inference": copy.inference, "auto_on": list(copy.auto_on)}
+    if reads_graph(copy) and not (copy.inference == "bf16" and backend.available()
+                                  and backend.inference_precision() == "bf16"):
+        # nothing of its own to write: the plan, checked where it runs (with fp32's own gate for f32); bf16 is gated
+        # here only on a CPU that computes it
+        return {"reads_graph": True, **plan, "accuracy": {"reason": "checked where it runs (first load, verify)"}}
     if not backend.available():
         return {"reason": f"OpenVINO is not installed ({backend.INSTALL})"}
     if copy.weights == "int8" and importlib.util.find_spec("nncf") is None:
@@ -67,7 +75,7 @@ def openvino_copy(spec: GraphSpec, fp32_path: Path, traced_path: Path, check: di
             file.unlink(missing_ok=True)
         return {"reason": record.get("reason") or f"failed its gate: {summary(record)}", "accuracy": record}
     where = {"file": xml.name, "files": {f.name: sha256_of(f) for f in files}} if files else {"reads_graph": True}
-    return {**where, "weights": copy.weights, "inference": copy.inference, "auto_on": list(copy.auto_on), "accuracy": record}
+    return {**where, **plan, "accuracy": record}
 
 
 def held_out_gate(candidate: Any, fp32_path: Path, feeds: list[dict[str, np.ndarray]],

@@ -3,6 +3,7 @@ bf16 (`--precision bf16`, gated like fp16, run only where the CPU computes bf16)
 int8, `--calibration DIR`); each gated at export, checked where it runs, and chosen by `auto` by CPU class."""
 
 import json
+import locale
 import os
 import subprocess
 import sys
@@ -34,9 +35,17 @@ def cosines(a, b):
 
 
 @pytest.fixture(scope="module")
-def folders(tiny_clip, photos, tmp_path_factory):
-    """The tiny CLIP's folders: fp32 (the session's), bf16, and int8 calibrated on a folder of crops and texts."""
+def folders(tiny_clip, tmp_path_factory):
+    """The tiny CLIP's fp32 (the session's) and bf16 folders."""
     root = tmp_path_factory.mktemp("openvino-copies")
+    export_model(str(tiny_clip.checkpoint), root / "bf16", precision="bf16")
+    return {"fp32": tiny_clip.exported, "bf16": root / "bf16"}
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_clip, photos, tmp_path_factory):
+    """The tiny CLIP in int8, calibrated on a folder of photo crops, noise and texts (NNCF: slow tests only)."""
+    root = tmp_path_factory.mktemp("openvino-int8")
     calibration = root / "calibration"
     calibration.mkdir()
     for i in range(8):
@@ -48,9 +57,8 @@ def folders(tiny_clip, photos, tmp_path_factory):
     for i in range(8):
         Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(calibration / f"noise{i}.png")
     (calibration / "texts.txt").write_text("\n".join(TEXTS * 2) + "\n", encoding="utf-8")
-    export_model(str(tiny_clip.checkpoint), root / "bf16", precision="bf16")
     export_model(str(tiny_clip.checkpoint), root / "int8", precision="int8", calibration=calibration)
-    return {"fp32": tiny_clip.exported, "bf16": root / "bf16", "int8": root / "int8", "calibration": calibration}
+    return root / "int8"
 
 
 @pytest.mark.parametrize("tiny_clip", ["crop48"], indirect=True)
@@ -61,9 +69,12 @@ def test_fp32_folders_let_openvino_run_their_own_graphs_value_for_value(tiny_cli
         entry = graph.backends["openvino"]
         assert entry["reads_graph"] and "files" not in entry  # the graph's own file and hashes
         assert (entry["weights"], entry["inference"], entry["auto_on"]) == ("fp32", "f32", ["vnni"])
-        assert entry["accuracy"]["metric"] == "max |difference| to fp32" and entry["accuracy"]["passed"]
+        assert "checked where it runs" in entry["accuracy"]["reason"]  # the graph passed parity; OpenVINO's run of it
+        # is checked with fp32's gate where the folder opens (below)
     assert not list(tiny_clip.exported.glob("*.xml"))  # no second copy of the weights on disk
+    encoding = locale.getpreferredencoding(False)
     ov = ClipEngine.from_dir(tiny_clip.exported, provider="openvino", threads=2)
+    assert locale.getpreferredencoding(False) == encoding  # two graphs compiled: the process's locale kept
     ort = ClipEngine.from_dir(tiny_clip.exported, provider="cpu", threads=2)
     assert ov.providers == ["OpenVINO CPU (f32)"]
     assert np.abs(ov.embed_images(photos) - ort.embed_images(photos)).max() <= 1e-5
@@ -96,8 +107,8 @@ def test_bf16_folders_hold_fp32_graphs_and_a_bf16_plan(folders):
         assert (entry["inference"], entry["auto_on"]) == ("bf16", ["bf16"])
         if backend.inference_precision() == "bf16":  # gated here, like fp16
             assert entry["accuracy"]["passed"] and min(entry["accuracy"]["measured"].values()) >= 0.999
-        else:
-            assert "files" not in entry and "bf16" in entry["reason"]
+        else:  # the plan is written all the same, for the machines that compute bf16 (checked there)
+            assert entry["reads_graph"] and "checked where it runs" in entry["accuracy"]["reason"]
 
 
 @needs_bf16
@@ -120,12 +131,13 @@ def test_bf16_runs_where_the_cpu_computes_it_and_fp32_elsewhere(folders, photos,
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiny_clip", ["crop48"], indirect=True)
-def test_int8_copies_are_calibrated_static_int8_and_kept_only_past_their_gate(folders, capsys):
+def test_int8_copies_are_calibrated_static_int8_and_kept_only_past_their_gate(calibrated, capsys):
     """A tiny random tower's static int8 misses the 0.999 gate here (seen: image 0.989, text 0.63 on their stored
     noise checks after calibration on photo crops, noise and 6 texts): kept or refused, the manifest, the files and
     the engine agree, and the folder answers with ONNX Runtime's dynamic int8."""
-    manifest = Manifest.load(folders["int8"])
+    manifest = Manifest.load(calibrated)
     kept = []
     for name in ("image_tower", "text_tower"):
         entry = manifest.graphs[name].backends["openvino"]
@@ -139,17 +151,17 @@ def test_int8_copies_are_calibrated_static_int8_and_kept_only_past_their_gate(fo
             assert set(entry["files"]) == {f"{name}.openvino.xml", f"{name}.openvino.bin"}
         else:
             assert "files" not in entry and "gate" in entry["reason"] + str(record.get("reason"))
-            assert not (folders["int8"] / f"{name}.openvino.xml").exists()
+            assert not (calibrated / f"{name}.openvino.xml").exists()
         assert manifest.graphs[name].precision == "int8"  # ONNX Runtime's dynamic int8 is there either way
     if kept:
-        ov = ClipEngine.from_dir(folders["int8"], provider="openvino", threads=2)
+        ov = ClipEngine.from_dir(calibrated, provider="openvino", threads=2)
         assert [n for n in ("image_tower", "text_tower") if isinstance(ov.sessions[n], backend.OpenVinoGraph)] == kept
-        code, out, _ = run_cli(capsys, "verify", folders["int8"], "--provider", "openvino", "--json")
+        code, out, _ = run_cli(capsys, "verify", calibrated, "--provider", "openvino", "--json")
         assert code == 0
     else:
         with pytest.raises(ProviderError, match="holds no graph for OpenVINO"):
-            ClipEngine.from_dir(folders["int8"], provider="openvino")
-    code, _, _ = run_cli(capsys, "verify", folders["int8"])
+            ClipEngine.from_dir(calibrated, provider="openvino")
+    code, _, _ = run_cli(capsys, "verify", calibrated)
     assert code == 0
 
 
@@ -186,11 +198,11 @@ print(json.dumps({"machine": this_machine().to_dict(),
 @pytest.mark.slow
 @needs_qemu
 @pytest.mark.parametrize("tiny_clip", ["crop48"], indirect=True)
-def test_copies_verify_on_avx2_kernels(folders):
+def test_copies_verify_on_avx2_kernels(folders, calibrated):
     """OpenVINO's f32 kernels on AVX2 give fp32's answers value for value; a bf16 folder there runs ONNX Runtime's fp32
     graphs; the int8 folder's graphs pass (qemu's Haswell)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    plan = json.dumps({"openvino": str(folders["fp32"]), "auto": str(folders["bf16"]), "cpu": str(folders["int8"])})
+    plan = json.dumps({"openvino": str(folders["fp32"]), "auto": str(folders["bf16"]), "cpu": str(calibrated)})
     done = subprocess.run([str(ON_AVX2), sys.executable, "-c", VERIFY, plan], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
