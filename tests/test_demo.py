@@ -76,6 +76,8 @@ def test_exports_run_two_at_a_time_only_where_the_cores_and_memory_are(cores, av
     assert demo.export_plan(cores) == plan
 
 
+# slow (5 s): exports in processes; make test-all runs it
+@pytest.mark.slow
 def test_exports_run_side_by_side_and_one_that_fails_stops_those_not_started(tmp_path, monkeypatch):
     sources = {"clip": TINY_SOURCES["clip"], "chinese_clip": (("random:chinese-clip-huge", None),),
                "caption": TINY_SOURCES["caption"], "vqa": TINY_SOURCES["vqa"]}

@@ -113,6 +113,8 @@ def test_int4_decoder_step_holds_4bit_matmuls_and_the_manifest_says_so(monkeypat
         assert 1 <= len(caption.token_ids) <= 6 and isinstance(caption.text, str)
 
 
+# slow (5 s): two int4 exports; make test-all runs it
+@pytest.mark.slow
 def test_a_broken_int4_step_is_rejected_and_int8_is_tried_next(monkeypatch, tmp_path):
     real = optimize.quantize_weight_only
 

@@ -186,6 +186,14 @@ def test_bad_calibration_is_refused_in_one_line_before_anything_is_written(argv,
         export_model("random:clip-tiny", tmp_path / "out", **{"precision": argv[1], "calibration": argv[3]})
 
 
+def test_calibration_is_refused_for_a_family_without_a_calibrated_copy(tmp_path, capsys):
+    (tmp_path / "cal").mkdir()
+    (tmp_path / "cal" / "texts.txt").write_text("a photo of a cat\n", encoding="utf-8")
+    code, _, err = run_cli(capsys, "export", "random:blip-tiny", "--task", "caption", "--precision", "int8",
+                           "--calibration", str(tmp_path / "cal"), "--out", str(tmp_path / "out"))
+    assert code == 2 and "BLIP folders have no calibrated int8 copy" in err and not (tmp_path / "out").exists()
+
+
 VERIFY = """
 import json, sys
 from clipblip.engine.checks import verify_folder

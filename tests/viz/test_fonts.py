@@ -58,6 +58,8 @@ def every_figure(texts):
     yield "toy", viz.toy_attention_figure(texts)
 
 
+# slow (4 s): every figure rendered; make test-all runs it
+@pytest.mark.slow
 @needs_noto
 def test_every_figure_renders_every_script_without_missing_glyphs():
     for name, fig in every_figure(TEXTS + MORE):
