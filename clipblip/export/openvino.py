@@ -1,5 +1,5 @@
-"""A graph's copy for OpenVINO, written as the family's ``OpenVinoCopy`` for the export's precision says (fp32, fp16
-or NNCF's calibrated int8 weights) and gated against the fp32 graph like any lower precision (fp32 by max difference)."""
+"""A graph's copy for OpenVINO, as the family's ``OpenVinoCopy`` for the export's precision says (fp32, fp16 or NNCF's
+calibrated int8 weights), gated against the fp32 graph like any lower precision (an fp32 run by max difference)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def openvino_copy(spec: GraphSpec, fp32_path: Path, traced_path: Path, check: di
     """Gate on this CPU, with the graph's stored ``check``, OpenVINO running the graph as ``copy`` says: fp32 weights
     straight from the kept fp32 ONNX graph (no file of its own: the entry says ``reads_graph``; in f32 not gated here,
     as the graph itself passed parity: checked where it runs, with fp32's gate; in bf16 gated where this CPU computes
-    bf16, else left to the machines that run it); fp16 weights converted from it, or int8 weights quantised by NNCF from the
-    traced (unfused) graph on the ``calibration`` feeds, written as ``<graph>.openvino.xml/.bin`` into ``folder``
-    (default: beside the fp32 graph).
+    bf16, else left to the machines that run it); fp16 weights converted from it, or int8 weights quantised by NNCF
+    from the traced (unfused) graph on the ``calibration`` feeds, written as ``<graph>.openvino.xml/.bin`` into
+    ``folder`` (default: beside the fp32 graph).
 
     Returns the manifest's ``backends["openvino"]`` entry; without ``files`` (and leaving no file) when OpenVINO (or
     NNCF, for int8) is not installed or the copy fails its gate, ``reason`` saying which.
