@@ -55,7 +55,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import locale
 import os
 import shutil
 import sys
@@ -77,11 +76,6 @@ from classify import OtherLoad, wait_for_idle  # noqa: E402  (benchmarks/peers/c
 from calibration import CALIBRATION_ITEMS, CALIBRATION_TEXTS, calibration_folder  # noqa: E402  (benchmarks/)
 
 CLIP, BLIP = "random:clip-base", "random:blip-base"
-# The process's locale as Python set it up (LC_CTYPE from the environment, C.UTF-8 say). OpenVINO's
-# Core::compile_model(path) sets LC_ALL to "C" and back around its work; clipblip opens a folder's graphs in threads,
-# and two such compilations at once (a cold OpenVINO cache) can leave the process in "C": open() then reads ASCII,
-# and torch.compile's inductor fails on its UTF-8 kernel templates (UnicodeDecodeError). Put back after each open.
-STARTUP_LOCALE = locale.setlocale(locale.LC_ALL)
 CAPTION_TOKENS = 20
 PROMPT = "a photo of a dog."
 EAGER = "PyTorch eager fp32"
@@ -428,17 +422,6 @@ def session_variant(engine, graph: str, feeds: dict) -> Variant:
     return Variant(lambda: session.run(names, feeds)[0], computes, provider)
 
 
-def restore_locale() -> None:
-    """The process's locale back to :data:`STARTUP_LOCALE` where a library changed it (noted when it had)."""
-    now = locale.setlocale(locale.LC_ALL)
-    if now != STARTUP_LOCALE:
-        LOCALE_CHANGES.append(now)
-        locale.setlocale(locale.LC_ALL, STARTUP_LOCALE)
-
-
-LOCALE_CHANGES: list[str] = []  # the locales found (and undone) by restore_locale
-
-
 class Engines:
     """clipblip engines, opened once per (model, folder, provider) and shared by the workloads."""
 
@@ -457,7 +440,6 @@ class Engines:
                                                                   threads=self.threads)
             except Exception as e:  # noqa: BLE001  remembered: every workload of this engine says why
                 self.opened[key, label, provider] = e
-            restore_locale()
             say(f"opened clipblip {key} {label} (provider {provider}) in {time.perf_counter() - started:.1f} s")
         engine = self.opened[key, label, provider]
         if isinstance(engine, Exception):
@@ -646,7 +628,6 @@ def measure(workload: Workload, args, peaks: dict) -> dict:
     interleaved in rotating rounds; latency, speed-up over eager fp32, agreement with it and share of the peak."""
     first_call: dict[str, float] = {}
     outputs: dict[str, Any] = {}
-    restore_locale()  # before torch.compile reads its templates (see STARTUP_LOCALE)
     for name, variant in list(workload.variants.items()):
         say(f"{workload.title}: first call of {name}")
         started = time.perf_counter()
@@ -896,9 +877,6 @@ def main(argv: list[str] | None = None) -> dict:
         notes.append(f"above 100 % of the computed peak ({', '.join(above)}): the cores ran faster than the clock "
                      "/proc/cpuinfo reports (boost), or the MACs-per-cycle table undercounts this CPU; the shares "
                      "compare engines with each other, not with a true ceiling.")
-    if LOCALE_CHANGES:
-        notes.append(f"the process's locale was found changed to {sorted(set(LOCALE_CHANGES))} after opening clipblip "
-                     f"engines (OpenVINO compiling graphs in parallel threads) and was put back to {STARTUP_LOCALE!r}.")
     report = {"date": time.strftime("%Y-%m-%d"), "environment": env, "models": {"clip": CLIP, "blip": BLIP},
               "random_weights": True, "photo": sample_photo().name, "prompt": PROMPT,
               "calibration": f"{CALIBRATION_ITEMS} images and {len(CALIBRATION_TEXTS)} texts in "
