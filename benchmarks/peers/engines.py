@@ -756,7 +756,7 @@ def markdown(report: dict) -> str:
         f"{settings['openvino']['f32_graph']} (OpenVINO reads ONNX Runtime's fused operators).",
         f"- OpenVINO + NNCF int8: `{settings['openvino']['int8']}` on {settings['openvino']['int8_graph']}; SmoothQuant "
         f"{settings['openvino']['smoothquant']}, NNCF's defaults otherwise (clipblip's own NNCF copies add "
-        "OverflowFix.ENABLE: 7-bit weights, so that AVX2 computes the same); calibration: {settings['openvino']['calibration']} "
+        f"OverflowFix.ENABLE: 7-bit weights, so that AVX2 computes the same); calibration: {settings['openvino']['calibration']} "
         f"({report['calibration']}); run with the same config as OpenVINO f32.",
         "- clipblip fp32 / int8 / bf16: `ClipEngine` / `BlipEngine.from_dir(folder, provider=\"auto\", "
         f"threads={env['threads']})` on folders exported from the same checkpoint (int8: `export_model(..., "
