@@ -147,6 +147,15 @@ class TextTokenizer:
             attention_mask[:] = 1
         return input_ids, attention_mask
 
+    def pad_to(self, input_ids: np.ndarray, attention_mask: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Padded rows (:meth:`pad`) padded further to ``length`` tokens, masked, on the model's side."""
+        extra = length - input_ids.shape[1]
+        if extra <= 0:
+            return input_ids, attention_mask
+        where = ((0, 0), (extra, 0)) if self.padding_side == "left" else ((0, 0), (0, extra))
+        return (np.pad(input_ids, where, constant_values=self.pad_id),
+                np.pad(attention_mask, where, constant_values=0))
+
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.pad(self.ids(texts))
 

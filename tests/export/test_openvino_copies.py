@@ -221,3 +221,17 @@ def test_copies_verify_on_avx2_kernels(folders, calibrated):
         assert records and all(r["passed"] for r in records), (provider, records)
     assert {r["provider"] for r in result["verify"]["openvino"]} == {"OpenVINO CPU (f32)"}  # fp32, value for value
     assert {r["provider"] for r in result["verify"]["auto"]} == {"CPUExecutionProvider"}  # no bf16 on Haswell
+
+
+@pytest.mark.slow  # 2,000 calls, as the fp32 soak in tests/engine/test_runtime_faults.py
+@needs_bf16
+@pytest.mark.parametrize("tiny_clip", ["crop48"], indirect=True)
+def test_bf16_plan_memory_levels_off_under_a_soak(folders, photos):
+    """auto runs the bf16 plan on OpenVINO; OpenVINO keeps compiled kernels per input shape, so varied shapes are
+    what this soak feeds (it is why auto does not run the fp32 plan)."""
+    from tests.engine.test_runtime_faults import GROWTH_LIMIT_MB, SOAK_CALLS, soak
+    from tests.helpers import varied_images
+
+    engine = ClipEngine.from_dir(folders["bf16"])
+    assert engine.providers == ["OpenVINO CPU (bf16)"]
+    assert soak(engine, varied_images(photos), SOAK_CALLS) < GROWTH_LIMIT_MB
