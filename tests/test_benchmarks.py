@@ -28,13 +28,15 @@ def test_quick_benchmark_writes_json_table_and_chart(tmp_path):
     base = ["eager fp32", "eager bf16 autocast", "clipblip fp32", "clipblip int8"]
     openvino = importlib.util.find_spec("openvino") is not None
     for work, variants in report["latency"].items():
-        assert list(variants)[:4] == base
+        plain = [v for v in variants if not v.endswith(" + OpenVINO")]  # --provider openvino beside auto
+        assert plain[:4] == base
         if work.startswith("BLIP caption"):
             assert "clipblip int4" in variants
         if work.startswith("BLIP") and openvino and not auto_openvino:
             assert "clipblip int8 + OpenVINO" in variants  # int8 BLIP folders carry the image tower's copy
         if work.startswith("CLIP"):
-            assert list(variants) == base + ["clipblip bf16"]  # bf16: OpenVINO where the CPU computes it, else fp32
+            assert plain == base + ["clipblip bf16"]  # bf16: OpenVINO where the CPU computes it, else fp32
+            assert ("clipblip fp32 + OpenVINO" in variants) == openvino  # the fp32 plan: --provider openvino only
         assert variants["eager fp32"]["ratio_to_eager_fp32"] == 1.0
         assert all(v["p50_ms"] > 0 and v["p95_ms"] >= v["p50_ms"] * 0.999 for v in variants.values())
     cold = report["cold_start"]
