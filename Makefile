@@ -8,7 +8,7 @@ DEMO_STAMP := $(VENV)/.installed-demo
 TORCH := torch==2.13.0
 # what the demo needs; `make install` (or test) adds the server, search, Ray, OpenVINO, OpenCLIP and the tests' tools
 DEMO_EXTRAS := cpu,export,viz
-EXTRAS := $(DEMO_EXTRAS),test,serve,ray,search,openvino,open_clip
+EXTRAS := $(DEMO_EXTRAS),test,serve,ray,search,openvino,open_clip,video
 
 .PHONY: demo install test test-all bench browser qemu clean
 

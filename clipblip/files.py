@@ -56,11 +56,12 @@ def remember_written(path: str | os.PathLike) -> None:
 
 
 def written_by_clipblip(path: Path) -> bool:
-    """Whether the file at ``path`` carries clipblip's mark (for a YAML file: its first line, a comment; for an
-    .npy array: clipblip's record of the file it wrote there, with the same sha256)."""
+    """Whether the file at ``path`` carries clipblip's mark (for a YAML file: its first line, a comment; for WebVTT
+    subtitles: their NOTE; for an .npy array or SRT subtitles: clipblip's record of the file it wrote there, with
+    the same sha256)."""
     suffix = path.suffix.lower()
     try:
-        if suffix == ".npy":
+        if suffix in (".npy", ".srt"):
             from .manifest import read_user_record, sha256_of
 
             recorded = read_user_record(WRITTEN_NAME).get(str(path.absolute()))
@@ -80,6 +81,9 @@ def written_by_clipblip(path: Path) -> bool:
         if suffix in (".yaml", ".yml"):  # a config: its first line says who wrote it
             with open(path, "rb") as f:
                 return f.readline(1 << 10).startswith(b"# written by clipblip ")
+        if suffix == ".vtt":
+            with open(path, "rb") as f:
+                return f.read(1 << 10).startswith(b"WEBVTT\n\nNOTE written by clipblip ")
     except (OSError, zipfile.BadZipFile, ValueError, SyntaxError):
         return False
     return False

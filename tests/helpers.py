@@ -111,3 +111,17 @@ def assert_pixels_match(exported, image_processor, paths) -> None:
             got = preprocess([image])[0]
         assert got.shape == ref.shape, path.name
         assert np.abs(got - ref).max() <= 1e-5, path.name
+
+
+def make_videos_module():
+    """tools/make_videos.py as a module (the script that makes the videos of known scenes; PyAV)."""
+    import importlib.util
+    import sys
+
+    if "make_videos" not in sys.modules:
+        root = Path(__file__).resolve().parents[1]
+        spec = importlib.util.spec_from_file_location("make_videos", root / "tools" / "make_videos.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["make_videos"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["make_videos"]

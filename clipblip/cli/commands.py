@@ -266,7 +266,7 @@ def print_generations(args: argparse.Namespace, images: list[str], engine, run: 
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights, **extra,
                     "interrupted": run.interrupted,
-                    "results": [{"image": str(image), **run.item(i, **(run.results[i] and generation_fields(
+                    "results": [{**source(image), **run.item(i, **(run.results[i] and generation_fields(
                         run.results[i]) or {}))} for i, image in enumerate(images)]})
     else:
         for i, image in enumerate(images[: run.done]):
@@ -276,12 +276,39 @@ def print_generations(args: argparse.Namespace, images: list[str], engine, run: 
     return run.exit_code
 
 
+def source(item) -> dict[str, Any]:
+    """What an input was, for --json: ``{"image": PATH}``, or ``{"video": PATH, "at": SECONDS}``."""
+    from .video import Moment
+
+    return {"video": item.video, "at": item.at} if isinstance(item, Moment) else {"image": str(item)}
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
-    images = image_paths(args)
+    from .video import caption_every, check_subtitle_output, media_items, with_frames, write_subtitles
+
+    paths = image_paths(args)
+    check_subtitle_output(args)
+    images = media_items(args, paths) if args.every is None else paths
     engine = open_engine(args, "caption")  # a wrong folder, prompt or option fails before any work
     options = decoding(args, engine, "caption", len(engine.caption_prompt(args.prompt)))
-    run = run_items(images, args.max_batch, lambda part: engine.generate_captions(
-        part, prompt=args.prompt, return_errors=True, **options), "caption")
+    if args.every is not None:
+        video, timed = caption_every(args, paths, engine, lambda frames: [g.text for g in engine.generate_captions(
+            frames, prompt=args.prompt, **options)])
+        if engine.manifest.random_weights:
+            print(RANDOM_BANNER, file=sys.stderr)
+        if args.out is not None:
+            write_subtitles(args, timed, engine.manifest.random_weights)
+        if args.json:
+            print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
+                        "video": video, "every": args.every, "prompt": args.prompt, "captions": timed})
+        else:
+            from ..video import clock
+
+            for entry in timed:
+                print(f"{clock(entry['start'])}–{clock(entry['end'])}  {entry['text']}")
+        return 0
+    run = run_items(images, args.max_batch, with_frames(lambda part: engine.generate_captions(
+        part, prompt=args.prompt, return_errors=True, **options)), "caption")
     warn(run, [args.prompt and unknown_texts_warning(engine.tokenizer, engine.folder, [args.prompt], "--prompt")])
     return print_generations(args, images, engine, run, {"prompt": args.prompt})
 
@@ -291,7 +318,7 @@ def print_rankings(args: argparse.Namespace, images: list[str], engine, run: Ite
     if args.json:
         print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
                     "question": args.question, "candidates": args.candidates, "interrupted": run.interrupted,
-                    "results": [{"image": str(image), **run.item(i, **(run.results[i] is not None and {
+                    "results": [{**source(image), **run.item(i, **(run.results[i] is not None and {
                         "ranking": [{"answer": a, "score": s} for a, s in run.results[i]]} or {}))}
                         for i, image in enumerate(images)]})
     else:
@@ -309,7 +336,9 @@ def print_rankings(args: argparse.Namespace, images: list[str], engine, run: Ite
 
 
 def cmd_vqa(args: argparse.Namespace) -> int:
-    images = image_paths(args)
+    from .video import media_items, with_frames
+
+    images = media_items(args, image_paths(args))
     engine = open_engine(args, "vqa")
     warnings = [unknown_texts_warning(engine.tokenizer, engine.folder, [args.question], "--question"),
                 unknown_texts_warning(engine.tokenizer, engine.folder, args.candidates or [], "candidate")]
@@ -324,13 +353,13 @@ def cmd_vqa(args: argparse.Namespace) -> int:
                              f"leave them out")
 
         engine.candidate_ids(args.question, args.candidates)  # bad candidates fail before any work
-        run = run_items(images, args.max_batch, lambda part: engine.rank_answers(
-            part, args.question, args.candidates, return_errors=True), "vqa")
+        run = run_items(images, args.max_batch, with_frames(lambda part: engine.rank_answers(
+            part, args.question, args.candidates, return_errors=True)), "vqa")
         warn(run, warnings)
         return print_rankings(args, images, engine, run)
     options = decoding(args, engine, "vqa", 1)
-    run = run_items(images, args.max_batch, lambda part: engine.generate_answers(
-        part, args.question, return_errors=True, **options), "vqa")
+    run = run_items(images, args.max_batch, with_frames(lambda part: engine.generate_answers(
+        part, args.question, return_errors=True, **options)), "vqa")
     warn(run, warnings)
     return print_generations(args, images, engine, run, {"question": args.question})
 

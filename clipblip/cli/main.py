@@ -12,6 +12,7 @@ from typing import Sequence
 from .. import __version__, families
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS, PROVIDER_CHOICES
 from ..errors import ClipblipError, MissingExtraError
+from .video import add_video_options
 from .commands import (cmd_caption, cmd_classify, cmd_demo, cmd_embed, cmd_export, cmd_match, cmd_similarity,
                        cmd_verify, cmd_vqa)
 from .parsing import Parser, decoding_options, positive
@@ -28,7 +29,7 @@ FIGURE_HELP = "the figure to write: FILE.png, .svg or .pdf"
 EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "safetensors": "export",
           "matplotlib": "viz", "onnxruntime": "cpu", "fastapi": "serve", "uvicorn": "serve",
           "prometheus_client": "serve", "ray": "ray", "yaml": "ray", "pyarrow": "ray", "open_clip": "open_clip",
-          "timm": "open_clip"}
+          "timm": "open_clip", "av": "video"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGES_HELP)
     p.add_argument("--prompt", default=None, help="text the caption starts with")
     decoding_options(p, "30")
+    add_video_options(p, every=True)
     p.add_argument("--json", action="store_true", help="print one JSON document, with token ids (and beam scores)")
     p.set_defaults(run=cmd_caption)
 
@@ -144,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help=IMAGES_HELP)
     p.add_argument("--question", required=True, help="the question asked of every image")
     decoding_options(p, "10")
+    add_video_options(p, every=False)
     p.add_argument("--candidates", nargs="+", default=None, metavar="ANSWER",
                    help="rank these answers by the decoder's log-likelihood instead of generating one")
     p.add_argument("--json", action="store_true", help="print one JSON document, with token ids")
@@ -211,12 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a config file that clipblip wrote before")
     p.set_defaults(run=cmd_serve)
 
-    p = command(sub, "index", help="embed the images under PATHs into a search database (new and changed files only)")
+    p = command(sub, "index", help="embed the images and videos under PATHs into a search database (new and changed "
+                                   "files only)")
     p.add_argument("model_dir", metavar="DIR",
                    help="a CLIP, Chinese-CLIP or SigLIP folder, or a BLIP retrieval (itm) folder")
-    p.add_argument("paths", nargs="+", metavar="PATH", help=IMAGES_HELP)
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image and video (mp4, mov, mkv, webm, avi; the `video` extra) files, folders (searched "
+                        "recursively) or quoted glob patterns")
     p.add_argument("--db", required=True, metavar="DB", help="the database file (created if missing), e.g. photos.db")
-    runtime_options(p, "images embedded and committed per batch")
+    runtime_options(p, "images (or video frames) embedded per batch")
+    p.add_argument("--frame-every", type=float, default=2.0, metavar="S",
+                   help="a video's frames are sampled one every S seconds (default 2)")
+    p.add_argument("--fold-similarity", type=float, default=0.9, metavar="COS",
+                   help="consecutive frames stay one segment while their cosine to its first frame is at least COS "
+                        "(default 0.9; above 1: one segment per frame)")
     p.add_argument("--json", action="store_true", help="print what the run did as one JSON document")
     ray = p.add_argument_group("on Ray Data (the `ray` extra); the model folder and the images must be readable at "
                                "the same absolute paths on every node")
@@ -241,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", metavar="T", help="find the images that best match this text")
     query.add_argument("--image", metavar="IMG", help="find the images most like this image file")
+    query.add_argument("--like", metavar="PATH[@S]", help="find what is most like an indexed photo, or the segment of "
+                                                        "an indexed video shown at S seconds (PATH@83.5)")
     p.add_argument("-k", type=int, default=10, help="how many images (default 10)")
     p.add_argument("--rerank", nargs="?", const="", default=None, metavar="ITM_DIR",
                    help="order the best k x 4 (at least 20) by BLIP's ITM match probability (default ITM_DIR: "

@@ -11,6 +11,12 @@ from .common import RANDOM_BANNER, check_argument_order, print_json
 from .progress import ProgressBar
 
 
+def clock(seconds: float) -> str:
+    from ..video import clock as video_clock
+
+    return video_clock(seconds)
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from ..manifest import Manifest
     from ..search.indexer import Indexer
@@ -25,14 +31,15 @@ def cmd_index(args: argparse.Namespace) -> int:
         return emit_job(args)
     check_argument_order(args, args.paths, "PATH")
     options = dict(max_batch=args.max_batch, provider=args.provider, threads=args.threads,
-                   max_image_pixels=args.max_image_pixels)
+                   max_image_pixels=args.max_image_pixels, frame_every=args.frame_every,
+                   fold_similarity=args.fold_similarity)
     if args.ray:
         from ..search.ray_index import RayIndexer
 
         indexer = RayIndexer(args.db, args.model_dir, workers=args.workers, address=args.ray_address, **options)
     else:
         indexer = Indexer(args.db, args.model_dir, **options)
-    with ProgressBar(0, "index") as bar:
+    with ProgressBar(0, "index (photos + seconds of video)") as bar:
         try:
             report = indexer.run(args.paths, progress=lambda done, total: bar.update(done, total))
         except KeyboardInterrupt:
@@ -42,8 +49,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**report.to_dict(), **({"interrupted": True} if report.interrupted else {})})
     else:
-        print(f"{args.db}: {report.embedded} embedded, {report.unchanged} unchanged, {report.removed} removed, "
-              f"{report.skipped} skipped (not images), {len(report.failed)} failed")
+        videos = (f" ({report.videos} videos: {clock(report.video_seconds)} of video, {report.frames} frames in "
+                  f"{report.segments} segments)" if report.videos else "")
+        print(f"{args.db}: {report.embedded} embedded{videos}, {report.unchanged} unchanged, {report.removed} "
+              f"removed, {report.skipped} skipped (not images or videos), {len(report.failed)} failed")
     for failure in report.failed:
         print(f"clipblip: error: {failure['error']}", file=sys.stderr)
     if report.interrupted:
@@ -76,7 +85,9 @@ def emit_job(args: argparse.Namespace) -> int:
         raise ModuleNotFoundError("No module named 'ray'", name="ray") from None  # named as a missing extra
     job = rayjob_manifest(args.model_dir, args.paths, args.db, name="clipblip-index", image=args.job_image,
                           workers=args.workers, threads=args.threads or 1, volume_claim=args.job_volume_claim,
-                          mount=mount, ray_version=ray_version)
+                          mount=mount, ray_version=ray_version,
+                          options=["--frame-every", f"{args.frame_every:g}", "--fold-similarity",
+                                   f"{args.fold_similarity:g}"])
     header = (f"# written by clipblip {__version__}: a KubeRay RayJob; `kubectl apply -f {args.emit_job}` creates a "
               f"Ray cluster,\n# runs this index on it, and deletes the cluster when it ends. The image must hold "
               f"clipblip with the `ray` extra;\n# the claim {args.job_volume_claim!r} must hold the model folder, the "
@@ -87,20 +98,49 @@ def emit_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def like_argument(value: str) -> tuple[str, float | None]:
+    """``PATH`` or ``PATH@SECONDS`` (a time in a video; a path that itself holds "@" is taken whole when it
+    exists), the path made absolute as the index stores it."""
+    import os
+
+    from ..errors import UsageError
+
+    path, at = value, None
+    if "@" in value and not os.path.lexists(value):
+        path, _, time = value.rpartition("@")
+        try:
+            at = float(time)
+        except ValueError:
+            raise UsageError(f"--like {value}: give PATH or PATH@SECONDS (a time in a video, e.g. clip.mp4@83.5)") \
+                from None
+        if not at >= 0:
+            raise UsageError(f"--like {value}: the time must be at least 0 seconds")
+    return os.path.abspath(path), at
+
+
+def hit_line(hit) -> str:
+    """``score  PATH`` for a photo, ``score  PATH @ mm:ss–mm:ss`` for a video segment."""
+    from ..video import clock
+
+    where = f"{hit.path} @ {clock(hit.start)}–{clock(hit.end)}" if hit.is_segment else hit.path
+    return f"{hit.score:.4f}  {where}"
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from ..search import search
 
-    if (args.text is None) == (args.image is None):
+    if sum(q is not None for q in (args.text, args.image, args.like)) != 1:
         from ..errors import UsageError
 
-        raise UsageError("search: give either --text or --image")
+        raise UsageError("search: give one of --text, --image or --like")
+    like, like_at = like_argument(args.like) if args.like is not None else (None, None)
 
     def skipped(path: str, error) -> None:
         message = str(error)
         print(f"clipblip: warning: left out of the re-ranking: {message if path in message else f'{path}: {message}'}",
               file=sys.stderr)
 
-    hits = search(args.db, text=args.text, image=args.image, k=args.k, model_dir=args.model,
+    hits = search(args.db, text=args.text, image=args.image, like=like, like_at=like_at, k=args.k, model_dir=args.model,
                   rerank=args.rerank is not None, itm_dir=args.rerank or None, provider=args.provider,
                   threads=args.threads, on_error=skipped)
     folders = query_folders(args.db, args.model, args.rerank)
@@ -108,11 +148,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.text is not None:
         unknown_text_warning(folders, args.text)
     if args.json:
-        query = {"text": args.text} if args.text is not None else {"image": args.image}
+        query = ({"text": args.text} if args.text is not None else {"image": args.image} if args.image is not None
+                 else {"like": like, **({} if like_at is None else {"at": like_at})})
         print_json({"query": query, "random_weights": random_weights, "hits": [hit.to_dict() for hit in hits]})
     else:
         for hit in hits:
-            print(f"{hit.score:.4f}  {hit.path}")
+            print(hit_line(hit))
     return 0
 
 

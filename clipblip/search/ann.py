@@ -92,19 +92,19 @@ def read_stamp(path: Path) -> str | None:
 
 
 class AnnIndex:
-    """An HNSW index over a database's vectors; id ``i`` is ``paths[i]``."""
+    """An HNSW index over a database's vectors; id ``i`` is ``rows[i]`` (a photo or a video segment)."""
 
-    def __init__(self, index, paths: list[str]):
-        self.index, self.paths = index, paths
+    def __init__(self, index, rows: list):
+        self.index, self.rows = index, rows
 
     @classmethod
-    def build(cls, vectors: np.ndarray, paths: list[str]) -> AnnIndex:
+    def build(cls, vectors: np.ndarray, rows: list) -> AnnIndex:
         import faiss
 
         index = faiss.IndexHNSWFlat(vectors.shape[1], M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = EF_CONSTRUCTION
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        return cls(index, paths)
+        return cls(index, rows)
 
     def search(self, query: np.ndarray, n: int, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ids and inner products of the (approximately) ``n`` nearest, best first."""
@@ -131,10 +131,16 @@ class AnnIndex:
                 f.write(data + struct.pack("<I", len(data)) + MAGIC)
 
 
-def stored_rows(store) -> list[tuple[str, str]]:
-    """Every (path, content sha256) of the database, in path order (the order of ``store.vectors()``),
-    without the vectors."""
-    return [(row[0], row[1]) for row in store._query("SELECT path, sha256 FROM images ORDER BY path")]
+def stored_rows(store) -> list[tuple]:
+    """Every (row, content sha256) of the database, in the order of ``store.vectors()``, without the vectors."""
+    from .store import Row
+
+    rows = [(Row(path), sha) for path, sha in store._query("SELECT path, sha256 FROM images ORDER BY path")]
+    if store.has_videos:
+        rows += [(Row(path, float(start), float(end), float(frame)), sha) for path, start, end, frame, sha in
+                 store._query('SELECT s.path, s.start, s."end", s.frame, v.sha256 FROM segments s JOIN videos v '
+                              'ON v.path = s.path ORDER BY s.path, s.start')]
+    return rows
 
 
 def load_or_build(store, quiet: bool = False) -> AnnIndex:
@@ -143,24 +149,23 @@ def load_or_build(store, quiet: bool = False) -> AnnIndex:
     import faiss
 
     path = cache_path(store.path)
-    rows = stored_rows(store)
-    paths = [p for p, _ in rows]
-    rows_stamp = stamp(rows)
+    stored = stored_rows(store)
+    rows = [row for row, _ in stored]
+    rows_stamp = stamp([(row.key, sha) for row, sha in stored])
     if read_stamp(path) == rows_stamp:
         try:
             index = faiss.read_index(os.fspath(path))
-            if index.ntotal == len(paths) and index.d == store.meta.dim:
-                return AnnIndex(index, paths)
+            if index.ntotal == len(rows) and index.d == store.meta.dim:
+                return AnnIndex(index, rows)
         except RuntimeError:
             pass
     if not quiet:
-        print(f"clipblip: building the approximate search index {path} for {len(paths)} vectors (once; it is "
+        print(f"clipblip: building the approximate search index {path} for {len(rows)} vectors (once; it is "
               f"rebuilt when the database changes)", file=sys.stderr)
     fresh, vectors = store.vectors()
-    if fresh != paths:  # the database changed between the two reads: build from what was read, cache nothing
+    if fresh != rows:  # the database changed between the two reads: build from what was read, cache nothing
         rows_stamp = None
-    paths = fresh
-    ann = AnnIndex.build(vectors, paths)
+    ann = AnnIndex.build(vectors, fresh)
     del vectors
     try:
         if rows_stamp is not None:

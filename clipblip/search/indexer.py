@@ -1,6 +1,7 @@
-"""Index image files into a search database, incrementally, committing batch by batch.
+"""Index image and video files into a search database, incrementally, committing batch by batch.
 
-A file is embedded when it is new, or when its size or mtime changed *and* its sha256 changed; a file
+A video is sampled at one frame every ``frame_every`` seconds and its frames folded into segments
+(:mod:`.segments`); it is committed whole, with its segments, or not at all. A file is embedded when it is new, or when its size or mtime changed *and* its sha256 changed; a file
 whose size/mtime changed but whose content did not just gets its size and mtime updated. Entries under
 the paths given whose file is gone are removed. Each batch is committed on its own, so an interruption
 loses at most the batch in flight, and the next run resumes where it stopped.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,16 +20,24 @@ from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
 from ..engine.base import missing_towers, tower_refusal
 from ..engine.items import batches
 from ..errors import ClipblipError, DatabaseError, ImageError, UsageError, WrongModelError
+from ..inputs import is_video_name
 from ..manifest import MANIFEST_NAME, Manifest, sha256_of
+from .segments import FOLD_SIMILARITY, Segment
 from .store import Entry, Meta, Store
+from .videos import Meter, video_segments
 
-__all__ = ["IndexReport", "Indexer", "index_paths", "open_model", "model_sha256"]
+__all__ = ["IndexReport", "Indexer", "index_paths", "open_model", "model_sha256", "FRAME_EVERY"]
+
+FRAME_EVERY = 2.0  # seconds between the frames sampled from a video
 
 
 @dataclass
 class IndexReport:
-    """What one indexing run did. ``failed`` holds ``{"path", "error"}`` for each file that could not be
-    embedded (it has no entry afterwards); ``skipped`` counts files that are not images by their extension."""
+    """What one indexing run did. ``embedded`` counts files (photos and videos) embedded, ``videos`` the videos of
+    them, ``frames`` their sampled frames and ``segments`` what those folded into, over ``video_seconds`` of video;
+    ``decode_seconds`` and ``embed_seconds`` are the wall time of decoding frames and of embedding them.
+    ``failed`` holds ``{"path", "error"}`` for each file that could not be embedded (it has no entry afterwards);
+    ``skipped`` counts files that are neither images nor videos by their extension."""
 
     embedded: int = 0
     unchanged: int = 0
@@ -36,10 +45,19 @@ class IndexReport:
     skipped: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     interrupted: bool = False
+    videos: int = 0
+    frames: int = 0
+    segments: int = 0
+    video_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    embed_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"embedded": self.embedded, "unchanged": self.unchanged, "removed": self.removed,
-                "skipped": self.skipped, "failed": list(self.failed)}
+                "skipped": self.skipped, "failed": list(self.failed),
+                **({"videos": self.videos, "frames": self.frames, "segments": self.segments,
+                    "video_seconds": round(self.video_seconds, 3), "decode_seconds": round(self.decode_seconds, 3),
+                    "embed_seconds": round(self.embed_seconds, 3)} if self.videos else {})}
 
 
 def model_sha256(model_dir: str | os.PathLike) -> str:
@@ -112,18 +130,18 @@ def glob_regex(pattern: str) -> str:
 
 
 def expand(args: Sequence[str]) -> tuple[list[str], int]:
-    """Absolute image paths under ``args`` (files, folders, patterns), each once, and the count of skipped
-    files. A folder or pattern that holds no image gives none (its old entries are then removed)."""
+    """Absolute image and video paths under ``args`` (files, folders, patterns), each once, and the count of
+    skipped files. A folder or pattern that holds none gives none (its old entries are then removed)."""
     from ..inputs import ImageArgs, expand_images, folder_images
 
     paths, skipped = [], 0
     for arg in args:
         if os.path.isdir(arg):  # a folder left with no image is not an error here: its entries go
             found = ImageArgs()
-            found.paths = folder_images(arg, found)
+            found.paths = folder_images(arg, found, videos=True)
         else:
             try:
-                found = expand_images([arg], "PATH")
+                found = expand_images([arg], "PATH", videos=True)
             except UsageError:  # a pattern that matches no image
                 found = ImageArgs(skipped=len([m for m in glob.glob(arg, recursive=True) if os.path.isfile(m)]))
         paths.extend(os.path.abspath(p) for p in found.paths)
@@ -136,11 +154,18 @@ class Indexer:
 
     def __init__(self, db: str | os.PathLike, model_dir: str | os.PathLike, *, engine=None, max_batch: int = MAX_BATCH,
                  provider: str = "auto", threads: int | None = None,
-                 max_image_pixels: int | None = MAX_IMAGE_PIXELS):
+                 max_image_pixels: int | None = MAX_IMAGE_PIXELS, frame_every: float = FRAME_EVERY,
+                 fold_similarity: float = FOLD_SIMILARITY):
         if max_batch < 1:
             raise UsageError(f"--max-batch {max_batch}: must be at least 1")
+        if not 0 < frame_every <= 3600:
+            raise UsageError(f"--frame-every {frame_every:g}: must be more than 0 and at most 3600 seconds")
+        if not -1 <= fold_similarity <= 1:
+            raise UsageError(f"--fold-similarity {fold_similarity:g}: a cosine, from -1 to 1 (above 1: never fold)")
         self.db, self.model_dir = Path(db), Path(model_dir)
         self.max_batch = max_batch
+        self.frame_every, self.fold_similarity = float(frame_every), float(fold_similarity)
+        self.max_image_pixels = max_image_pixels
         self.engine_options = {"provider": provider, "threads": threads, "max_image_pixels": max_image_pixels}
         self.engine = engine
         self.report = IndexReport()
@@ -167,7 +192,8 @@ class Indexer:
         return Store.create(self.db, meta)
 
     def run(self, paths: Sequence[str], progress: Callable[[int, int], None] | None = None) -> IndexReport:
-        """Index the images under ``paths``; ``progress(done, total)`` after each batch of changed files.
+        """Index the images and videos under ``paths``; ``progress(done, total)`` after each batch of changed
+        photos and of a video's frames, counted in photos plus whole seconds of video.
         KeyboardInterrupt passes through after the batch in flight is rolled back (``report.interrupted``)."""
         if not paths:
             raise UsageError("index: give at least one PATH")
@@ -210,25 +236,57 @@ class Indexer:
         :class:`clipblip.search.ray_index.RayIndexer` does it on Ray Data)."""
         if self.engine is None:
             self.engine = open_model(self.model_dir, max_batch=self.max_batch, **self.engine_options)
-        done = 0
-        for batch in (candidates[part] for part in batches(len(candidates), self.max_batch)):
+        meter = Meter(candidates, progress)
+        photos = [c for c in candidates if not is_video_name(c[0])]
+        for batch in (photos[part] for part in batches(len(photos), self.max_batch)):
             self.index_batch(store, known, batch)
             store.commit()
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(candidates))
+            meter.advance(len(batch))
+        for path, st in candidates:
+            if is_video_name(path):
+                self.index_video(store, known, path, st, meter)
+                store.commit()
+
+    def index_video(self, store: Store, known: dict[str, Entry], path: str, st, meter: Meter) -> None:
+        """Hash, decode, embed and fold one changed video, committed whole (unless its bytes are unchanged)."""
+        entry = self.entry(store, known, path, st, duration=0.0)
+        if entry is None:
+            meter.advance(meter.seconds(path))
+            return
+        try:
+            duration, segments = self.video_segments(path, meter.progress_within(path))
+        except ClipblipError as e:
+            self.fail(store, known, path, e)
+        else:
+            store.put_video(replace(entry, duration=duration), segments)
+            self.report.embedded += 1
+            self.report.videos += 1
+            self.report.segments += len(segments)
+            self.report.video_seconds += duration
+        meter.advance(meter.seconds(path))
+
+    def video_segments(self, path: str, progress: Callable[[float], None] | None = None,
+                       ) -> tuple[float, list[Segment]]:
+        if self.engine is None:
+            self.engine = open_model(self.model_dir, max_batch=self.max_batch, **self.engine_options)
+        return video_segments(self.engine, path, frame_every=self.frame_every, fold_similarity=self.fold_similarity,
+                              max_batch=self.max_batch, max_image_pixels=self.max_image_pixels, report=self.report,
+                              progress=progress)
+
+    def entry(self, store: Store, known: dict[str, Entry], path: str, st, duration: float | None = None,
+              ) -> Entry | None:
+        """The file's entry with its content hash, or None when it needs no embedding (its bytes are those
+        indexed, or it cannot be read: a failure recorded)."""
+        try:
+            sha = sha256_of(path)
+        except OSError as e:
+            self.fail(store, known, path, ImageError(f"{path}: cannot be read ({e.strerror or e})"))
+            return None
+        entry = Entry(path, st.st_size, st.st_mtime_ns, sha, duration)
+        return None if self.kept_unchanged(store, known, entry) else entry
 
     def index_batch(self, store: Store, known: dict[str, Entry], batch: list) -> None:
-        to_embed: list[Entry] = []
-        for path, st in batch:
-            try:
-                sha = sha256_of(path)
-            except OSError as e:
-                self.fail(store, known, path, ImageError(f"{path}: cannot be read ({e.strerror or e})"))
-                continue
-            entry = Entry(path, st.st_size, st.st_mtime_ns, sha)
-            if not self.kept_unchanged(store, known, entry):
-                to_embed.append(entry)
+        to_embed = [e for e in (self.entry(store, known, path, st) for path, st in batch) if e is not None]
         if not to_embed:
             return
         vectors, errors = self.engine.embed_images([e.path for e in to_embed], return_errors=True)
@@ -263,12 +321,15 @@ class Indexer:
 def index_paths(db: str | os.PathLike, model_dir: str | os.PathLike, paths: Sequence[str] | str, *,
                 max_batch: int = MAX_BATCH, provider: str = "auto", threads: int | None = None,
                 max_image_pixels: int | None = MAX_IMAGE_PIXELS, engine=None,
-                progress: Callable[[int, int], None] | None = None) -> IndexReport:
-    """Embed every image under ``paths`` (files, folders searched recursively, glob patterns) with the model
-    folder ``model_dir`` and store the vectors in the database file ``db`` (created if missing). Runs again
-    embed only new and changed files and drop entries whose file is gone. Returns an :class:`IndexReport`."""
+                progress: Callable[[int, int], None] | None = None, frame_every: float = FRAME_EVERY,
+                fold_similarity: float = FOLD_SIMILARITY) -> IndexReport:
+    """Embed every image and video under ``paths`` (files, folders searched recursively, glob patterns) with the
+    model folder ``model_dir`` and store the vectors in the database file ``db`` (created if missing): a video as
+    segments of frames sampled every ``frame_every`` seconds, consecutive frames folded while their cosine to the
+    segment's first stays at or above ``fold_similarity``. Runs again embed only new and changed files and drop
+    entries whose file is gone. Returns an :class:`IndexReport`."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     indexer = Indexer(db, model_dir, engine=engine, max_batch=max_batch, provider=provider, threads=threads,
-                      max_image_pixels=max_image_pixels)
+                      max_image_pixels=max_image_pixels, frame_every=frame_every, fold_similarity=fold_similarity)
     return indexer.run([os.fspath(p) for p in paths], progress)

@@ -16,22 +16,35 @@ from ..families import title as family_title
 from ..manifest import Manifest
 from . import ann
 from .indexer import model_sha256, open_model
-from .store import Meta, Store
+from .store import Meta, Row, Store
 
 __all__ = ["SearchHit", "search", "rerank_count", "query_model_dir", "same_checkpoint"]
 
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One image found: ``score`` is the cosine similarity, or with re-ranking BLIP's ITM match probability
-    (the cosine then in ``itc``)."""
+    """One photo or video segment found: ``score`` is the cosine similarity, or with re-ranking BLIP's ITM match
+    probability (the cosine then in ``itc``); a segment's ``start`` and ``end`` (seconds) and ``frame``, the time
+    of the frame that stands for it."""
 
     path: str
     score: float
     itc: float | None = None
+    start: float | None = None
+    end: float | None = None
+    frame: float | None = None
+
+    @property
+    def is_segment(self) -> bool:
+        return self.start is not None
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "score": self.score, **({} if self.itc is None else {"itc": self.itc})}
+        return {"path": self.path, "score": self.score, **({} if self.itc is None else {"itc": self.itc}),
+                **({} if self.start is None else {"start": self.start, "end": self.end, "frame": self.frame})}
+
+    @classmethod
+    def of(cls, row: Row, score: float, itc: float | None = None) -> SearchHit:
+        return cls(row.path, score, itc, row.start, row.end, row.frame)
 
 
 def rerank_count(k: int) -> int:
@@ -76,10 +89,11 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
            itm_dir: str | os.PathLike | None = None, provider: str = "auto", threads: int | None = None,
            max_batch: int = MAX_BATCH, max_image_pixels: int | None = MAX_IMAGE_PIXELS, engine=None,
            itm_engine=None, on_error: Callable[[str, ClipblipError], None] | None = None,
-           like: str | None = None) -> list[SearchHit]:
-    """The ``k`` images of database ``db`` nearest to a text, an image (a path, PIL image, array or bytes),
-    or ``like``, a path indexed in the database (its stored vector is the query: "more like this"),
-    best first by cosine similarity (k above the count gives every image).
+           like: str | None = None, like_at: float | None = None) -> list[SearchHit]:
+    """The ``k`` photos and video segments of database ``db`` nearest to a text, an image (a path, PIL image, array
+    or bytes), or ``like``, a path indexed in the database (its stored vector is the query: "more like this"; for a
+    video, the segment shown at ``like_at`` seconds, default its first), best first by cosine similarity (k above
+    the count gives every row).
 
     The query is embedded with the database's own model folder, or ``model_dir`` (which must hold the same
     manifest, or be another export of the same checkpoint, such as its text tower alone). ``rerank``: the ``rerank_count(k)`` best by cosine are ordered by BLIP's ITM match
@@ -100,17 +114,18 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
                              f"a BLIP retrieval folder (clipblip export Salesforce/blip-itm-base-coco --out DIR)")
         stored = None
         if like is not None:
-            stored = store.vector_of(str(like))
+            stored = store.vector_of(str(like), like_at)
             if stored is None:
-                raise UsageError(f"like {like}: not a photo of {db}")
+                at = "" if like_at is None else f" at {like_at:g} s"
+                raise UsageError(f"like {like}{at}: not a photo or video segment of {db}")
         elif engine is None:
             engine = open_model(query_model_dir(store, model_dir, "text" if text is not None else "image"), **options)
         index = None  # above ann.EXACT_LIMIT vectors (and with faiss): the HNSW index, cached beside the db
         if store.count() > ann.EXACT_LIMIT and ann.available(warn=True):
             index = ann.load_or_build(store)
-            paths = index.paths
+            rows = index.rows
         else:
-            paths, vectors = store.vectors()
+            rows, vectors = store.vectors()
         own_model = store.meta.model_dir
     if stored is not None:
         query = stored
@@ -119,13 +134,13 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
     query = query / max(float(np.linalg.norm(query)), 1e-12)
     if index is not None:
         order, found = index.search(query, rerank_count(k) if rerank else k)
-        scores = np.zeros(len(paths), np.float32)
+        scores = np.zeros(len(rows), np.float32)
         scores[order] = found
     else:
-        scores = vectors @ query.astype(np.float32) if len(paths) else np.zeros(0, np.float32)
+        scores = vectors @ query.astype(np.float32) if len(rows) else np.zeros(0, np.float32)
         order = np.argsort(-scores, kind="stable")
     if not rerank:
-        return [SearchHit(paths[i], float(scores[i])) for i in order[:k]]
+        return [SearchHit.of(rows[i], float(scores[i])) for i in order[:k]]
     candidates = [int(i) for i in order[: rerank_count(k)]]
     if not candidates:
         return []
@@ -134,10 +149,31 @@ def search(db: str | os.PathLike, text: str | None = None, image=None, k: int = 
 
         folder = itm_dir if itm_dir is not None else own_model
         itm_engine = open_engine(folder, "match", needed_by="--rerank (BLIP's ITM head)", **options)
-    match, errors = itm_engine.match([paths[i] for i in candidates], [text], return_errors=True)
+    images, errors = candidate_images([rows[i] for i in candidates], max_image_pixels)
+    readable = [j for j in range(len(candidates)) if j not in errors]
+    match, failed = (itm_engine.match([images[j] for j in readable], [text], return_errors=True) if readable
+                     else (None, {}))
+    errors.update({readable[j]: error for j, error in failed.items()})
     for j, error in sorted(errors.items()):
         if on_error is not None:
-            on_error(paths[candidates[j]], error)
-    kept = [j for j in range(len(candidates)) if j not in errors]
-    kept.sort(key=lambda j: -float(match.itm[j, 0]))  # stable: ties keep the cosine order
-    return [SearchHit(paths[candidates[j]], float(match.itm[j, 0]), float(scores[candidates[j]])) for j in kept[:k]]
+            on_error(rows[candidates[j]].path, error)
+    itm = {j: float(match.itm[n, 0]) for n, j in enumerate(readable) if n not in failed}
+    kept = sorted(itm, key=lambda j: -itm[j])  # stable: ties keep the cosine order
+    return [SearchHit.of(rows[candidates[j]], itm[j], float(scores[candidates[j]])) for j in kept[:k]]
+
+
+def candidate_images(rows: list[Row], max_image_pixels: int | None) -> tuple[list, dict[int, ClipblipError]]:
+    """What ITM scores for each row: a photo's path, a segment's frame (decoded here); errors by position."""
+    images: list = [None] * len(rows)
+    errors: dict[int, ClipblipError] = {}
+    for j, row in enumerate(rows):
+        if not row.is_segment:
+            images[j] = row.path
+            continue
+        from ..video import frame_at
+
+        try:
+            images[j] = frame_at(row.path, row.frame, max_pixels=max_image_pixels).image
+        except ClipblipError as e:
+            errors[j] = e
+    return images, errors

@@ -28,25 +28,75 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..defaults import MAX_BATCH, MAX_IMAGE_PIXELS
+from ..engine.items import batches
 from ..engine.images import describe
-from ..errors import ImageError, UsageError
+from ..errors import ClipblipError, ImageError, UsageError
+from ..inputs import is_video_name
+from ..manifest import sha256_of
 from ..raycluster import check_cluster, cluster_address, connect
-from .indexer import Entry, Indexer, IndexReport, open_model
+from .indexer import FOLD_SIMILARITY, FRAME_EVERY, Entry, Indexer, IndexReport, open_model
+from .videos import Meter, video_segments
+from .segments import Segment
 from .store import Store
 
-__all__ = ["RayIndexer", "EmbedFiles", "rayjob_manifest"]
+__all__ = ["RayIndexer", "EmbedFiles", "EmbedUnits", "rayjob_manifest"]
+
+
+class EmbedUnits:
+    """The actor of the pool over units of work (a batch of photos, or one video): :class:`EmbedFiles` per unit."""
+
+    def __init__(self, **options):
+        self.files = EmbedFiles(**options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        parts = [self.files({"path": np.asarray(list(paths), dtype=object)}) for paths in batch["paths"]]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 class EmbedFiles:
-    """The actor of the pool: paths → (sha256 of the bytes read, embedding or error), in the batch's order."""
+    """The actor of the pool: paths → (sha256 of the bytes read, embedding or error), in the batch's order; a
+    video (one item of work) → a row per segment, each with the segment's times and ``parts``, the count of its
+    video's rows (a video with no segment: one row with NaN times and ``parts`` 0)."""
 
     def __init__(self, model_dir: str, provider: str, threads: int | None, max_batch: int,
-                 max_image_pixels: int | None):
+                 max_image_pixels: int | None, frame_every: float = 2.0, fold_similarity: float = 0.9):
         self.engine = open_model(model_dir, provider=provider, threads=threads, max_batch=max_batch,
                                  max_image_pixels=max_image_pixels)
+        self.video_options = {"frame_every": frame_every, "fold_similarity": fold_similarity,
+                              "max_batch": max_batch, "max_image_pixels": max_image_pixels}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
+        videos = [p for p in paths if is_video_name(p)]
+        out = self.photos([p for p in paths if not is_video_name(p)])
+        for path in videos:
+            out = {k: np.concatenate([out[k], v]) for k, v in self.video(path).items()}
+        return out
+
+    def video(self, path: str) -> dict[str, np.ndarray]:
+        dim = self.engine.embed_dim
+        row = {"path": [path], "sha256": [""], "error": [""], "vector": np.full((1, dim), np.nan, np.float32),
+               "start": [np.nan], "end": [np.nan], "frame": [np.nan], "duration": [np.nan], "parts": [0]}
+        try:
+            row["sha256"] = [sha256_of(path)]
+        except OSError as e:
+            row["error"] = [f"{path}: cannot be read ({e.strerror or e})"]
+            return columns(row)
+        try:
+            duration, segments = video_segments(self.engine, path, **self.video_options)
+        except ClipblipError as e:
+            row["error"] = [str(e)]
+            return columns(row)
+        row["duration"] = [duration]
+        if not segments:
+            return columns(row)
+        n = len(segments)
+        return columns({"path": [path] * n, "sha256": row["sha256"] * n, "error": [""] * n,
+                        "vector": np.stack([s.vector for s in segments]), "start": [s.start for s in segments],
+                        "end": [s.end for s in segments], "frame": [s.frame for s in segments],
+                        "duration": [duration] * n, "parts": [n] * n})
+
+    def photos(self, paths: list[str]) -> dict[str, np.ndarray]:
         sha = [""] * len(paths)
         error = [""] * len(paths)
         vectors = np.full((len(paths), self.engine.embed_dim), np.nan, dtype=np.float32)
@@ -68,8 +118,24 @@ class EmbedFiles:
                     error[i] = str(failed[j]).replace(describe(data[j]), paths[i], 1)
                 else:
                     vectors[i] = rows[j]
-        return {"path": np.array(paths, dtype=object), "sha256": np.array(sha, dtype=object), "vector": vectors,
-                "error": np.array(error, dtype=object)}
+        n = len(paths)
+        return columns({"path": paths, "sha256": sha, "vector": vectors, "error": error, "start": [np.nan] * n,
+                        "end": [np.nan] * n, "frame": [np.nan] * n, "duration": [np.nan] * n, "parts": [1] * n})
+
+
+def columns(rows: dict) -> dict[str, np.ndarray]:
+    """A batch of Ray Data's numpy format from lists: text columns as objects, times as float64."""
+    out = {}
+    for key, values in rows.items():
+        if key == "vector":
+            out[key] = np.asarray(values, dtype=np.float32)
+        elif key in ("path", "sha256", "error"):
+            out[key] = np.array(values, dtype=object)
+        elif key == "parts":
+            out[key] = np.asarray(values, dtype=np.int64)
+        else:
+            out[key] = np.asarray(values, dtype=np.float64)
+    return out
 
 
 class RayIndexer(Indexer):
@@ -77,7 +143,8 @@ class RayIndexer(Indexer):
 
     def __init__(self, db: str | os.PathLike, model_dir: str | os.PathLike, *, workers: int = 1,
                  threads: int | None = None, address: str | None = None, max_batch: int = MAX_BATCH,
-                 provider: str = "auto", max_image_pixels: int | None = MAX_IMAGE_PIXELS):
+                 provider: str = "auto", max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+                 frame_every: float = FRAME_EVERY, fold_similarity: float = FOLD_SIMILARITY):
         if workers < 1:
             raise UsageError(f"--workers {workers}: must be at least 1")
         if threads is not None and threads < 1:
@@ -86,7 +153,7 @@ class RayIndexer(Indexer):
         import ray.data  # noqa: F401  (and Ray Data's own dependencies: pyarrow)
 
         super().__init__(db, model_dir, max_batch=max_batch, provider=provider, threads=threads,
-                         max_image_pixels=max_image_pixels)
+                         max_image_pixels=max_image_pixels, frame_every=frame_every, fold_similarity=fold_similarity)
         self.workers, self.threads = workers, threads or 1
         self.address = cluster_address(address)
 
@@ -122,41 +189,78 @@ class RayIndexer(Indexer):
         context.print_on_execution_start = False
         stats = {path: st for path, st in candidates}
         model_dir = str(Path(self.model_dir).absolute())  # the same path on every node
-        dataset = ray.data.from_items([{"path": path} for path, _ in candidates],
-                                      override_num_blocks=max(1, -(-len(candidates) // self.max_batch)))
+        photos = [path for path, _ in candidates if not is_video_name(path)]
+        units = [photos[part] for part in batches(len(photos), self.max_batch)]  # a batch of photos, or one video
+        units += [[path] for path, _ in candidates if is_video_name(path)]
+        dataset = ray.data.from_items([{"paths": unit} for unit in units], override_num_blocks=max(1, len(units)))
         embedded = dataset.map_batches(
-            EmbedFiles, batch_size=self.max_batch, batch_format="numpy", num_cpus=self.threads,
+            EmbedUnits, batch_size=1, batch_format="numpy", num_cpus=self.threads,
             compute=ray.data.ActorPoolStrategy(size=self.workers),
             fn_constructor_kwargs={"model_dir": model_dir, "threads": self.threads, "max_batch": self.max_batch,
+                                   "frame_every": self.frame_every, "fold_similarity": self.fold_similarity,
                                    **{k: v for k, v in self.engine_options.items() if k != "threads"}})
-        done = 0
+        meter = Meter(candidates, progress)
+        pending: dict[str, list[int]] = {}  # a video's rows seen so far, until all of them came
         for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
             try:
-                self.commit_results(store, known, batch, stats)
+                self.commit_results(store, known, batch, stats, pending, meter)
                 store.commit()
             except KeyboardInterrupt:
                 store.connection.rollback()
                 raise
-            done += len(batch["path"])
-            if progress is not None:
-                progress(done, len(candidates))
 
-    def commit_results(self, store: Store, known: dict[str, Entry], batch: dict[str, Any], stats: dict) -> None:
-        """A batch from the workers into the store, decided as a single-process run decides."""
-        for path, sha, vector, error in zip(batch["path"], batch["sha256"], batch["vector"], batch["error"]):
-            st = stats[str(path)]
-            entry = Entry(str(path), st.st_size, st.st_mtime_ns, str(sha))
-            if error:
-                self.fail(store, known, entry.path, ImageError(str(error)))
-            elif not self.kept_unchanged(store, known, entry):
-                self.put(store, entry, np.asarray(vector, dtype=np.float32))
+    def commit_results(self, store: Store, known: dict[str, Entry], batch: dict[str, Any], stats: dict,
+                       pending: dict, meter: Meter) -> None:
+        """A batch from the workers into the store, decided as a single-process run decides; a video once all its
+        rows have come (they come in one batch from one worker; the count makes that no assumption)."""
+        rows: dict[str, list[int]] = {}
+        for i, path in enumerate(batch["path"]):
+            rows.setdefault(str(path), []).append(i)
+        for path, indices in rows.items():
+            st, first = stats[path], indices[0]
+            sha, error = str(batch["sha256"][first]), str(batch["error"][first])
+            if not is_video_name(path):
+                entry = Entry(path, st.st_size, st.st_mtime_ns, sha)
+                if error:
+                    self.fail(store, known, path, ImageError(error))
+                elif not self.kept_unchanged(store, known, entry):
+                    self.put(store, entry, np.asarray(batch["vector"][first], dtype=np.float32))
+                meter.advance(len(indices))
+                continue
+            seen = pending.setdefault(path, [])
+            seen.extend({k: batch[k][i] for k in batch} for i in indices)
+            if len(seen) < max(int(batch["parts"][first]), 1):
+                continue
+            del pending[path]
+            self.commit_video(store, known, path, st, seen)
+            meter.advance(meter.seconds(path))
+
+    def commit_video(self, store: Store, known: dict[str, Entry], path: str, st, rows: list[dict]) -> None:
+        first = rows[0]
+        if first["error"]:
+            self.fail(store, known, path, ImageError(str(first["error"])))
+            return
+        duration = float(first["duration"])
+        entry = Entry(path, st.st_size, st.st_mtime_ns, str(first["sha256"]), duration)
+        if self.kept_unchanged(store, known, entry):
+            return
+        segments = [Segment(float(r["start"]), float(r["end"]), float(r["frame"]),
+                            np.asarray(r["vector"], dtype=np.float32)) for r in rows if int(r["parts"]) > 0]
+        segments.sort(key=lambda segment: segment.start)
+        store.put_video(entry, segments)
+        self.report.embedded += 1
+        self.report.videos += 1
+        self.report.segments += len(segments)
+        self.report.video_seconds += duration
 
 
 def rayjob_manifest(model_dir: str, paths: Sequence[str], db: str, *, name: str, image: str, workers: int,
-                    threads: int, volume_claim: str, mount: str, ray_version: str) -> dict[str, Any]:
+                    threads: int, volume_claim: str, mount: str, ray_version: str,
+                    options: Sequence[str] = ()) -> dict[str, Any]:
     """A KubeRay ``RayJob`` that runs ``clipblip index ... --ray`` on a cluster it creates: a head and
-    ``workers`` worker pods of ``threads`` CPUs, each mounting the persistent volume claim ``volume_claim``
-    at ``mount``, where the model folder, the images and the database are (the same paths everywhere)."""
+    ``workers`` worker pods of ``threads`` CPUs, each mounting the persistent volume claim ``volume_claim`` at
+    ``mount``, where the model folder, the images and the database are (the same paths everywhere); ``options``:
+    more `index` options, passed as given."""
     volume = "clipblip-data"
     mounts = [{"name": volume, "mountPath": mount}]
     volumes = [{"name": volume, "persistentVolumeClaim": {"claimName": volume_claim}}]
@@ -168,7 +272,7 @@ def rayjob_manifest(model_dir: str, paths: Sequence[str], db: str, *, name: str,
                          "volumes": volumes}}
 
     command = ["clipblip", "index", model_dir, *paths, "--db", db, "--ray", "--workers", str(workers),
-               "--threads", str(threads)]
+               "--threads", str(threads), *options]
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",

@@ -1,13 +1,18 @@
-"""The search database: one SQLite file (stdlib ``sqlite3``, rollback journal, no WAL) holding a vector per image.
+"""The search database: one SQLite file (stdlib ``sqlite3``, rollback journal, no WAL) holding a vector per image
+and per video segment.
 
 Tables::
 
     meta(key TEXT PRIMARY KEY, value TEXT)        -- app, schema_version, model_dir, model_sha256,
                                                   -- family, dim, clipblip_version[, model_fingerprint]
     images(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT, vector BLOB)
+    videos(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT, duration REAL)   -- schema 2
+    segments(path TEXT, start REAL, end REAL, frame REAL, vector BLOB, PRIMARY KEY (path, start))
 
-``vector`` is the image's L2-normalised embedding as float32 bytes (``dim`` of them). Paths are absolute
-as indexed; searching needs none of them to exist, so a database can be copied and searched elsewhere.
+``vector`` is the image's L2-normalised embedding as float32 bytes (``dim`` of them); a segment's is the mean of
+its frames' (:mod:`.segments`), times in seconds. Paths are absolute as indexed; searching needs none of them to
+exist, so a database can be copied and searched elsewhere. A schema-1 database (photos only) is read as it is and
+gains the two video tables the first time it is opened for writing.
 """
 
 from __future__ import annotations
@@ -24,11 +29,29 @@ from .. import __version__
 from ..errors import DatabaseError
 from ..files import replaced_atomically
 
-__all__ = ["APP", "SCHEMA_VERSION", "Entry", "Meta", "Store"]
+__all__ = ["APP", "SCHEMA_VERSION", "Entry", "Meta", "Row", "Store"]
 
 APP = "clipblip-search"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS = (1, 2)  # schema versions this clipblip opens (1: before videos)
 
+VIDEO_TABLES = """
+CREATE TABLE videos (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    duration REAL NOT NULL
+);
+CREATE TABLE segments (
+    path TEXT NOT NULL,
+    start REAL NOT NULL,
+    "end" REAL NOT NULL,
+    frame REAL NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (path, start)
+);
+"""
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE images (
@@ -38,7 +61,7 @@ CREATE TABLE images (
     sha256 TEXT NOT NULL,
     vector BLOB NOT NULL
 );
-"""
+""" + VIDEO_TABLES
 
 
 @dataclass(frozen=True)
@@ -63,12 +86,35 @@ class Meta:
 
 @dataclass(frozen=True)
 class Entry:
-    """One indexed file (without its vector)."""
+    """One indexed file (without its vector); a video's carries its duration in seconds."""
 
     path: str
     size: int
     mtime_ns: int
     sha256: str
+    duration: float | None = None  # None: a photo
+
+    @property
+    def is_video(self) -> bool:
+        return self.duration is not None
+
+
+@dataclass(frozen=True)
+class Row:
+    """What one stored vector stands for: a photo, or a segment of a video (seconds from its start)."""
+
+    path: str
+    start: float | None = None
+    end: float | None = None
+    frame: float | None = None  # the time of the frame that stands for the segment
+
+    @property
+    def is_segment(self) -> bool:
+        return self.start is not None
+
+    @property
+    def key(self) -> str:
+        return self.path if self.start is None else f"{self.path}\x1e{self.start!r}"
 
 
 class Store:
@@ -123,6 +169,17 @@ class Store:
             columns = [row[1] for row in connection.execute("PRAGMA table_info(images)")]
             if columns != ["path", "size", "mtime_ns", "sha256", "vector"]:
                 raise DatabaseError(f"{path}: damaged search database (its images table is missing or altered)")
+            if meta.schema_version < SCHEMA_VERSION and writable:  # schema 1 gains the video tables
+                connection.executescript(VIDEO_TABLES)
+                connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                connection.commit()
+                meta = read_meta(path, connection)
+            if meta.schema_version >= 2:
+                for table, expected in (("videos", ["path", "size", "mtime_ns", "sha256", "duration"]),
+                                        ("segments", ["path", "start", "end", "frame", "vector"])):
+                    if [row[1] for row in connection.execute(f"PRAGMA table_info({table})")] != expected:
+                        raise DatabaseError(f"{path}: damaged search database (its {table} table is missing or "
+                                            f"altered)")
         except sqlite3.Error as e:
             connection.close()
             raise DatabaseError(f"{path}: not a clipblip search database, or damaged ({e})") from None
@@ -150,36 +207,71 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise DatabaseError(f"{self.path}: damaged search database ({e})") from None
 
+    @property
+    def has_videos(self) -> bool:
+        """Whether the database has the video tables (schema 2; a schema-1 one opened read-only has none)."""
+        return self.meta.schema_version >= 2
+
     def count(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM images").fetchone()[0])
+        """Stored vectors: photos and video segments."""
+        segments = self._query("SELECT COUNT(*) FROM segments").fetchone()[0] if self.has_videos else 0
+        return int(self._query("SELECT COUNT(*) FROM images").fetchone()[0]) + int(segments)
 
     def entries(self) -> dict[str, Entry]:
-        """Every indexed file by path (no vectors)."""
-        return {row[0]: Entry(*row) for row in self._query("SELECT path, size, mtime_ns, sha256 FROM images")}
+        """Every indexed file by path, photos and videos (no vectors)."""
+        found = {row[0]: Entry(*row) for row in self._query("SELECT path, size, mtime_ns, sha256 FROM images")}
+        if self.has_videos:
+            found.update((row[0], Entry(*row)) for row in
+                         self._query("SELECT path, size, mtime_ns, sha256, duration FROM videos"))
+        return found
 
-    def vectors(self) -> tuple[list[str], np.ndarray]:
-        """Every path (in path order) and its vector, float32 (N, dim), in one read."""
-        paths, rows = [], []
+    def vector_rows(self, sql: str, params: Iterable = ()) -> Iterable[tuple[tuple, np.ndarray]]:
+        """(the row's other columns, its vector) for each row of ``sql``, whose last column is the vector."""
         dim = self.meta.dim
-        for path, blob in self._query("SELECT path, vector FROM images ORDER BY path"):
+        for *columns, blob in self._query(sql, params):
             vector = np.frombuffer(blob, dtype=np.float32) if isinstance(blob, bytes) else None
             if vector is None or vector.shape != (dim,):
-                raise DatabaseError(f"{self.path}: damaged search database (the vector of {path} is not "
+                raise DatabaseError(f"{self.path}: damaged search database (the vector of {columns[0]} is not "
                                     f"{dim} float32 values)")
-            paths.append(path)
-            rows.append(vector)
-        return paths, (np.stack(rows) if rows else np.zeros((0, dim), np.float32))
+            yield tuple(columns), vector
 
-    def vector_of(self, path: str) -> np.ndarray | None:
-        """The stored vector of one indexed path (float32, (dim,)), or None when the path is not a row."""
-        row = self._query("SELECT vector FROM images WHERE path = ?", (path,)).fetchone()
-        if row is None:
+    def vectors(self) -> tuple[list[Row], np.ndarray]:
+        """Every photo (in path order), then every video segment (by path and start), and its vector, float32
+        (N, dim), in one read."""
+        rows, vectors = [], []
+        for (path,), vector in self.vector_rows("SELECT path, vector FROM images ORDER BY path"):
+            rows.append(Row(path))
+            vectors.append(vector)
+        if self.has_videos:
+            for (path, start, end, frame), vector in self.vector_rows(
+                    'SELECT path, start, "end", frame, vector FROM segments ORDER BY path, start'):
+                rows.append(Row(path, float(start), float(end), float(frame)))
+                vectors.append(vector)
+        return rows, (np.stack(vectors) if vectors else np.zeros((0, self.meta.dim), np.float32))
+
+    def segments(self, path: str) -> list[Row]:
+        """The segments of one indexed video, by start (none for a photo or a path not indexed)."""
+        if not self.has_videos:
+            return []
+        return [Row(path, float(a), float(b), float(c)) for a, b, c in self._query(
+            'SELECT start, "end", frame FROM segments WHERE path = ? ORDER BY start', (path,))]
+
+    def vector_of(self, path: str, at: float | None = None) -> np.ndarray | None:
+        """The stored vector of an indexed photo, or of the segment of an indexed video shown at ``at`` seconds
+        (default: its first); None when the path is not a row (or the video has no segment there)."""
+        if at is None:
+            for _, vector in self.vector_rows("SELECT path, vector FROM images WHERE path = ?", (path,)):
+                return vector
+        if not self.has_videos:
             return None
-        vector = np.frombuffer(row[0], dtype=np.float32) if isinstance(row[0], bytes) else None
-        if vector is None or vector.shape != (self.meta.dim,):
-            raise DatabaseError(f"{self.path}: damaged search database (the vector of {path} is not "
-                                f"{self.meta.dim} float32 values)")
-        return vector
+        if at is None:
+            sql, params = "SELECT path, vector FROM segments WHERE path = ? ORDER BY start LIMIT 1", (path,)
+        else:
+            sql = "SELECT path, vector FROM segments WHERE path = ? AND start <= ? ORDER BY start DESC LIMIT 1"
+            params = (path, float(at))
+        for _, vector in self.vector_rows(sql, params):
+            return vector
+        return None
 
     # --- writing (each call's changes are committed by :meth:`commit`) ------------------------------------
 
@@ -190,13 +282,35 @@ class Store:
         self._query("INSERT OR REPLACE INTO images (path, size, mtime_ns, sha256, vector) VALUES (?, ?, ?, ?, ?)",
                     (entry.path, entry.size, entry.mtime_ns, entry.sha256, vector.tobytes()))
 
+    def put_video(self, entry: Entry, segments) -> None:
+        """A video's row and its segments (:class:`~.segments.Segment`), replacing any it had."""
+        rows = []
+        for segment in segments:
+            vector = np.ascontiguousarray(segment.vector, dtype=np.float32)
+            if vector.shape != (self.meta.dim,):
+                raise ValueError(f"a vector of shape {vector.shape}; the database holds ({self.meta.dim},)")
+            rows.append((entry.path, segment.start, segment.end, segment.frame, vector.tobytes()))
+        self.remove([entry.path])
+        self._query("INSERT INTO videos (path, size, mtime_ns, sha256, duration) VALUES (?, ?, ?, ?, ?)",
+                    (entry.path, entry.size, entry.mtime_ns, entry.sha256, float(entry.duration or 0.0)))
+        try:
+            self.connection.executemany('INSERT INTO segments (path, start, "end", frame, vector) VALUES '
+                                        '(?, ?, ?, ?, ?)', rows)
+        except sqlite3.DatabaseError as e:
+            raise DatabaseError(f"{self.path}: damaged search database ({e})") from None
+
     def touch(self, entry: Entry) -> None:
         """New size and mtime for a file whose content (sha256) is unchanged."""
-        self._query("UPDATE images SET size = ?, mtime_ns = ? WHERE path = ?", (entry.size, entry.mtime_ns, entry.path))
+        table = "videos" if entry.is_video else "images"
+        self._query(f"UPDATE {table} SET size = ?, mtime_ns = ? WHERE path = ?",
+                    (entry.size, entry.mtime_ns, entry.path))
 
     def remove(self, paths: Iterable[str]) -> None:
         for path in paths:
             self._query("DELETE FROM images WHERE path = ?", (path,))
+            if self.has_videos:
+                self._query("DELETE FROM videos WHERE path = ?", (path,))
+                self._query("DELETE FROM segments WHERE path = ?", (path,))
 
     def set_model_dir(self, model_dir: str) -> None:
         self._query("UPDATE meta SET value = ? WHERE key = 'model_dir'", (model_dir,))
@@ -219,9 +333,10 @@ def read_meta(path: Path, connection: sqlite3.Connection) -> Meta:
     if values.get("app") != APP:
         raise DatabaseError(f"{path}: an SQLite database, but not a clipblip search database")
     version = values.get("schema_version")
-    if version != str(SCHEMA_VERSION):
+    if version not in {str(v) for v in READS}:
         raise DatabaseError(f"{path}: search database schema version {version} is not supported (this clipblip "
-                            f"reads version {SCHEMA_VERSION}); index the photos again into a new database")
+                            f"reads versions {', '.join(map(str, READS))}); index the photos again into a new "
+                            f"database")
     try:
         return Meta(model_dir=values["model_dir"], model_sha256=values["model_sha256"], family=values["family"],
                     dim=int(values["dim"]), clipblip_version=values["clipblip_version"],

@@ -5,6 +5,7 @@ run is bounded by its collection's size."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -30,8 +31,8 @@ REQUIRED = {"rayClusterSpec": ["headGroupSpec"], "headGroupSpec": ["template"],
 def rows(db) -> dict[str, tuple]:
     with Store.open(db) as store:
         entries = store.entries()
-        paths, vectors = store.vectors()
-    return {p: (entries[p].sha256, entries[p].size, vectors[i]) for i, p in enumerate(paths)}
+        found, vectors = store.vectors()
+    return {row.key: (entries[row.path].sha256, entries[row.path].size, vectors[i]) for i, row in enumerate(found)}
 
 
 def assert_same_database(got, expected):
@@ -103,6 +104,31 @@ def test_the_same_database_as_one_process_and_incremental(local_ray, collection,
 
 
 @pytest.mark.slow
+def test_videos_on_ray_data_give_the_database_of_one_process(local_ray, collection, tmp_path, capsys):  # noqa: F811
+    """A video is one item of work: its segments come back from one worker and are committed whole."""
+    pytest.importorskip("av", reason="PyAV (the `video` extra) is not installed")
+    from tests.search.test_video import make_videos
+
+    from clipblip.export import export_model
+
+    clip = tmp_path / "clip"
+    export_model("random:clip-tiny", clip)
+    made = make_videos.make_collection(tmp_path / "media")
+    single = index_paths(tmp_path / "one.db", clip, [tmp_path / "media"], fold_similarity=0.9999)
+    code, out, err = run_cli(capsys, "index", clip, tmp_path / "media", "--db", tmp_path / "ray.db", "--ray",
+                             "--workers", "2", "--threads", "1", "--fold-similarity", 0.9999, "--json")
+    assert code == 16, err
+    report = json.loads(out)
+    assert (report["videos"], report["segments"]) == (single.videos, single.segments) and single.videos == 5
+    assert sorted(f["path"] for f in report["failed"]) == sorted(f["path"] for f in single.failed)
+    assert_same_database(rows(tmp_path / "ray.db"), rows(tmp_path / "one.db"))
+    with Store.open(tmp_path / "ray.db") as ray_db, Store.open(tmp_path / "one.db") as one_db:
+        for key in ("h264", "vp9", "vfr"):
+            assert ray_db.segments(str(made[key])) == one_db.segments(str(made[key]))
+            assert ray_db.entries()[str(made[key])] == one_db.entries()[str(made[key])]
+
+
+@pytest.mark.slow
 def test_a_killed_worker_and_an_interrupted_run_end_in_a_complete_database(local_ray, collection,  # noqa: F811
                                                                            tmp_path):
     from clipblip.export import export_model
@@ -154,7 +180,7 @@ def test_emitted_rayjob_has_what_kuberay_requires(tmp_path, capsys):
     assert document["apiVersion"] == "ray.io/v1" and document["kind"] == "RayJob" and document["metadata"]["name"]
     spec = document["spec"]
     assert spec["entrypoint"] == ("clipblip index /data/models/clip /data/photos --db /data/photos.db --ray "
-                                  "--workers 3 --threads 2")
+                                  "--workers 3 --threads 2 --frame-every 2 --fold-similarity 0.9")
     cluster = spec["rayClusterSpec"]
     head, workers = cluster["headGroupSpec"], cluster["workerGroupSpecs"]
     groups = {"rayClusterSpec": [cluster], "headGroupSpec": [head], "workerGroupSpecs[]": workers,

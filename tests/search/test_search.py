@@ -52,8 +52,8 @@ def absolute(root, names):
 
 def db_contents(db) -> dict[str, np.ndarray]:
     with Store.open(db) as store:
-        paths, vectors = store.vectors()
-    return dict(zip(paths, vectors))
+        rows, vectors = store.vectors()
+    return dict(zip([row.key for row in rows], vectors))
 
 
 def brute_force(engine, paths, query_vector):
