@@ -25,7 +25,7 @@ from .. import __version__
 from ..errors import ClipblipError
 from .errors import ApiError, QueueFull, ShuttingDown
 from .operations import OPERATIONS, Body, Job, JobResult, Operation, decode_image
-from .page import page_routes, photo_routes
+from .page import page_routes, photo_routes, video_routes
 
 __all__ = ["Backend", "Settings", "Metrics", "ApiError", "create_app"]
 
@@ -75,7 +75,8 @@ class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | None = None
     image: str | None = Field(None, description="base64, plain or as a data:image/...;base64, URI")
-    like: str | None = Field(None, description="a photo of the database, by its id: more like this")
+    like: str | None = Field(None, description="a photo or video of the database, by its id: more like this")
+    like_at: float | None = Field(None, ge=0, description="with like, a video: the segment shown at this time (s)")
     k: int = Field(10, ge=1)
     rerank: bool = False
     rerank_model: str | None = None
@@ -174,10 +175,11 @@ async def search_route(request: Request, body: SearchBody):
     image = decode_image(body.image, "image") if body.image is not None else None
     try:
         hits = await asyncio.to_thread(search.query, body.text, image, body.k, body.rerank, body.rerank_model,
-                                       body.like)
+                                       body.like, body.like_at)
     except ClipblipError as e:
         raise ApiError.of(e) from None
-    query = ({"text": body.text} if body.text is not None else {"like": body.like} if body.like is not None
+    query = ({"text": body.text} if body.text is not None else {"like": body.like, **(
+        {} if body.like_at is None else {"at": body.like_at})} if body.like is not None
              else {"image": f"{len(image):,} bytes"})
     return {"model": search.model, "random_weights": search.engine.manifest.random_weights, "query": query,
             "hits": hits}
@@ -273,6 +275,9 @@ def create_app(backend: Backend, settings: Settings | None = None, metrics: Metr
     app.include_router(operation_routes(), dependencies=keyed)
     if search is not None:
         app.include_router(photo_routes(search.photos), prefix="/v1", dependencies=keyed)
+        link, stream = video_routes(search.photos)
+        app.include_router(link, prefix="/v1", dependencies=keyed)
+        app.include_router(stream, prefix="/v1")  # keyed, or a link signed with the key
     app.include_router(page_routes())
     app.include_router(other)
     return app

@@ -1,6 +1,6 @@
-"""The photos of a search database as the page shows them: by id (the sha256 of the file's content, as
-indexed), thumbnails made once and cached on disk, and originals. A request names an id, never a path: only
-files that are rows of the database are ever read."""
+"""The photos and videos of a search database as the page shows them: by id (the sha256 of the file's content, as
+indexed), thumbnails (of a video: of one of its segments' frames) made once and cached on disk, and originals. A
+request names an id, never a path: only files that are rows of the database are ever read."""
 
 from __future__ import annotations
 
@@ -39,12 +39,22 @@ class PhotoChanged(ClipblipError):
     http_status = 409
 
 
+VIDEO_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
+               ".webm": "video/webm", ".avi": "video/x-msvideo"}
+
+
 @dataclass(frozen=True)
 class Photo:
     id: str  # sha256 of the content as indexed
     path: str
     size: int
     mtime_ns: int
+    duration: float | None = None  # seconds: a video
+    frames: tuple[float, ...] = ()  # a video's segments' frames (seconds): the only frames served
+
+    @property
+    def is_video(self) -> bool:
+        return self.duration is not None
 
     @property
     def name(self) -> str:
@@ -74,7 +84,10 @@ class Photos:
                 return
             with Store.open(self.db) as store:
                 entries = store.entries()
-            self.by_id = {e.sha256: Photo(e.sha256, e.path, e.size, e.mtime_ns) for e in entries.values()}
+                frames = {path: tuple(row.frame for row in store.segments(path))
+                          for path, e in entries.items() if e.is_video}
+            self.by_id = {e.sha256: Photo(e.sha256, e.path, e.size, e.mtime_ns, e.duration, frames.get(e.path, ()))
+                          for e in entries.values()}
             self.id_of = {e.path: e.sha256 for e in entries.values()}
             self.stamp = stamp
 
@@ -103,9 +116,11 @@ class Photos:
             raise PhotoChanged(f"photo {photo.name}: the file changed after it was indexed; run clipblip index again")
 
     def original(self, photo_id: str) -> tuple[str, str]:
-        """(path, media type) of a photo's file, as indexed."""
+        """(path, media type) of a photo's or video's file, as indexed."""
         photo = self.get(photo_id)
         self.current(photo)
+        if photo.is_video:
+            return photo.path, VIDEO_TYPES.get(os.path.splitext(photo.path)[1].lower(), "application/octet-stream")
         try:
             with Image.open(photo.path) as image:
                 media_type = Image.MIME.get(image.format or "")
@@ -113,23 +128,29 @@ class Photos:
             raise ImageError(f"photo {photo.name}: not a readable image ({type(e).__name__})") from None
         return photo.path, media_type or "application/octet-stream"
 
-    def thumbnail(self, photo_id: str, size: int) -> bytes:
+    def thumbnail(self, photo_id: str, size: int, at: float | None = None) -> bytes:
         """A JPEG whose longest side is ``size`` pixels (the orientation of its EXIF applied), from memory, the
-        disk cache, or made now and cached."""
+        disk cache, or made now and cached; of a video, the frame of its segment at ``at`` seconds (one of the
+        frames that stand for its segments, default the first)."""
         if size not in THUMBNAIL_SIZES:
             raise UsageError(f"size {size}: thumbnails are {', '.join(map(str, THUMBNAIL_SIZES))} pixels")
         photo = self.get(photo_id)
         self.current(photo)
-        key = (photo_id, size)
+        if photo.is_video:
+            at = self.frame_of(photo, at)
+        elif at is not None:
+            raise UsageError(f"at {at:g}: photo {photo.name} is not a video")
+        key = (photo_id, size) if at is None else (photo_id, size, round(at * 1000))
         with self.lock:
             if key in self.memory:
                 self.memory.move_to_end(key)
                 return self.memory[key]
-        cached = self.cache_dir / str(size) / photo_id[:2] / f"{photo_id}.jpg"
+        name = photo_id if at is None else f"{photo_id}-{round(at * 1000)}ms"
+        cached = self.cache_dir / str(size) / photo_id[:2] / f"{name}.jpg"
         try:
             data = cached.read_bytes()
         except OSError:
-            data = self.make(photo, size)
+            data = self.make(photo, size, at)
             self.save(cached, data)
         with self.lock:
             self.memory[key] = data
@@ -137,9 +158,27 @@ class Photos:
                 self.memory.popitem(last=False)
         return data
 
-    def make(self, photo: Photo, size: int) -> bytes:
-        image = load_image(photo.path, self.max_pixels)  # refuses a decompression bomb before decoding
-        image = to_rgb(ImageOps.exif_transpose(image))
+    @staticmethod
+    def frame_of(photo: Photo, at: float | None) -> float:
+        """``at`` when it is the frame of one of the video's segments (default: the first segment's)."""
+        if not photo.frames:
+            raise PhotoNotFound(f"video {photo.name}: has no indexed frame")
+        if at is None:
+            return photo.frames[0]
+        for frame in photo.frames:
+            if abs(frame - at) < 5e-4:
+                return frame
+        raise PhotoNotFound(f"video {photo.name}: no indexed segment has its frame at {at:g} s")
+
+    def make(self, photo: Photo, size: int, at: float | None = None) -> bytes:
+        if at is not None:
+            from ..video import frame_at
+
+            image = frame_at(photo.path, at, max_pixels=self.max_pixels).image
+        else:
+            image = load_image(photo.path, self.max_pixels)  # refuses a decompression bomb before decoding
+            image = ImageOps.exif_transpose(image)
+        image = to_rgb(image)
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=True)

@@ -79,7 +79,7 @@ class SearchService:
                               f"the same checkpoint that holds the {tower} tower (--towers {tower} or both)")
 
     def query(self, text: str | None, image: bytes | None, k: int, rerank: bool,
-              rerank_model: str | None, like: str | None = None) -> list[dict[str, Any]]:
+              rerank_model: str | None, like: str | None = None, like_at: float | None = None) -> list[dict[str, Any]]:
         """The hits as the CLI's --json gives them, each with the photo's ``id`` and file ``name``;
         ``like``: a photo id of the database; runs in a worker thread."""
         from ..search import search
@@ -94,7 +94,8 @@ class SearchService:
                                  if rerank_model is None else f"rerank_model {rerank_model!r}: not a served BLIP "
                                                               f"retrieval model (served: {served})")
         engine = self.engine if like is not None else self.engine_for("text" if text is not None else "image")
-        hits = search(self.db, text=text, image=image, like=like_path, k=k, rerank=rerank, engine=engine,
+        hits = search(self.db, text=text, image=image, like=like_path, like_at=like_at, k=k, rerank=rerank,
+                      engine=engine,
                       itm_engine=itm)
         ids = self.photos.ids()
         return [{**hit.to_dict(), "id": ids.get(hit.path), "name": os.path.basename(hit.path)} for hit in hits]

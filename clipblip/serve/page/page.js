@@ -9,7 +9,7 @@ const state = {
   key: sessionStorage.getItem(KEY_STORE),
   models: [],      // GET /v1/models
   database: null,  // GET /v1/database, or null without --db
-  photo: null,     // the photo being looked at: {blob, name, id (a database photo's id, or null)}
+  photo: null,     // the photo being looked at: {blob, name, id (a database photo's id, or null), at (a video's frame)}
   urls: [],        // object URLs of the shown thumbnails, revoked on the next search
 };
 
@@ -132,13 +132,26 @@ function fromURL() {
   $("query").value = params.get("q") || "";
   if (!state.database) return;
   if (params.get("q")) search({ text: params.get("q") }, false);
-  else if (params.get("like")) search({ like: params.get("like") }, false);
+  else if (params.get("like")) search(likeQuery(params.get("like"), params.get("at")), false);
+}
+
+function likeQuery(id, at) {
+  return at === null || at === undefined ? { like: id } : { like: id, like_at: Number(at) };
+}
+
+// mm:ss (h:mm:ss from an hour), whole seconds
+function clock(seconds) {
+  const whole = Math.max(0, Math.floor(seconds));
+  const h = Math.floor(whole / 3600), m = Math.floor((whole % 3600) / 60), s = whole % 60;
+  const mm = String(m).padStart(2, "0"), ss = String(s).padStart(2, "0");
+  return h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
 }
 
 function toURL(query) {
   const params = new URLSearchParams();
   if (query.text !== undefined) params.set("q", query.text);
   if (query.like !== undefined) params.set("like", query.like);
+  if (query.like_at !== undefined) params.set("at", String(query.like_at));
   params.set("k", $("k").value);
   if (query.text !== undefined && $("rerank").checked) params.set("rerank", "1");
   history.pushState(null, "", "?" + params.toString());
@@ -157,8 +170,10 @@ async function search(query, remember = true) {
     ? "searching by the chosen image (an uploaded image is not kept in the URL)…" : "searching…";
   const answer = await postJSON("/v1/search", body);
   showHits(answer.hits, body.rerank);
-  const what = query.text !== undefined ? `“${query.text}”` : query.like !== undefined ? "a photo of the collection" : "the chosen image";
-  $("search-info").textContent = `${answer.hits.length} photos nearest to ${what}` +
+  const what = query.text !== undefined ? `“${query.text}”` : query.like_at !== undefined
+    ? "a moment of a video of the collection" : query.like !== undefined ? "a photo of the collection" : "the chosen image";
+  const kinds = answer.hits.some((hit) => hit.start !== undefined) ? "photos and moments" : "photos";
+  $("search-info").textContent = `${answer.hits.length} ${kinds} nearest to ${what}` +
     (body.rerank ? ", re-ranked by BLIP's image–text matching" : "");
 }
 
@@ -171,7 +186,9 @@ function showHits(hits, reranked) {
     img.alt = hit.name;
     img.title = "more like this";
     img.dataset.id = hit.id;
-    img.addEventListener("click", () => search({ like: hit.id }).catch(failed("search")));
+    if (hit.start !== undefined) img.dataset.at = String(hit.frame);
+    img.addEventListener("click", () => search(likeQuery(hit.id, hit.start === undefined ? null : hit.frame))
+      .catch(failed("search")));
     const caption = document.createElement("figcaption");
     const score = document.createElement("span");
     score.className = "score";
@@ -180,7 +197,9 @@ function showHits(hits, reranked) {
     look.type = "button";
     look.textContent = "look";
     look.addEventListener("click", () => lookAtStored(hit).catch(failed("look")));
-    caption.append(hit.name, score, look);
+    const where = hit.start !== undefined ? ` @ ${clock(hit.start)}–${clock(hit.end)}` : "";
+    caption.append(hit.name + where, score, look);
+    if (hit.start !== undefined) figure.classList.add("video");
     figure.append(img, caption);
     thumbnails.observe(img);
     return figure;
@@ -194,7 +213,8 @@ const thumbnails = new IntersectionObserver((entries) => {
     if (!entry.isIntersecting) continue;
     const img = entry.target;
     thumbnails.unobserve(img);
-    api(`/v1/photos/${img.dataset.id}/thumbnail`)
+    const at = img.dataset.at !== undefined ? `?at=${encodeURIComponent(img.dataset.at)}` : "";
+    api(`/v1/photos/${img.dataset.id}/thumbnail${at}`)
       .then((response) => response.blob())
       .then((blob) => {
         const url = URL.createObjectURL(blob);
@@ -209,13 +229,35 @@ const thumbnails = new IntersectionObserver((entries) => {
 
 async function lookAtStored(hit) {
   say(`fetching ${hit.name}…`);
+  if (hit.start !== undefined) {  // a moment of a video: its frame to work on, and the video from its start
+    const at = encodeURIComponent(String(hit.frame));
+    const blob = await (await api(`/v1/photos/${hit.id}/thumbnail?size=512&at=${at}`)).blob();
+    const link = await (await api(`/v1/videos/${hit.id}/link`)).json();  // a signed URL: <video> sends no key
+    lookAt({ blob, name: `${hit.name} @ ${clock(hit.frame)}`, id: hit.id, at: hit.frame });
+    play(link.url, hit.start);
+    say(`playing ${hit.name} from ${clock(hit.start)}`);
+    return;
+  }
   const blob = await (await api(`/v1/photos/${hit.id}`)).blob();  // the original, asked for
   lookAt({ blob, name: hit.name, id: hit.id });
   say(`looking at ${hit.name}`);
 }
 
+function play(url, start) {
+  const video = $("look-video");
+  video.hidden = false;
+  video.dataset.start = String(start);
+  video.src = url;  // the server's own path, signed; only ever a same-origin URL the server gave
+  video.addEventListener("loadedmetadata", () => { video.currentTime = start; video.play().catch(() => {}); },
+    { once: true });
+}
+
 function lookAt(photo) {
   if (state.photo) URL.revokeObjectURL($("look-image").src);
+  const video = $("look-video");
+  video.pause();
+  video.removeAttribute("src");
+  video.hidden = true;
   state.photo = photo;
   $("look").hidden = false;
   $("look-name").textContent = photo.name;
@@ -311,7 +353,7 @@ document.addEventListener("DOMContentLoaded", () => {
   on("file", "change", () => chosen($("file").files[0]));
   on("search-like", "click", () => {
     const photo = state.photo;
-    const query = photo.id ? Promise.resolve({ like: photo.id }) : asDataURI(photo.blob).then((image) => ({ image }));
+    const query = photo.id ? Promise.resolve(likeQuery(photo.id, photo.at)) : asDataURI(photo.blob).then((image) => ({ image }));
     query.then((q) => search(q)).catch(failed("search"));
   });
   const drop = $("drop");
