@@ -294,9 +294,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if args.every is not None:
         video, timed = caption_every(args, paths, engine, lambda frames: [g.text for g in engine.generate_captions(
             frames, prompt=args.prompt, **options)])
-        if engine.manifest.random_weights:
-            print(RANDOM_BANNER, file=sys.stderr)
-        if args.out is not None:
+        if args.out is not None:  # (open_engine said it once if the weights are random)
             write_subtitles(args, timed, engine.manifest.random_weights)
         if args.json:
             print_json({"model": str(args.model_dir), "random_weights": engine.manifest.random_weights,
