@@ -160,8 +160,8 @@ class Indexer:
             raise UsageError(f"--max-batch {max_batch}: must be at least 1")
         if not 0 < frame_every <= 3600:
             raise UsageError(f"--frame-every {frame_every:g}: must be more than 0 and at most 3600 seconds")
-        if not -1 <= fold_similarity <= 1:
-            raise UsageError(f"--fold-similarity {fold_similarity:g}: a cosine, from -1 to 1 (above 1: never fold)")
+        if not -1 <= fold_similarity < float("inf"):  # NaN fails too
+            raise UsageError(f"--fold-similarity {fold_similarity:g}: a cosine, at least -1 (above 1: never fold)")
         self.db, self.model_dir = Path(db), Path(model_dir)
         self.max_batch = max_batch
         self.frame_every, self.fold_similarity = float(frame_every), float(fold_similarity)

@@ -248,6 +248,11 @@ def test_a_schema_1_database_is_read_and_gains_the_video_tables(tmp_path, clip_d
 def test_frame_options_are_checked(tmp_path, clip_dir, made, capsys):
     code, _, err = run_cli(capsys, "index", clip_dir, made["h264"], "--db", tmp_path / "x.db", "--frame-every", 0)
     assert code == 2 and "--frame-every 0: must be more than 0" in err and not (tmp_path / "x.db").exists()
+    code, _, err = run_cli(capsys, "index", clip_dir, made["h264"], "--db", tmp_path / "x.db", "--fold-similarity",
+                           "nan")
+    assert code == 2 and "--fold-similarity nan: a cosine, at least -1" in err and not (tmp_path / "x.db").exists()
+    report = index_paths(tmp_path / "y.db", clip_dir, [made["h264"]], fold_similarity=1.5)  # above 1: never fold
+    assert report.segments == report.frames == 6
 
 
 # --- caption and vqa of a moment -----------------------------------------------------------------------------------
