@@ -178,6 +178,7 @@ def sample_frames(path: str | os.PathLike, every: float, *, max_pixels: int | No
                     return
                 if time + 1e-6 < target:
                     continue
+                check_size(video.path, frame, max_pixels, time)
                 yield Frame(time, frame.to_image())
                 target = (math.floor(time / every + 1e-9) + 1) * every  # the next sample time after this frame
                 if keyframe_gap is not None and target - time > 1.5 * keyframe_gap:
@@ -190,6 +191,13 @@ def sample_frames(path: str | os.PathLike, every: float, *, max_pixels: int | No
         if duration and reached < duration - max(1.0, 0.05 * duration) and (until is None or reached < until):
             raise VideoError(f"{video.path}: truncated: its frames stop at {clock(reached)} of the "
                              f"{clock(duration)} it says it lasts")
+
+
+def check_size(path: str, frame, max_pixels: int | None, time: float) -> None:
+    """A stream may change its size mid-way: each frame kept is checked before its pixels are converted."""
+    if max_pixels is not None and frame.width * frame.height > max_pixels:
+        raise ImageTooLargeError(f"{path}: its frame at {clock(time)} is {frame.width}x{frame.height} pixels, more "
+                                 f"than the {max_pixels} allowed (--max-image-pixels)")
 
 
 def decode(video: _Open, av) -> Iterator:
@@ -225,6 +233,7 @@ def frame_at(path: str | os.PathLike, at: float, *, max_pixels: int | None = MAX
                     continue
                 if time > at + 1e-6 and shown is not None:
                     break
+                check_size(video.path, frame, max_pixels, time)
                 shown = Frame(time, frame.to_image())
                 if time > at + 1e-6:
                     break

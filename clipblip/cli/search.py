@@ -113,7 +113,7 @@ def like_argument(value: str) -> tuple[str, float | None]:
         except ValueError:
             raise UsageError(f"--like {value}: give PATH or PATH@SECONDS (a time in a video, e.g. clip.mp4@83.5)") \
                 from None
-        if not at >= 0:
+        if not 0 <= at < float("inf"):
             raise UsageError(f"--like {value}: the time must be at least 0 seconds")
     return os.path.abspath(path), at
 

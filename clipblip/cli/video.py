@@ -50,7 +50,7 @@ def media_items(args: argparse.Namespace, paths: list[str]) -> list:
     videos = [p for p in paths if is_video_name(p)]
     if args.at is not None and not videos:
         raise UsageError("--at: gives the time of a frame in a video; no input is a video (mp4, mov, mkv, webm, avi)")
-    if args.at is not None and not args.at >= 0:
+    if args.at is not None and not 0 <= args.at < float("inf"):
         raise UsageError(f"--at {args.at:g}: must be a time in seconds, at least 0")
     if videos and args.at is None:
         raise UsageError(f"{videos[0]}: a video; give --at SECONDS for the frame to read"
@@ -88,7 +88,7 @@ def caption_every(args: argparse.Namespace, paths: list[str], engine, caption: C
     ``--every`` seconds, captioned ``--max-batch`` frames at a time by ``caption(images)``."""
     from ..video import probe, sample_frames
 
-    if not args.every > 0:
+    if not 0 < args.every < float("inf"):
         raise UsageError(f"--every {args.every:g}: must be more than 0 seconds")
     if args.at is not None:
         raise UsageError("--every: captions the whole video; leave out --at")

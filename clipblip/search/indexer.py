@@ -191,6 +191,19 @@ class Indexer:
                     dim=int(self.engine.embed_dim), model_fingerprint=manifest.source.get("fingerprint"))
         return Store.create(self.db, meta)
 
+    def check_frame_options(self, store: Store) -> None:
+        """The database's videos were sampled and folded with one --frame-every and --fold-similarity (recorded at
+        its first run): another pair would mix two samplings, and an unchanged video is never decoded again."""
+        for key, option, value in (("frame_every", "--frame-every", self.frame_every),
+                                   ("fold_similarity", "--fold-similarity", self.fold_similarity)):
+            recorded = store.setting(key)
+            if recorded is None:
+                store.set_setting(key, repr(value))
+            elif float(recorded) != value:
+                raise UsageError(f"{option} {value:g}: {self.db} was indexed with {option} {float(recorded):g}; give "
+                                 f"that, or index into a new database")
+        store.commit()
+
     def run(self, paths: Sequence[str], progress: Callable[[int, int], None] | None = None) -> IndexReport:
         """Index the images and videos under ``paths``; ``progress(done, total)`` after each batch of changed
         photos and of a video's frames, counted in photos plus whole seconds of video.
@@ -202,6 +215,7 @@ class Indexer:
             raise WrongModelError(tower_refusal(str(self.model_dir), held, ("image",), "indexing images"))
         files, self.report.skipped = expand(paths)
         with self.open_store() as store:
+            self.check_frame_options(store)
             known = store.entries()
             scope = Scope(paths)
             gone = [p for p in known if scope.covers(p) and p not in files and not os.path.isfile(p)]

@@ -169,10 +169,10 @@ class Store:
             columns = [row[1] for row in connection.execute("PRAGMA table_info(images)")]
             if columns != ["path", "size", "mtime_ns", "sha256", "vector"]:
                 raise DatabaseError(f"{path}: damaged search database (its images table is missing or altered)")
-            if meta.schema_version < SCHEMA_VERSION and writable:  # schema 1 gains the video tables
-                connection.executescript(VIDEO_TABLES)
-                connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-                connection.commit()
+            if meta.schema_version < SCHEMA_VERSION and writable:  # schema 1 gains the video tables, in one
+                connection.executescript(  # transaction (SQLite's DDL is transactional): all of it or none
+                    "BEGIN; " + VIDEO_TABLES.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ")
+                    + f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'; COMMIT;")
                 meta = read_meta(path, connection)
             if meta.schema_version >= 2:
                 for table, expected in (("videos", ["path", "size", "mtime_ns", "sha256", "duration"]),
@@ -267,8 +267,9 @@ class Store:
         if at is None:
             sql, params = "SELECT path, vector FROM segments WHERE path = ? ORDER BY start LIMIT 1", (path,)
         else:
-            sql = "SELECT path, vector FROM segments WHERE path = ? AND start <= ? ORDER BY start DESC LIMIT 1"
-            params = (path, float(at))
+            sql = ('SELECT path, vector FROM segments WHERE path = ? AND start <= ? AND "end" >= ? '
+                   'ORDER BY start DESC LIMIT 1')
+            params = (path, float(at), float(at))
         for _, vector in self.vector_rows(sql, params):
             return vector
         return None
@@ -311,6 +312,15 @@ class Store:
             if self.has_videos:
                 self._query("DELETE FROM videos WHERE path = ?", (path,))
                 self._query("DELETE FROM segments WHERE path = ?", (path,))
+
+    def setting(self, key: str) -> str | None:
+        """A value of the meta table beyond :class:`Meta`'s (the frame options a database's videos were indexed
+        with), or None."""
+        row = self._query("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, key: str, value: str) -> None:
+        self._query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def set_model_dir(self, model_dir: str) -> None:
         self._query("UPDATE meta SET value = ? WHERE key = 'model_dir'", (model_dir,))

@@ -200,6 +200,8 @@ def test_videos_are_indexed_beside_photos_as_segments_and_found_by_time(tmp_path
     assert all("start" not in h for h in hits if h["path"].endswith(".png"))
     code, _, err = run_cli(capsys, "search", "--db", db, "--like", f"{made['h264']}@oops")
     assert code == 2 and "give PATH or PATH@SECONDS" in err
+    code, _, err = run_cli(capsys, "search", "--db", db, "--like", f"{made['h264']}@99")
+    assert code == 2 and "at 99 s: not a photo or video segment of" in err
 
 
 def test_reindexing_decodes_nothing_unchanged_and_replaces_a_changed_videos_segments(tmp_path, made, clip_dir,
@@ -219,13 +221,18 @@ def test_reindexing_decodes_nothing_unchanged_and_replaces_a_changed_videos_segm
         again = index_paths(db, clip_dir, [folder], fold_similarity=SHARP)
         assert (again.embedded, again.unchanged, again.videos) == (0, 1, 0)
         os.utime(clip, ns=(0, 10**9))  # touched, same bytes: still nothing decoded
-        assert index_paths(db, clip_dir, [folder]).unchanged == 1
+        assert index_paths(db, clip_dir, [folder], fold_similarity=SHARP).unchanged == 1
     make_videos.write_video(clip, scenes=SCENES[:2])  # changed: two scenes
     changed = index_paths(db, clip_dir, [folder], fold_similarity=SHARP)
     assert (changed.embedded, changed.videos) == (1, 1)
     assert segments_of(db, clip) == [(0, 4), (4, pytest.approx(8, abs=0.15))]
+    with pytest.raises(ClipblipError, match=r"--fold-similarity 0.9: .*v.db was indexed with --fold-similarity "
+                                            r"0.9999; give that, or index into a new database"):
+        index_paths(db, clip_dir, [folder])  # two samplings would mix: refused
+    with pytest.raises(ClipblipError, match="was indexed with --frame-every 2"):
+        index_paths(db, clip_dir, [folder], frame_every=1.0, fold_similarity=SHARP)
     clip.unlink()
-    assert index_paths(db, clip_dir, [folder]).removed == 1
+    assert index_paths(db, clip_dir, [folder], fold_similarity=SHARP).removed == 1
     with Store.open(db) as store:
         assert store.count() == 0 and store.segments(str(clip)) == []
 
