@@ -361,3 +361,12 @@ def test_rerank_scores_a_segment_by_its_frame(tmp_path, made, clip_dir, blip_itm
     itm = BlipEngine.from_dir(blip_itm.exported).match(frames, ["a yellow circle"]).itm[:, 0]
     np.testing.assert_allclose([h.score for h in hits], itm, atol=1e-6)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_each_kept_frame_is_checked_against_the_bound_not_only_the_header():
+    """A stream may change size mid-way (H.264, VP9): the guard each kept frame passes before its pixels are made."""
+    from types import SimpleNamespace
+
+    video.check_size("clip.mp4", SimpleNamespace(width=100, height=100), 10_000, 3.0)  # at the bound: kept
+    with pytest.raises(ImageTooLargeError, match=r"clip.mp4: its frame at 01:05 is 101x100 pixels, more than the 10000"):
+        video.check_size("clip.mp4", SimpleNamespace(width=101, height=100), 10_000, 65.0)
