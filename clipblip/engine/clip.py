@@ -98,10 +98,8 @@ class ClipEngine(FolderEngine):
             # a text of no tokens is masked out entirely, unless the tower takes no mask (OpenCLIP: a row of padding)
             kept = [i for i in range(part.start, part.stop) if rows[i] or not self.tokenizer.attention_mask]
             if kept:
-                input_ids, attention_mask = self.tokenizer.pad([rows[i] for i in kept])  # (batch, sequence)
-                if self.text_bucket > 1:  # (batch, sequence rounded up to a bucket, at most max_length)
-                    input_ids, attention_mask = self.tokenizer.pad_to(input_ids, attention_mask, min(
-                        -(-input_ids.shape[1] // self.text_bucket) * self.text_bucket, self.tokenizer.max_length))
+                # (batch, sequence), the sequence rounded up to a bucket where the tower runs on OpenVINO
+                input_ids, attention_mask = self.tokenizer.pad([rows[i] for i in kept], self.text_bucket)
                 feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
                 feeds = {name: feeds[name] for name in self.text_inputs}  # OpenCLIP's towers take no mask
                 out[kept] = self.sessions["text_tower"].run(["text_embeds"], feeds)[0]

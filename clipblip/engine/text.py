@@ -133,10 +133,11 @@ class TextTokenizer:
         capped = [str(text)[: self.max_chars] for text in texts]
         return [self.clean(text) for text in capped] if self.clean else capped
 
-    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Pad rows to the longest (or to max_length) on the model's side: (input_ids, attention_mask),
-        both int64 (batch, sequence)."""
+    def pad(self, rows: Sequence[Sequence[int]], multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Pad rows to the longest (or to max_length) on the model's side, that length rounded up to a ``multiple``
+        (at most max_length): (input_ids, attention_mask), both int64 (batch, sequence)."""
         length = self.max_length if self.padding == "max_length" else max(len(r) for r in rows)
+        length = min(-(-length // multiple) * multiple, self.max_length)
         input_ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(rows), length), dtype=np.int64)
         for i, row in enumerate(rows):
@@ -146,15 +147,6 @@ class TextTokenizer:
         if not self.attention_mask:
             attention_mask[:] = 1
         return input_ids, attention_mask
-
-    def pad_to(self, input_ids: np.ndarray, attention_mask: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Padded rows (:meth:`pad`) padded further to ``length`` tokens, masked, on the model's side."""
-        extra = length - input_ids.shape[1]
-        if extra <= 0:
-            return input_ids, attention_mask
-        where = ((0, 0), (extra, 0)) if self.padding_side == "left" else ((0, 0), (0, extra))
-        return (np.pad(input_ids, where, constant_values=self.pad_id),
-                np.pad(attention_mask, where, constant_values=0))
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.pad(self.ids(texts))

@@ -115,11 +115,14 @@ def export_model(
         raise UsageError(f"--threads {threads}: must be at least 1")
     check_towers(model, towers)
     check_needs(model)
-    if calibration is not None and precision != "int8":
-        raise UsageError(f"--calibration: only int8 exports are calibrated, not --precision {precision}")
-    if calibration is not None and getattr(source_family(model).openvino_copies.get("int8"), "weights", "") != "int8":
-        raise UsageError(f"--calibration: {source_family(model).title} folders have no calibrated int8 copy "
-                         f"(docs/speed.md, OpenVINO copies); leave it out")
+    if calibration is not None:
+        if precision != "int8":
+            raise UsageError(f"--calibration: only int8 exports are calibrated, not --precision {precision}")
+        family = source_family(model)
+        copy = family.openvino_copies.get("int8")
+        if copy is None or copy.weights != "int8":
+            raise UsageError(f"--calibration: {family.title} folders have no calibrated int8 copy "
+                             f"(docs/speed.md, OpenVINO copies); leave it out")
     calibrate = Calibration(calibration)  # a folder of no images and no texts is refused before the slow part
 
     with Meter() as meter, threads_used(threads):

@@ -36,8 +36,8 @@ def openvino_copy(spec: GraphSpec, fp32_path: Path, traced_path: Path, check: di
     NNCF, for int8) is not installed or the copy fails its gate, ``reason`` saying which.
     """
     plan = {"weights": copy.weights, "inference": copy.inference, "auto_on": list(copy.auto_on)}
-    if reads_graph(copy) and not (copy.inference == "bf16" and backend.available()
-                                  and backend.inference_precision() == "bf16"):
+    computes_bf16 = backend.available() and backend.inference_precision() == "bf16"
+    if reads_graph(copy) and not (copy.inference == "bf16" and computes_bf16):
         # nothing of its own to write: the plan, checked where it runs (with fp32's own gate for f32); bf16 is gated
         # here only on a CPU that computes it
         return {"reads_graph": True, **plan, "accuracy": {"reason": "checked where it runs (first load, verify)"}}
