@@ -125,6 +125,10 @@ class _Open:
             return max(self.container.duration / 1_000_000, 0.0)  # in AV_TIME_BASE units
         return 0.0
 
+    def seek(self, seconds: float) -> None:
+        """To the last keyframe at or before ``seconds`` (decoders flushed: what follows decodes as from the start)."""
+        self.container.seek(round((seconds + self.start) / self.stream.time_base), stream=self.stream, backward=True)
+
     def info(self) -> VideoInfo:
         context = self.stream.codec_context
         rate = self.stream.average_rate or self.stream.guessed_rate
@@ -153,8 +157,8 @@ def probe(path: str | os.PathLike, max_pixels: int | None = MAX_IMAGE_PIXELS) ->
 
 
 def sample_frames(path: str | os.PathLike, every: float, *, max_pixels: int | None = MAX_IMAGE_PIXELS,
-                  until: float | None = None) -> Iterator[Frame]:
-    """One frame every ``every`` seconds (see the module's note), until ``until`` seconds or the end.
+                  ) -> Iterator[Frame]:
+    """One frame every ``every`` seconds (see the module's note), to the end.
 
     A stream that ends well before its stated duration is a truncated file: VideoError with the time reached."""
     av = _av()
@@ -174,21 +178,18 @@ def sample_frames(path: str | os.PathLike, every: float, *, max_pixels: int | No
                         keyframe_gap = time - previous_key
                     previous_key = time
                 last = time
-                if until is not None and time > until:
-                    return
                 if time + 1e-6 < target:
                     continue
                 check_size(video.path, frame, max_pixels, time)
                 yield Frame(time, frame.to_image())
                 target = (math.floor(time / every + 1e-9) + 1) * every  # the next sample time after this frame
                 if keyframe_gap is not None and target - time > 1.5 * keyframe_gap:
-                    video.container.seek(round((target + start) / video.stream.time_base), stream=video.stream,
-                                         backward=True)  # to the last keyframe at or before the target
+                    video.seek(target)
         except av.FFmpegError as e:
             at = f" at {clock(last)}" if last is not None else ""
             raise VideoError(f"{video.path}: cannot be decoded{at} ({reason(e)})") from None
         reached = (last or 0.0) + 1.0 / float(video.stream.average_rate or 25)
-        if duration and reached < duration - max(1.0, 0.05 * duration) and (until is None or reached < until):
+        if duration and reached < duration - max(1.0, 0.05 * duration):
             raise VideoError(f"{video.path}: truncated: its frames stop at {clock(reached)} of the "
                              f"{clock(duration)} it says it lasts")
 
@@ -224,21 +225,21 @@ def frame_at(path: str | os.PathLike, at: float, *, max_pixels: int | None = MAX
     with _Open(path, max_pixels) as video:
         if video.duration and at > video.duration:
             raise VideoError(f"{video.path}: has no frame at {clock(at)} ({at:g} s); it lasts {clock(video.duration)}")
-        start, shown = video.start, None
+        start, shown = video.start, None  # shown: (time, frame) of the last frame at or before ``at`` so far
         try:
-            video.container.seek(round((at + start) / video.stream.time_base), stream=video.stream, backward=True)
+            video.seek(at)
             for frame in decode(video, av):
                 time = frame_time(frame, start)
                 if time is None:
                     continue
                 if time > at + 1e-6 and shown is not None:
                     break
-                check_size(video.path, frame, max_pixels, time)
-                shown = Frame(time, frame.to_image())
+                shown = (time, frame)
                 if time > at + 1e-6:
                     break
+            if shown is not None:  # only the frame shown is converted to pixels
+                check_size(video.path, shown[1], max_pixels, shown[0])
+                return Frame(shown[0], shown[1].to_image())
         except av.FFmpegError as e:
             raise VideoError(f"{video.path}: cannot be decoded at {clock(at)} ({reason(e)})") from None
-        if shown is None:
-            raise VideoError(f"{video.path}: has no frame at {clock(at)} ({at:g} s)")
-        return shown
+        raise VideoError(f"{video.path}: has no frame at {clock(at)} ({at:g} s)")

@@ -7,14 +7,9 @@ import sys
 from pathlib import Path
 
 from ..errors import PartialFailure
+from ..video import clock
 from .common import RANDOM_BANNER, check_argument_order, print_json
 from .progress import ProgressBar
-
-
-def clock(seconds: float) -> str:
-    from ..video import clock as video_clock
-
-    return video_clock(seconds)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -120,8 +115,6 @@ def like_argument(value: str) -> tuple[str, float | None]:
 
 def hit_line(hit) -> str:
     """``score  PATH`` for a photo, ``score  PATH @ mm:ss–mm:ss`` for a video segment."""
-    from ..video import clock
-
     where = f"{hit.path} @ {clock(hit.start)}–{clock(hit.end)}" if hit.is_segment else hit.path
     return f"{hit.score:.4f}  {where}"
 

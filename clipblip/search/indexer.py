@@ -272,11 +272,7 @@ class Indexer:
         except ClipblipError as e:
             self.fail(store, known, path, e)
         else:
-            store.put_video(replace(entry, duration=duration), segments)
-            self.report.embedded += 1
-            self.report.videos += 1
-            self.report.segments += len(segments)
-            self.report.video_seconds += duration
+            self.put_video(store, replace(entry, duration=duration), segments)
         meter.advance(meter.seconds(path))
 
     def video_segments(self, path: str, progress: Callable[[float], None] | None = None,
@@ -323,6 +319,13 @@ class Indexer:
     def put(self, store: Store, entry: Entry, vector) -> None:
         store.put(entry, vector)
         self.report.embedded += 1
+
+    def put_video(self, store: Store, entry: Entry, segments: list[Segment]) -> None:
+        store.put_video(entry, segments)
+        self.report.embedded += 1
+        self.report.videos += 1
+        self.report.segments += len(segments)
+        self.report.video_seconds += entry.duration or 0.0
 
     def fail(self, store: Store, known: dict[str, Entry], path: str, error: ClipblipError) -> None:
         """Record a file that cannot be embedded; an older entry of it (now stale) is removed."""

@@ -247,11 +247,7 @@ class RayIndexer(Indexer):
         segments = [Segment(float(r["start"]), float(r["end"]), float(r["frame"]),
                             np.asarray(r["vector"], dtype=np.float32)) for r in rows if int(r["parts"]) > 0]
         segments.sort(key=lambda segment: segment.start)
-        store.put_video(entry, segments)
-        self.report.embedded += 1
-        self.report.videos += 1
-        self.report.segments += len(segments)
-        self.report.video_seconds += duration
+        self.put_video(store, entry, segments)
 
 
 def rayjob_manifest(model_dir: str, paths: Sequence[str], db: str, *, name: str, image: str, workers: int,
